@@ -1,6 +1,104 @@
-// FFI handler registrations and GEMM debug bindings (filled in with the launcher).
+// Python bindings of the GEMM family: FFI registrations and debug entry points for tests.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+
+#include <string>
+
+#include "gemm_handlers.h"
+#include "gemm_launcher.h"
+
+namespace nb = nanobind;
 
 namespace dgpt {
-void bind_gemm(nanobind::module_& m) { (void)m; }
+namespace {
+
+template <typename T>
+nb::capsule capsule(T* fn) {
+  return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+nb::dict stages(XLA_FFI_Handler* instantiate, XLA_FFI_Handler* initialize, XLA_FFI_Handler* execute) {
+  nb::dict d;
+  d["instantiate"] = capsule(instantiate);
+  d["initialize"] = capsule(initialize);
+  d["execute"] = capsule(execute);
+  return d;
+}
+
+GemmConfig make_config(const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
+                       int64_t block_n, int64_t num_stages, int64_t num_sms) {
+  GemmConfig c;
+  const Status status = parse_gemm_type(kind, &c.type);
+  if (!status.ok()) throw nb::value_error(status.message().c_str());
+  c.m = m;
+  c.n = n;
+  c.k = k;
+  c.num_groups = num_groups;
+  c.block_m = block_m;
+  c.block_n = block_n;
+  c.num_stages = num_stages;
+  c.num_sms = num_sms;
+  const Status valid = validate(c);
+  if (!valid.ok()) throw nb::value_error(valid.message().c_str());
+  return c;
+}
+
+}  // namespace
+
+void bind_gemm(nb::module_& m) {
+  m.attr("MAX_SMEM_BYTES") = layout::kMaxSmemBytes;
+  m.attr("BLOCK_K") = layout::kBlockK;
+
+  m.def("registrations", []() {
+    nb::dict d;
+    d["dgpt_gemm"] = stages(dgpt_gemm_instantiate, dgpt_gemm_initialize, dgpt_gemm_execute);
+    d["dgpt_m_grouped_contiguous"] =
+        stages(dgpt_contiguous_instantiate, dgpt_contiguous_initialize, dgpt_contiguous_execute);
+    d["dgpt_m_grouped_masked"] = stages(dgpt_masked_instantiate, dgpt_masked_initialize, dgpt_masked_execute);
+    return d;
+  }, "FFI target name -> {stage name: PyCapsule} for jax.ffi.register_ffi_target(platform='CUDA').");
+
+  m.def("type_registrations", []() {
+    nb::dict reg;
+    reg["type_id"] = nb::capsule(reinterpret_cast<void*>(handlers::kernel_state_type_id()));
+    reg["type_info"] = nb::capsule(const_cast<void*>(static_cast<const void*>(handlers::kernel_state_type_info())));
+    nb::dict d;
+    d["dgpt_kernel_state"] = reg;
+    return d;
+  }, "FFI state types for jax.ffi.register_ffi_type(platform='CUDA').");
+
+  m.def("smem_size", [](int64_t block_m, int64_t block_n, int64_t num_stages) {
+    if (block_m <= 0 || block_n <= 0 || num_stages <= 0) throw nb::value_error("block sizes and stages must be positive");
+    return layout::smem_size(block_m, block_n, num_stages);
+  }, nb::arg("block_m"), nb::arg("block_n"), nb::arg("num_stages"),
+  "Bytes of dynamic shared memory the kernel needs for this tile and stage count.");
+
+  m.def("generate_source", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
+                              int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms) {
+    return generate_source(make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms));
+  }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
+  nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"));
+
+  m.def("compile_gemm", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
+                           int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms, bool ptxas_verbose) {
+    const GemmConfig c = make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms);
+    jit::CubinEntry entry;
+    Status status;
+    {
+      nb::gil_scoped_release release;
+      status = compile(c, ptxas_verbose, &entry);
+    }
+    if (!status.ok()) throw std::runtime_error(status.message());
+    nb::dict d;
+    d["key"] = entry.key;
+    d["origin"] = jit::origin_name(entry.origin);
+    d["cubin_size"] = entry.cubin.size();
+    d["log"] = entry.log;
+    d["path"] = entry.path;
+    return d;
+  }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
+  nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("ptxas_verbose") = false,
+  "JIT-compiles (or fetches from the cache) the kernel of one configuration; no GPU needed.");
+}
+
 }  // namespace dgpt

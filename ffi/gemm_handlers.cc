@@ -1,0 +1,199 @@
+// Decode, check, launch: XLA glue only. The kernel is compiled and loaded at instantiate (once per
+// compiled executable), prepared per device at initialize (never captured into a CUDA graph), and
+// execute only encodes TMA descriptors and launches on XLA's stream.
+#include "gemm_handlers.h"
+
+#include <exception>
+#include <memory>
+#include <string>
+
+#include "gemm_launcher.h"
+
+namespace ffi = xla::ffi;
+
+namespace dgpt::handlers {
+
+struct KernelState {
+  static ffi::TypeId id;
+  std::unique_ptr<GemmKernel> kernel;
+};
+ffi::TypeId KernelState::id = {};
+
+XLA_FFI_TypeId* kernel_state_type_id() { return &KernelState::id; }
+const XLA_FFI_TypeInfo* kernel_state_type_info() {
+  static const XLA_FFI_TypeInfo info = ffi::MakeTypeInfo<KernelState>();
+  return &info;
+}
+
+namespace {
+
+ffi::Error to_ffi(const Status& status, const char* op) {
+  if (status.ok()) return ffi::Error::Success();
+  return ffi::Error::Internal(std::string(op) + ": " + status.message());
+}
+
+template <GemmType kType>
+ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(int64_t m, int64_t n, int64_t k, int64_t num_groups,
+                                                       int64_t block_m, int64_t block_n, int64_t num_stages,
+                                                       int64_t num_sms) {
+  try {
+    GemmConfig config;
+    config.type = kType;
+    config.m = m;
+    config.n = n;
+    config.k = k;
+    config.num_groups = num_groups;
+    config.block_m = block_m;
+    config.block_n = block_n;
+    config.num_stages = num_stages;
+    config.num_sms = num_sms;
+    GemmKernel* kernel = nullptr;
+    const Status status = GemmKernel::create(config, &kernel);
+    if (!status.ok()) return to_ffi(status, "jax_dgpt instantiate");
+    auto state = std::make_unique<KernelState>();
+    state->kernel.reset(kernel);
+    return state;
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("jax_dgpt instantiate: ") + e.what());
+  }
+}
+
+ffi::Error initialize(KernelState* state, int32_t device_ordinal) {
+  try {
+    return to_ffi(state->kernel->prepare(device_ordinal), "jax_dgpt initialize");
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("jax_dgpt initialize: ") + e.what());
+  }
+}
+
+// "expected dims [a, b], got [c, d]" when a buffer does not match the compiled configuration.
+ffi::Error check_buffer(const char* name, const ffi::AnyBuffer& buffer, ffi::DataType dtype,
+                        std::initializer_list<int64_t> dims) {
+  auto render = [](auto begin, auto end) {
+    std::string s = "[";
+    for (auto it = begin; it != end; ++it) s += (it == begin ? "" : ", ") + std::to_string(*it);
+    return s + "]";
+  };
+  const auto actual = buffer.dimensions();
+  bool same = actual.size() == dims.size() && buffer.element_type() == dtype;
+  for (size_t i = 0; same && i < dims.size(); ++i) same = actual[i] == dims.begin()[i];
+  if (same) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string("jax_dgpt: operand ") + name + " does not match the compiled kernel: expected dims " +
+                                     render(dims.begin(), dims.end()) + " of type " + std::to_string(static_cast<int>(dtype)) +
+                                     ", got " + render(actual.begin(), actual.end()) + " of type " +
+                                     std::to_string(static_cast<int>(buffer.element_type())));
+}
+
+#define DGPT_RETURN_IF_FFI_ERROR(expr)    \
+  do {                                    \
+    ffi::Error err_ = (expr);             \
+    if (err_.failure()) return err_;      \
+  } while (0)
+
+ffi::Error launch(const KernelState* state, CUstream stream, const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
+                  const int32_t* grouped_layout, ffi::Result<ffi::AnyBuffer>& d) {
+  return to_ffi(state->kernel->launch(stream, a.untyped_data(), b.untyped_data(), d->untyped_data(), grouped_layout),
+                "jax_dgpt execute");
+}
+
+ffi::Error execute_normal(CUstream stream, KernelState* state, ffi::AnyBuffer a, ffi::AnyBuffer b,
+                          ffi::Result<ffi::AnyBuffer> d) {
+  const GemmConfig& c = state->kernel->config();
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("a", a, ffi::F8E4M3FN, {c.m, c.k}));
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("b", b, ffi::F8E4M3FN, {c.n, c.k}));
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("out", *d, ffi::BF16, {c.m, c.n}));
+  return launch(state, stream, a, b, nullptr, d);
+}
+
+ffi::Error execute_contiguous(CUstream stream, KernelState* state, ffi::AnyBuffer a, ffi::AnyBuffer b,
+                              ffi::AnyBuffer m_indices, ffi::Result<ffi::AnyBuffer> d) {
+  const GemmConfig& c = state->kernel->config();
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("a", a, ffi::F8E4M3FN, {c.m, c.k}));
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("b", b, ffi::F8E4M3FN, {c.num_groups, c.n, c.k}));
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("m_indices", m_indices, ffi::S32, {c.m}));
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("out", *d, ffi::BF16, {c.m, c.n}));
+  return launch(state, stream, a, b, static_cast<const int32_t*>(m_indices.untyped_data()), d);
+}
+
+ffi::Error execute_masked(CUstream stream, KernelState* state, ffi::AnyBuffer a, ffi::AnyBuffer b,
+                          ffi::AnyBuffer masked_m, ffi::Result<ffi::AnyBuffer> d) {
+  const GemmConfig& c = state->kernel->config();
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("a", a, ffi::F8E4M3FN, {c.num_groups, c.m, c.k}));
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("b", b, ffi::F8E4M3FN, {c.num_groups, c.n, c.k}));
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("masked_m", masked_m, ffi::S32, {c.num_groups}));
+  DGPT_RETURN_IF_FFI_ERROR(check_buffer("out", *d, ffi::BF16, {c.num_groups, c.m, c.n}));
+  return launch(state, stream, a, b, static_cast<const int32_t*>(masked_m.untyped_data()), d);
+}
+
+// Execute must not throw into XLA either.
+template <typename... Args>
+ffi::Error guarded(ffi::Error (*fn)(Args...), Args... args) {
+  try {
+    return fn(args...);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("jax_dgpt execute: ") + e.what());
+  }
+}
+
+}  // namespace
+
+auto instantiate_binding() {
+  return ffi::Ffi::BindInstantiate()
+      .Attr<int64_t>("m")
+      .Attr<int64_t>("n")
+      .Attr<int64_t>("k")
+      .Attr<int64_t>("num_groups")
+      .Attr<int64_t>("block_m")
+      .Attr<int64_t>("block_n")
+      .Attr<int64_t>("num_stages")
+      .Attr<int64_t>("num_sms");
+}
+
+auto initialize_binding() {
+  return ffi::Ffi::BindInitialize().Ctx<ffi::State<KernelState>>().Ctx<ffi::DeviceOrdinal>();
+}
+
+auto execute_binding() {
+  return ffi::Ffi::Bind().Ctx<ffi::PlatformStream<CUstream>>().Ctx<ffi::State<KernelState>>();
+}
+
+}  // namespace dgpt::handlers
+
+using dgpt::GemmType;
+namespace h = dgpt::handlers;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_gemm_instantiate, h::instantiate<GemmType::kNormal>, h::instantiate_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_contiguous_instantiate, h::instantiate<GemmType::kContiguous>,
+                              h::instantiate_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_masked_instantiate, h::instantiate<GemmType::kMasked>, h::instantiate_binding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_gemm_initialize, h::initialize, h::initialize_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_contiguous_initialize, h::initialize, h::initialize_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_masked_initialize, h::initialize, h::initialize_binding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    dgpt_gemm_execute,
+    [](CUstream s, h::KernelState* st, xla::ffi::AnyBuffer a, xla::ffi::AnyBuffer b,
+       xla::ffi::Result<xla::ffi::AnyBuffer> d) { return h::guarded(h::execute_normal, s, st, a, b, d); },
+    h::execute_binding().Arg<xla::ffi::AnyBuffer>().Arg<xla::ffi::AnyBuffer>().Ret<xla::ffi::AnyBuffer>(),
+    {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    dgpt_contiguous_execute,
+    [](CUstream s, h::KernelState* st, xla::ffi::AnyBuffer a, xla::ffi::AnyBuffer b, xla::ffi::AnyBuffer idx,
+       xla::ffi::Result<xla::ffi::AnyBuffer> d) { return h::guarded(h::execute_contiguous, s, st, a, b, idx, d); },
+    h::execute_binding()
+        .Arg<xla::ffi::AnyBuffer>()
+        .Arg<xla::ffi::AnyBuffer>()
+        .Arg<xla::ffi::AnyBuffer>()
+        .Ret<xla::ffi::AnyBuffer>(),
+    {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    dgpt_masked_execute,
+    [](CUstream s, h::KernelState* st, xla::ffi::AnyBuffer a, xla::ffi::AnyBuffer b, xla::ffi::AnyBuffer mm,
+       xla::ffi::Result<xla::ffi::AnyBuffer> d) { return h::guarded(h::execute_masked, s, st, a, b, mm, d); },
+    h::execute_binding()
+        .Arg<xla::ffi::AnyBuffer>()
+        .Arg<xla::ffi::AnyBuffer>()
+        .Arg<xla::ffi::AnyBuffer>()
+        .Ret<xla::ffi::AnyBuffer>(),
+    {xla::ffi::Traits::kCmdBufferCompatible});

@@ -1,0 +1,155 @@
+#include "gemm_launcher.h"
+
+#include <sstream>
+
+#include "jit/driver.h"
+#include "tma.h"
+
+namespace dgpt {
+
+const char* gemm_type_name(GemmType type) {
+  switch (type) {
+    case GemmType::kNormal: return "normal";
+    case GemmType::kContiguous: return "contiguous";
+    case GemmType::kMasked: return "masked";
+  }
+  return "unknown";
+}
+
+Status parse_gemm_type(const std::string& name, GemmType* out) {
+  for (GemmType t : {GemmType::kNormal, GemmType::kContiguous, GemmType::kMasked}) {
+    if (name == gemm_type_name(t)) {
+      *out = t;
+      return Status::Ok();
+    }
+  }
+  return Status::Error("unknown GEMM layout '" + name + "' (expected normal, contiguous or masked)");
+}
+
+std::string GemmConfig::describe() const {
+  std::ostringstream s;
+  s << gemm_type_name(type) << " m=" << m << " n=" << n << " k=" << k << " groups=" << num_groups
+    << " block_m=" << block_m << " block_n=" << block_n << " stages=" << num_stages << " sms=" << num_sms;
+  return s.str();
+}
+
+Status validate(const GemmConfig& c) {
+  auto fail = [&](const std::string& rule) { return Status::Error("invalid GEMM config (" + c.describe() + "): " + rule); };
+  if (c.block_m != 64 && c.block_m != 128) return fail("block_m must be 64 or 128");
+  if (c.block_n < 16 || c.block_n > 256 || c.block_n % 16 != 0) return fail("block_n must be a multiple of 16 in [16, 256]");
+  if (c.num_stages < 2 || c.num_stages > 32) return fail("num_stages must be in [2, 32]");
+  if (c.n <= 0 || c.n % 8 != 0 || c.n > (1ll << 31)) return fail("n must be a positive multiple of 8");
+  if (c.k <= 0 || c.k % 16 != 0 || c.k > (1ll << 31)) return fail("k must be a positive multiple of 16");
+  if (c.m <= 0 || c.m > (1ll << 31)) return fail("m must be positive");
+  if (c.num_groups <= 0 || c.num_groups > (1ll << 20)) return fail("num_groups must be positive");
+  if (c.type == GemmType::kNormal && c.num_groups != 1) return fail("a normal GEMM has one group");
+  if (c.num_sms <= 0 || c.num_sms > 4096) return fail("num_sms must be positive");
+  if (c.type == GemmType::kContiguous && 128 % c.block_m != 0) return fail("contiguous layout needs block_m to divide 128");
+  const uint32_t smem = layout::smem_size(c.block_m, c.block_n, c.num_stages);
+  if (smem > layout::kMaxSmemBytes) {
+    return fail("needs " + std::to_string(smem) + " bytes of shared memory, more than " +
+                std::to_string(layout::kMaxSmemBytes));
+  }
+  return Status::Ok();
+}
+
+std::string generate_source(const GemmConfig& c) {
+  static const char* kTypeEnum[] = {"kNormal", "kContiguous", "kMasked"};
+  std::ostringstream s;
+  s << "// jax_dgpt generated kernel: " << gemm_type_name(c.type) << " n=" << c.n << " k=" << c.k << "\n"
+    << "#include \"sm90_fp8_gemm.cuh\"\n"
+    << "DGPT_DEFINE_SM90_FP8_GEMM(" << kTypeEnum[static_cast<int>(c.type)] << ", " << c.block_m << ", "
+    << c.block_n << ", " << c.n << ", " << c.k << ", " << c.num_stages << ")\n";
+  return s.str();
+}
+
+Status compile(const GemmConfig& c, bool ptxas_verbose, jit::CubinEntry* out) {
+  DGPT_RETURN_IF_ERROR(validate(c));
+  const std::string name = std::string("sm90_fp8_gemm_") + gemm_type_name(c.type);
+  return jit::get_or_compile(name, generate_source(c), ptxas_verbose, out);
+}
+
+Status GemmKernel::create(const GemmConfig& config, GemmKernel** out) {
+  jit::CubinEntry entry;
+  DGPT_RETURN_IF_ERROR(compile(config, /*ptxas_verbose=*/false, &entry));
+  auto* kernel = new GemmKernel();
+  kernel->config_ = config;
+  kernel->smem_bytes_ = layout::smem_size(config.block_m, config.block_n, config.num_stages);
+  Status status = jit::load_kernel(entry, "dgpt_kernel", &kernel->kernel_);
+  if (!status.ok()) {
+    delete kernel;
+    return status;
+  }
+  *out = kernel;
+  return Status::Ok();
+}
+
+Status GemmKernel::prepare(int device_ordinal) {
+  if (device_ordinal < 0) return Status::Error("invalid device ordinal " + std::to_string(device_ordinal));
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (static_cast<size_t>(device_ordinal) < prepared_.size() && prepared_[device_ordinal]) return Status::Ok();
+
+  Status status;
+  const driver::Api* cu = driver::get(&status);
+  if (cu == nullptr) return status;
+  CUdevice device;
+  CUresult r = cu->cuDeviceGet(&device, device_ordinal);
+  if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuDeviceGet", r));
+  int major = 0, minor = 0;
+  cu->cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device);
+  cu->cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device);
+  if (major != 9 || minor != 0) {
+    return Status::Error("jax_dgpt kernels need an sm_90a (Hopper) GPU; device " + std::to_string(device_ordinal) +
+                         " has compute capability " + std::to_string(major) + "." + std::to_string(minor));
+  }
+  r = cu->cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, static_cast<int>(smem_bytes_),
+                               kernel_.kernel, device);
+  if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuKernelSetAttribute(max dynamic smem)", r));
+  if (prepared_.size() <= static_cast<size_t>(device_ordinal)) prepared_.resize(device_ordinal + 1, false);
+  prepared_[device_ordinal] = true;
+  return Status::Ok();
+}
+
+Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d,
+                          const int32_t* grouped_layout) const {
+  const GemmConfig& c = config_;
+  const bool masked = c.type == GemmType::kMasked;
+  const uint64_t groups_a = masked ? c.num_groups : 1;
+  const uint64_t groups_b = c.type == GemmType::kNormal ? 1 : c.num_groups;
+  const uint32_t swizzle_d = layout::swizzle_d_bytes(c.block_n);
+
+  GemmParams params;
+  DGPT_RETURN_IF_ERROR(tma::encode({const_cast<void*>(a), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
+                                    (uint64_t)c.m, groups_a},
+                                   layout::kBlockK, c.block_m, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
+  DGPT_RETURN_IF_ERROR(tma::encode({const_cast<void*>(b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
+                                    (uint64_t)c.n, groups_b},
+                                   layout::kBlockK, c.block_n, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
+  DGPT_RETURN_IF_ERROR(tma::encode({d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (uint64_t)c.n, (uint64_t)c.m, groups_a},
+                                   swizzle_d / 2, layout::kWgmmaM, tma::swizzle_for_bytes(swizzle_d), &params.tma_d));
+  params.grouped_layout = grouped_layout;
+  params.shape_m = static_cast<uint32_t>(c.m);
+  params.num_groups = static_cast<uint32_t>(c.num_groups);
+
+  Status status;
+  const driver::Api* cu = driver::get(&status);
+  if (cu == nullptr) return status;
+  // NOTES: the launch config lives on the stack: XLA calls handlers from one thread per GPU.
+  CUlaunchConfig launch = {};
+  launch.gridDimX = static_cast<unsigned>(c.num_sms);
+  launch.gridDimY = 1;
+  launch.gridDimZ = 1;
+  launch.blockDimX = layout::num_threads(static_cast<uint32_t>(c.block_m));
+  launch.blockDimY = 1;
+  launch.blockDimZ = 1;
+  launch.sharedMemBytes = smem_bytes_;
+  launch.hStream = stream;
+  launch.attrs = nullptr;
+  launch.numAttrs = 0;
+  void* args[] = {&params};
+  const CUresult r = cu->cuLaunchKernelEx(&launch, reinterpret_cast<CUfunction>(kernel_.kernel), args, nullptr);
+  if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuLaunchKernelEx", r));
+  return Status::Ok();
+}
+
+}  // namespace dgpt

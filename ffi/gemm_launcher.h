@@ -1,0 +1,68 @@
+// Host side of the sm90 FP8 GEMM family: validates a configuration, generates and JIT-compiles
+// its kernel, prepares it per device and launches it. Knows nothing about XLA.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dgpt_types.cuh"
+#include "jit/kernel_cache.h"
+#include "jit/kernel_runtime.h"
+#include "jit/status.h"
+
+namespace dgpt {
+
+// Everything the Python heuristics decide, as FFI attributes. m and num_groups are run-time
+// values of the kernel (one cubin serves every M); the rest are compile-time constants.
+struct GemmConfig {
+  GemmType type = GemmType::kNormal;
+  int64_t m = 0;           // rows of A (Mmax per group for masked)
+  int64_t n = 0;
+  int64_t k = 0;
+  int64_t num_groups = 1;
+  int64_t block_m = 0;
+  int64_t block_n = 0;
+  int64_t num_stages = 0;
+  int64_t num_sms = 0;     // grid size
+
+  std::string describe() const;
+};
+
+const char* gemm_type_name(GemmType type);  // "normal", "contiguous", "masked"
+Status parse_gemm_type(const std::string& name, GemmType* out);
+
+// Checks a configuration against the kernel's compile-time rules.
+Status validate(const GemmConfig& config);
+
+// The tiny translation unit the JIT compiles for `config`.
+std::string generate_source(const GemmConfig& config);
+
+// Compiles (or fetches from the cache) the cubin for `config`.
+Status compile(const GemmConfig& config, bool ptxas_verbose, jit::CubinEntry* out);
+
+// A compiled, loaded kernel plus the per-device setup done by `prepare`.
+class GemmKernel {
+ public:
+  static Status create(const GemmConfig& config, GemmKernel** out);  // owned by caller
+
+  // Checks the device (sm_90) and raises the kernel's shared-memory limit on it; once per device.
+  Status prepare(int device_ordinal);
+
+  // Encodes the TMA descriptors for these buffers and launches on `stream`. No sync, no allocation.
+  Status launch(CUstream stream, const void* a, const void* b, void* d, const int32_t* grouped_layout) const;
+
+  const GemmConfig& config() const { return config_; }
+
+ private:
+  GemmConfig config_;
+  jit::LoadedKernel kernel_;
+  uint32_t smem_bytes_ = 0;
+  std::mutex mutex_;
+  std::vector<bool> prepared_;  // by device ordinal, guarded by mutex_
+};
+
+}  // namespace dgpt

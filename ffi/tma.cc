@@ -1,0 +1,52 @@
+#include "tma.h"
+
+#include <cstring>
+#include <string>
+
+#include "jit/driver.h"
+
+namespace dgpt::tma {
+
+// NOTES: CUDA 13 declares CUtensorMap 128-byte aligned; TMA itself needs 64, which the kernel
+// parameter gets from TmaDescriptor, so only the size has to match.
+static_assert(sizeof(TmaDescriptor) == sizeof(CUtensorMap), "TmaDescriptor must mirror CUtensorMap");
+
+CUtensorMapSwizzle swizzle_for_bytes(uint32_t bytes) {
+  switch (bytes) {
+    case 128: return CU_TENSOR_MAP_SWIZZLE_128B;
+    case 64: return CU_TENSOR_MAP_SWIZZLE_64B;
+    case 32: return CU_TENSOR_MAP_SWIZZLE_32B;
+    default: return CU_TENSOR_MAP_SWIZZLE_NONE;
+  }
+}
+
+Status encode(const Tensor3d& t, uint32_t box_inner, uint32_t box_rows, CUtensorMapSwizzle swizzle,
+              TmaDescriptor* out) {
+  const uint64_t row_bytes = t.inner * t.element_bytes;
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) {
+    return Status::Error("TMA needs a 16-byte aligned buffer; got address " +
+                         std::to_string(reinterpret_cast<uintptr_t>(t.data)));
+  }
+  if (row_bytes % 16 != 0) {
+    return Status::Error("TMA needs row strides that are multiples of 16 bytes; got " + std::to_string(row_bytes));
+  }
+  if (t.inner == 0 || t.rows == 0 || t.groups == 0) return Status::Error("TMA cannot describe an empty tensor");
+  Status status;
+  const driver::Api* cu = driver::get(&status);
+  if (cu == nullptr) return status;
+
+  const cuuint64_t dims[3] = {t.inner, t.rows, t.groups};
+  const cuuint64_t strides[2] = {row_bytes, row_bytes * t.rows};  // bytes, for dims 1 and 2
+  const cuuint32_t box[3] = {box_inner, box_rows, 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = cu->cuTensorMapEncodeTiled(&map, t.dtype, 3, t.data, dims, strides, box, element_strides,
+                                                CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuTensorMapEncodeTiled", r));
+  std::memcpy(out, &map, sizeof(map));
+  return Status::Ok();
+}
+
+}  // namespace dgpt::tma

@@ -1,0 +1,71 @@
+// Types, enums and layout arithmetic shared by the kernels and the host launcher (ffi/).
+// Must compile as plain C++17 on the host and under NVCC/NVRTC without any system header.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define DGPT_HOST_DEVICE __host__ __device__
+#else
+#define DGPT_HOST_DEVICE
+#endif
+
+namespace dgpt {
+
+using u8 = unsigned char;
+using u16 = unsigned short;
+using u32 = unsigned int;
+using u64 = unsigned long long;
+using i32 = int;
+
+// Which problem the core kernel solves; the tile scheduler is the only part that differs.
+enum class GemmType : u32 {
+  kNormal = 0,      // D[M,N] = A[M,K] * B[N,K]^T
+  kContiguous = 1,  // D[M,N] = A[M,K] * B[e(m),N,K]^T, e(m) = m_indices[m], -1 = padding row
+  kMasked = 2,      // D[g,m,N] = A[g,m,K] * B[g,N,K]^T for m < masked_m[g]
+};
+
+// Same size and alignment as CUtensorMap, so the kernel needs no driver header (NVRTC).
+struct alignas(64) TmaDescriptor {
+  u64 opaque[16];
+};
+
+// The kernel's only parameter, passed as a __grid_constant__ so TMA can use the descriptors in place.
+struct GemmParams {
+  TmaDescriptor tma_a;  // A as (K, M, G_a), fp8, box (BLOCK_K, BLOCK_M, 1), 128B swizzle
+  TmaDescriptor tma_b;  // B as (K, N, G), fp8, box (BLOCK_K, BLOCK_N, 1), 128B swizzle
+  TmaDescriptor tma_d;  // D as (N, M, G_a), bf16, box (swizzle atom width, 64 rows, 1)
+  const i32* grouped_layout;  // m_indices [M] (contiguous) or masked_m [G] (masked); else null
+  u32 shape_m;     // rows of A: M (normal, contiguous) or Mmax per group (masked)
+  u32 num_groups;  // G (1 for normal)
+};
+
+namespace layout {
+
+constexpr u32 kBlockK = 128;       // fp8 elements = bytes: one 128B-swizzle row
+constexpr u32 kWgmmaM = 64;        // rows per wgmma
+constexpr u32 kMaxSmemBytes = 232448;  // 227 KiB, the sm_90 opt-in limit per block
+
+DGPT_HOST_DEVICE constexpr u32 align_up(u32 x, u32 a) { return (x + a - 1) / a * a; }
+DGPT_HOST_DEVICE constexpr u32 ceil_div(u32 x, u32 y) { return (x + y - 1) / y; }
+
+// One math warpgroup per 64 rows up to two; a 256-row block gives each warpgroup 128 rows.
+DGPT_HOST_DEVICE constexpr u32 num_math_warpgroups(u32 block_m) { return block_m == 64 ? 1 : 2; }
+DGPT_HOST_DEVICE constexpr u32 num_threads(u32 block_m) { return 128 * (num_math_warpgroups(block_m) + 1); }
+
+// Bytes of one output row segment per TMA store: the widest swizzle that tiles BLOCK_N.
+DGPT_HOST_DEVICE constexpr u32 swizzle_d_bytes(u32 block_n) {
+  return (block_n * 2) % 128 == 0 ? 128 : ((block_n * 2) % 64 == 0 ? 64 : 32);
+}
+
+// Shared memory: [D tile][A stages][B stages][full barriers][empty barriers], base aligned to
+// 1024 bytes (the 128B swizzle period); the extra 1024 covers aligning the dynamic base.
+DGPT_HOST_DEVICE constexpr u32 smem_d_bytes(u32 block_m, u32 block_n) { return align_up(block_m * block_n * 2, 1024); }
+DGPT_HOST_DEVICE constexpr u32 smem_a_stage_bytes(u32 block_m) { return block_m * kBlockK; }
+DGPT_HOST_DEVICE constexpr u32 smem_b_stage_bytes(u32 block_n) { return block_n * kBlockK; }
+DGPT_HOST_DEVICE constexpr u32 smem_size(u32 block_m, u32 block_n, u32 num_stages) {
+  return smem_d_bytes(block_m, block_n) +
+         num_stages * (smem_a_stage_bytes(block_m) + smem_b_stage_bytes(block_n)) +
+         num_stages * 2 * 8 + 1024;
+}
+
+}  // namespace layout
+}  // namespace dgpt

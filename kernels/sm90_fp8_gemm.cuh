@@ -1,0 +1,224 @@
+// The core Hopper FP8 GEMM: D (bf16) = A (e4m3) * B (e4m3)^T with fp32 accumulation, for the
+// normal, M-grouped contiguous and M-grouped masked layouts.
+//
+// One persistent CTA per SM walks tiles from the scheduler. Warp-specialised:
+//   - the last warpgroup is the producer: one thread issues TMA loads of A and B tiles into a
+//     ring of shared-memory stages guarded by full/empty mbarriers;
+//   - one or two math warpgroups (64 rows each) issue wgmma over each 128-wide K block, then add
+//     the block's result into fp32 registers ("promotion": the tensor core's FP8 accumulator is
+//     narrower than fp32), and finally write bf16 through stmatrix + TMA store.
+#pragma once
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ != 900 || !defined(__CUDA_ARCH_FEAT_SM90_ALL))
+#error "jax_dgpt kernels need sm_90a: compile with -gencode=arch=compute_90a,code=sm_90a"
+#endif
+
+#include "dgpt_types.cuh"
+#include "ptx.cuh"
+#include "tile_scheduler.cuh"
+#include "wgmma_fp8.cuh"
+
+namespace dgpt {
+
+template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumStages>
+struct Sm90Fp8Gemm {
+  static_assert(kBlockM == 64 || kBlockM == 128, "BLOCK_M must be 64 or 128");
+  static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "BLOCK_N must be a multiple of 16 in [16, 256]");
+  static_assert(kK % 16 == 0 && kN % 8 == 0, "TMA needs 16-byte row strides: K % 16 == 0, N % 8 == 0");
+  static_assert(kNumStages >= 2, "need at least two pipeline stages");
+
+  static constexpr u32 kBlockK = layout::kBlockK;
+  static constexpr u32 kNumMathWarpgroups = layout::num_math_warpgroups(kBlockM);
+  static constexpr u32 kNumMathThreads = 128 * kNumMathWarpgroups;
+  static constexpr u32 kNumThreads = layout::num_threads(kBlockM);
+  static constexpr u32 kNumKBlocks = layout::ceil_div(kK, kBlockK);
+  static constexpr u32 kNumAccum = kBlockN / 2;  // fp32 per thread for 64 x BLOCK_N
+  static constexpr u32 kSmemD = layout::smem_d_bytes(kBlockM, kBlockN);
+  static constexpr u32 kSmemA = layout::smem_a_stage_bytes(kBlockM);
+  static constexpr u32 kSmemB = layout::smem_b_stage_bytes(kBlockN);
+  static constexpr u32 kSwizzleD = layout::swizzle_d_bytes(kBlockN);  // bytes per row of a D atom
+  static constexpr u32 kAtomCols = kSwizzleD / 2;
+  static constexpr u32 kNumAtoms = kBlockN / kAtomCols;
+  // NOTES: the producer needs few registers; giving them to the math warpgroups lets the two
+  // fp32 accumulators (wgmma's and the promoted one) stay in registers.
+  static constexpr u32 kProducerRegs = 40;
+  static constexpr u32 kMathRegs = 232;
+  static constexpr u32 kNumNBlocksPerBand = 8;
+
+  using Mma = mma::WgmmaFp8<kBlockN>;
+  using Scheduler = sched::TileScheduler<kType, kBlockM, kBlockN, kN, kNumNBlocksPerBand>;
+
+  struct Smem {
+    u8* d;
+    u8* a;  // stage s at a + s * kSmemA
+    u8* b;  // stage s at b + s * kSmemB
+    u64* full;
+    u64* empty;
+  };
+
+  __device__ static Smem carve(u8* raw) {
+    // NOTES: swizzled TMA boxes and wgmma descriptors assume 1024-byte aligned tiles.
+    const u32 base = ptx::smem_addr(raw);
+    u8* p = raw + (layout::align_up(base, 1024) - base);
+    Smem s;
+    s.d = p;
+    s.a = p + kSmemD;
+    s.b = s.a + kNumStages * kSmemA;
+    s.full = reinterpret_cast<u64*>(s.b + kNumStages * kSmemB);
+    s.empty = s.full + kNumStages;
+    return s;
+  }
+
+  __device__ static void run(const GemmParams& params, u8* smem_raw) {
+    const Smem smem = carve(smem_raw);
+    const u32 warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
+
+    if (threadIdx.x == kNumMathThreads) {
+      ptx::tma_prefetch_descriptor(&params.tma_a);
+      ptx::tma_prefetch_descriptor(&params.tma_b);
+      ptx::tma_prefetch_descriptor(&params.tma_d);
+      for (u32 s = 0; s < kNumStages; ++s) {
+        ptx::mbarrier_init(&smem.full[s], 1);
+        ptx::mbarrier_init(&smem.empty[s], kNumMathThreads / 32);  // one arrival per math warp
+      }
+      ptx::fence_barrier_init();
+    }
+    __syncthreads();
+
+    if (warpgroup == kNumMathWarpgroups) {
+      ptx::setmaxnreg_dec<kProducerRegs>();
+      if (threadIdx.x == kNumMathThreads) produce(params, smem);
+    } else {
+      ptx::setmaxnreg_inc<kMathRegs>();
+      consume(params, smem, warpgroup);
+    }
+  }
+
+  // Producer: stream A and B tiles of every K block through the stage ring.
+  __device__ static void produce(const GemmParams& params, const Smem& smem) {
+    Scheduler scheduler(params);
+    sched::Tile tile;
+    u32 iter = 0;
+    while (scheduler.next_tile(tile)) {
+      if (!tile.compute) continue;
+      const i32 m = static_cast<i32>(tile.m_block * kBlockM);
+      const i32 n = static_cast<i32>(tile.n_block * kBlockN);
+      for (u32 kb = 0; kb < kNumKBlocks; ++kb, ++iter) {
+        const u32 stage = iter % kNumStages;
+        ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
+        // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
+        ptx::mbarrier_arrive_expect_tx(&smem.full[stage], kSmemA + kSmemB);
+        const i32 k = static_cast<i32>(kb * kBlockK);
+        ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
+        ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, tile.group_b);
+      }
+    }
+  }
+
+  // Math warpgroup: 64 rows x BLOCK_N of each tile.
+  __device__ static void consume(const GemmParams& params, const Smem& smem, u32 warpgroup) {
+    const u32 thread = threadIdx.x % 128;
+    const u32 warp = thread / 32;
+    const u32 lane = thread % 32;
+    float accum[kNumAccum];
+    float result[kNumAccum];
+
+    Scheduler scheduler(params);
+    sched::Tile tile;
+    u32 iter = 0;
+    while (scheduler.next_tile(tile)) {
+#pragma unroll
+      for (u32 i = 0; i < kNumAccum; ++i) result[i] = 0.0f;
+
+      if (tile.compute) {
+        for (u32 kb = 0; kb < kNumKBlocks; ++kb, ++iter) {
+          const u32 stage = iter % kNumStages;
+          ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
+          const u8* a_tile = smem.a + stage * kSmemA + warpgroup * layout::kWgmmaM * kBlockK;
+          const u8* b_tile = smem.b + stage * kSmemB;
+          const u64 desc_a = ptx::make_smem_desc_sw128(a_tile);
+          const u64 desc_b = ptx::make_smem_desc_sw128(b_tile);
+#pragma unroll
+          for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
+          ptx::wgmma_fence();
+#pragma unroll
+          for (u32 kk = 0; kk < kBlockK / 32; ++kk) {
+            // NOTES: a 32-byte K step stays inside the 128B swizzle row: advance the start address
+            // field (16-byte units) by 2 per step.
+            Mma::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);
+          }
+          ptx::wgmma_commit();
+#pragma unroll
+          for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
+          ptx::wgmma_wait<0>();
+          // The stage can be refilled as soon as this warp's wgmmas have read it.
+          if (lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
+#pragma unroll
+          for (u32 i = 0; i < kNumAccum; ++i) result[i] += accum[i];
+        }
+      }
+      store_tile(params, smem, tile, warpgroup, warp, lane, result);
+    }
+    if (thread == 0) ptx::tma_store_wait_all();
+  }
+
+  // Epilogue: bf16 rows through stmatrix into the swizzled D tile, then TMA stores per atom.
+  __device__ static void store_tile(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
+                                    u32 warpgroup, u32 warp, u32 lane, float (&result)[kNumAccum]) {
+    const u32 thread = warp * 32 + lane;
+    const u32 row_base = warpgroup * layout::kWgmmaM;  // first tile row of this warpgroup
+    const u32 m_tile = tile.m_block * kBlockM;
+
+    if constexpr (kType == GemmType::kContiguous) {
+      // Rows of another expert or padding (-1, out of range) inside this block come out as zero.
+      const u32 r0 = m_tile + row_base + warp * 16 + lane / 4;
+      const i32 expert = tile.compute ? static_cast<i32>(tile.group_b) : -1;
+      const bool keep0 = r0 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0) == expert;
+      const bool keep1 = r0 + 8 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0 + 8) == expert;
+#pragma unroll
+      for (u32 i = 0; i < kNumAccum; ++i) {
+        const bool keep = (i % 4) < 2 ? keep0 : keep1;
+        result[i] = keep ? result[i] : 0.0f;
+      }
+    }
+
+    // The previous tile's stores must have finished reading this warpgroup's part of the D tile.
+    if (thread == 0) ptx::tma_store_wait_read();
+    ptx::named_barrier_sync(1 + warpgroup, 128);
+
+    const u32 q = lane / 8;
+    const u32 row = row_base + warp * 16 + (q & 1) * 8 + lane % 8;
+#pragma unroll
+    for (u32 c = 0; c < kBlockN / 16; ++c) {
+      const u32 col = c * 16 + (q >> 1) * 8;
+      const u32 atom = col / kAtomCols;
+      const u32 offset = row * kSwizzleD + (col % kAtomCols) * 2;
+      const u32 swizzled = offset ^ (((offset >> 7) & (kSwizzleD / 16 - 1)) << 4);
+      const float* f = result + c * 8;
+      ptx::stmatrix_x4(smem.d + atom * (kBlockM * kSwizzleD) + swizzled, ptx::pack_bf16x2(f[0], f[1]),
+                       ptx::pack_bf16x2(f[2], f[3]), ptx::pack_bf16x2(f[4], f[5]), ptx::pack_bf16x2(f[6], f[7]));
+    }
+    ptx::fence_proxy_async_shared();
+    ptx::named_barrier_sync(1 + warpgroup, 128);
+
+    if (thread == 0) {
+#pragma unroll
+      for (u32 atom = 0; atom < kNumAtoms; ++atom) {
+        ptx::tma_store_3d(&params.tma_d, smem.d + atom * (kBlockM * kSwizzleD) + row_base * kSwizzleD,
+                          static_cast<i32>(tile.n_block * kBlockN + atom * kAtomCols),
+                          static_cast<i32>(m_tile + row_base), static_cast<i32>(tile.group_a));
+      }
+      ptx::tma_store_commit();
+    }
+  }
+};
+
+}  // namespace dgpt
+
+// Defines the kernel entry point `dgpt_kernel` for one configuration (used by generated sources).
+#define DGPT_DEFINE_SM90_FP8_GEMM(TYPE, BLOCK_M, BLOCK_N, N, K, STAGES)                                  \
+  extern "C" __global__ void __launch_bounds__(::dgpt::layout::num_threads(BLOCK_M), 1)                \
+      dgpt_kernel(const __grid_constant__ ::dgpt::GemmParams params) {                                 \
+    extern __shared__ __align__(1024) ::dgpt::u8 dgpt_smem[];                                          \
+    ::dgpt::Sm90Fp8Gemm<::dgpt::GemmType::TYPE, BLOCK_M, BLOCK_N, N, K, STAGES>::run(params, dgpt_smem); \
+  }

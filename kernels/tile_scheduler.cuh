@@ -1,0 +1,89 @@
+// Persistent tile scheduler shared by the three layouts. Every role of a CTA (producer and math
+// warpgroups) runs its own copy and walks the same tile sequence, decided only by device data.
+#pragma once
+
+#include "dgpt_types.cuh"
+#include "ptx.cuh"
+
+namespace dgpt::sched {
+
+struct Tile {
+  u32 m_block;   // block row inside the group (masked) or the whole problem
+  u32 n_block;
+  u32 group_a;   // third TMA coordinate of A and D
+  u32 group_b;   // third TMA coordinate of B (the expert)
+  bool compute;  // false: every row is padding, write zeros without loading anything
+};
+
+template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kNumNBlocksPerBand>
+struct TileScheduler {
+  static constexpr u32 kNumNBlocks = layout::ceil_div(kN, kBlockN);
+
+  const GemmParams& params;
+  u32 next;              // next linear tile index of this CTA
+  u32 group = 0;         // masked: group holding `next`
+  u32 group_start = 0;   // masked: linear index of that group's first tile
+  u32 num_m_blocks = 0;  // normal/contiguous: all rows; masked: rows of `group`
+
+  __device__ explicit TileScheduler(const GemmParams& p) : params(p), next(blockIdx.x) {
+    if constexpr (kType == GemmType::kMasked) {
+      num_m_blocks = masked_m_blocks(0);
+    } else {
+      num_m_blocks = layout::ceil_div(p.shape_m, kBlockM);
+    }
+  }
+
+  // Masked rows of group g, clamped to [0, Mmax], in blocks.
+  __device__ u32 masked_m_blocks(u32 g) const {
+    if (g >= params.num_groups) return 0;
+    const i32 rows = ptx::load_global_nc(params.grouped_layout + g);
+    const u32 clamped = rows <= 0 ? 0u : (static_cast<u32>(rows) > params.shape_m ? params.shape_m : static_cast<u32>(rows));
+    return layout::ceil_div(clamped, kBlockM);
+  }
+
+  // Tiles of one group are visited in bands of kNumNBlocksPerBand column blocks; inside a band,
+  // consecutive tiles share a row block (A reuse) and the band's B columns stay hot in L2.
+  __device__ static void rasterize(u32 local, u32 m_blocks, u32& m_block, u32& n_block) {
+    const u32 per_band = m_blocks * kNumNBlocksPerBand;
+    const u32 band = local / per_band;
+    const u32 first_n = band * kNumNBlocksPerBand;
+    const u32 width = (kNumNBlocks - first_n) < kNumNBlocksPerBand ? (kNumNBlocks - first_n) : kNumNBlocksPerBand;
+    const u32 in_band = local - band * per_band;
+    m_block = in_band / width;
+    n_block = first_n + in_band % width;
+  }
+
+  // Returns false once this CTA has no tiles left.
+  __device__ bool next_tile(Tile& tile) {
+    const u32 index = next;
+    next += gridDim.x;
+    if constexpr (kType == GemmType::kMasked) {
+      // Advance to the group holding `index` (tile indices of a CTA only grow).
+      while (index >= group_start + num_m_blocks * kNumNBlocks) {
+        group_start += num_m_blocks * kNumNBlocks;
+        if (++group >= params.num_groups) return false;
+        num_m_blocks = masked_m_blocks(group);
+      }
+      if (group >= params.num_groups) return false;
+      rasterize(index - group_start, num_m_blocks, tile.m_block, tile.n_block);
+      tile.group_a = tile.group_b = group;
+      tile.compute = true;
+      return true;
+    } else {
+      if (index >= num_m_blocks * kNumNBlocks) return false;
+      rasterize(index, num_m_blocks, tile.m_block, tile.n_block);
+      tile.group_a = 0;
+      tile.group_b = 0;
+      tile.compute = true;
+      if constexpr (kType == GemmType::kContiguous) {
+        // The block's expert is its first row's; the layout puts experts on block boundaries.
+        const i32 expert = ptx::load_global_nc(params.grouped_layout + tile.m_block * kBlockM);
+        tile.compute = expert >= 0 && static_cast<u32>(expert) < params.num_groups;
+        tile.group_b = tile.compute ? static_cast<u32>(expert) : 0u;
+      }
+      return true;
+    }
+  }
+};
+
+}  // namespace dgpt::sched

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The one script the H100/H200 runs: build, GPU tests, sanitizers, benchmark. Logs go to $OUT.
+# usage: scripts/gpu_check.sh [build] [smoke] [tests] [sanitize] [bench] ...   (default: build smoke tests)
+#   PYTEST_ARGS="-k masked" narrows the test run; BENCH_ARGS is passed to the benchmark.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/dgpt_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export DG_JIT_CACHE_DIR=${DG_JIT_CACHE_DIR:-/tmp/dgpt_cache}
+[ $# -gt 0 ] || set -- build smoke tests
+status=0
+
+step() { echo; echo "=== $1 ($(date +%T))"; }
+
+for what in "$@"; do
+  case "$what" in
+    build)
+      step build
+      nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee "$OUT/gpu.txt"
+      python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
+      python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+      echo "build ok" ;;
+    smoke)
+      step smoke
+      python3 scripts/smoke.py 2>&1 | tee "$OUT/smoke.log" || status=1 ;;
+    tests)
+      step "gpu tests"
+      python3 -m pytest tests -m gpu -q -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+    cputests)
+      step "cpu tests (on the GPU machine: lowering, heuristics, compile checks)"
+      python3 -m pytest tests -m "not gpu" -q ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/cpu_tests.log" | tail -15 ;;
+    sanitize)
+      step sanitize
+      for tool in memcheck racecheck synccheck; do
+        compute-sanitizer --tool "$tool" --print-limit 20 python3 scripts/sanitize_case.py >"$OUT/sanitize_$tool.log" 2>&1
+        echo "$tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" | tail -1)"
+      done ;;
+    bench)
+      step benchmark
+      python3 benchmarks/bench.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -80 ;;
+    *) echo "unknown step $what"; exit 2 ;;
+  esac
+done
+exit $status
