@@ -1,0 +1,48 @@
+"""One small shape of each op, run under compute-sanitizer by scripts/gpu_check.sh (memcheck, racecheck,
+synccheck). Exits non-zero if a result is wrong, so a sanitizer run also checks correctness."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_dgpt
+
+
+def fp8(shape, seed):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(jnp.float8_e4m3fn))
+
+
+def diff(x, y):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return 1 - 2 * np.sum(x * y) / (np.sum(x * x) + np.sum(y * y))
+
+
+def main():
+    ok = True
+    a, b = fp8((200, 256), 0), fp8((272, 256), 1)  # partial M and N tiles, two K blocks
+    d = jax.jit(jax_dgpt.gemm)(a, b)
+    ok &= diff(d, np.asarray(a, np.float64) @ np.asarray(b, np.float64).T) <= 3e-6
+
+    bg = fp8((3, 272, 256), 2)
+    am = fp8((3, 130, 256), 3)
+    masked_m = jnp.asarray([130, 5, 0], jnp.int32)
+    dm = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)(am, bg, masked_m, 64)
+    for g, r in enumerate([130, 5]):
+        ok &= diff(np.asarray(dm[g, :r], np.float64), np.asarray(am[g, :r], np.float64) @ np.asarray(bg[g], np.float64).T) <= 3e-6
+
+    idx = np.full(384, -1, np.int32)
+    idx[:100], idx[128:256], idx[256:300] = 0, 2, 7  # 7 is out of range: treated as padding
+    ac = fp8((384, 256), 4)
+    dc = np.asarray(jax.jit(jax_dgpt.grouped_gemm_contiguous)(ac, bg, jnp.asarray(idx)), np.float64)
+    a64, b64 = np.asarray(ac, np.float64), np.asarray(bg, np.float64)
+    ok &= diff(dc[:100], a64[:100] @ b64[0].T) <= 3e-6
+    ok &= diff(dc[128:256], a64[128:256] @ b64[2].T) <= 3e-6
+    ok &= bool(np.all(dc[idx < 0] == 0)) and bool(np.all(dc[256:300] == 0))
+    print("SANITIZE CASE", "OK" if ok else "WRONG RESULTS")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
