@@ -49,12 +49,12 @@ ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(int64_t m, int64_t n, int
     config.num_sms = num_sms;
     GemmKernel* kernel = nullptr;
     const Status status = GemmKernel::create(config, &kernel);
-    if (!status.ok()) return to_ffi(status, "jax_dgpt instantiate");
+    if (!status.ok()) return ffi::Unexpected(to_ffi(status, "jax_dgpt instantiate"));
     auto state = std::make_unique<KernelState>();
     state->kernel.reset(kernel);
     return state;
   } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("jax_dgpt instantiate: ") + e.what());
+    return ffi::Unexpected(ffi::Error::Internal(std::string("jax_dgpt instantiate: ") + e.what()));
   }
 }
 

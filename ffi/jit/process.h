@@ -1,0 +1,19 @@
+// Runs a program without a shell and captures its output (for nvcc).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "jit/status.h"
+
+namespace dgpt::jit {
+
+// Runs argv[0] (a path) with `argv`, stdout and stderr merged into `*output`. `*exit_code` gets
+// the exit status, or 128 + signal number when the program was killed. An error Status only
+// when the program could not be started.
+Status run_process(const std::vector<std::string>& argv, std::string* output, int* exit_code);
+
+// `argv` as one line for messages, single-quoting arguments that hold spaces or quotes.
+std::string command_line(const std::vector<std::string>& argv);
+
+}  // namespace dgpt::jit
