@@ -1,6 +1,6 @@
 #include "gemm_launcher.h"
 
-#include <sstream>
+#include <string>
 
 #include "jit/driver.h"
 #include "tma.h"
@@ -27,10 +27,12 @@ Status parse_gemm_type(const std::string& name, GemmType* out) {
 }
 
 std::string GemmConfig::describe() const {
-  std::ostringstream s;
-  s << gemm_type_name(type) << " m=" << m << " n=" << n << " k=" << k << " groups=" << num_groups
-    << " block_m=" << block_m << " block_n=" << block_n << " stages=" << num_stages << " sms=" << num_sms;
-  return s.str();
+  // NOTES: no iostreams in this library: on the H200 image, ostream insertion from this extension
+  // crashed inside libstdc++'s locale code (seen 2026-11-28), while std::to_string works.
+  using std::to_string;
+  return std::string(gemm_type_name(type)) + " m=" + to_string(m) + " n=" + to_string(n) + " k=" + to_string(k) +
+         " groups=" + to_string(num_groups) + " block_m=" + to_string(block_m) + " block_n=" + to_string(block_n) +
+         " stages=" + to_string(num_stages) + " sms=" + to_string(num_sms);
 }
 
 Status validate(const GemmConfig& c) {
@@ -55,12 +57,11 @@ Status validate(const GemmConfig& c) {
 
 std::string generate_source(const GemmConfig& c) {
   static const char* kTypeEnum[] = {"kNormal", "kContiguous", "kMasked"};
-  std::ostringstream s;
-  s << "// jax_dgpt generated kernel: " << gemm_type_name(c.type) << " n=" << c.n << " k=" << c.k << "\n"
-    << "#include \"sm90_fp8_gemm.cuh\"\n"
-    << "DGPT_DEFINE_SM90_FP8_GEMM(" << kTypeEnum[static_cast<int>(c.type)] << ", " << c.block_m << ", "
-    << c.block_n << ", " << c.n << ", " << c.k << ", " << c.num_stages << ")\n";
-  return s.str();
+  using std::to_string;
+  return "// jax_dgpt generated kernel: " + std::string(gemm_type_name(c.type)) + " n=" + to_string(c.n) +
+         " k=" + to_string(c.k) + "\n#include \"sm90_fp8_gemm.cuh\"\nDGPT_DEFINE_SM90_FP8_GEMM(" +
+         kTypeEnum[static_cast<int>(c.type)] + ", " + to_string(c.block_m) + ", " + to_string(c.block_n) + ", " +
+         to_string(c.n) + ", " + to_string(c.k) + ", " + to_string(c.num_stages) + ")\n";
 }
 
 Status compile(const GemmConfig& c, bool ptxas_verbose, jit::CubinEntry* out) {

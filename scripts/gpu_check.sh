@@ -23,10 +23,10 @@ for what in "$@"; do
       echo "build ok" ;;
     smoke)
       step smoke
-      python3 scripts/smoke.py 2>&1 | tee "$OUT/smoke.log" || status=1 ;;
+      timeout 300 python3 scripts/smoke.py 2>&1 | tee "$OUT/smoke.log" || status=1 ;;
     tests)
       step "gpu tests"
-      python3 -m pytest tests -m gpu -q -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+      timeout ${TEST_TIMEOUT:-480} python3 -m pytest tests -m gpu -q -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     cputests)
       step "cpu tests (on the GPU machine: lowering, heuristics, compile checks)"

@@ -1,0 +1,37 @@
+"""jax_dgpt: DeepGEMM-class FP8 GEMMs for JAX on NVIDIA Hopper, through an XLA FFI custom call.
+
+Every op works inside ``jax.jit``: on an sm_90a GPU it runs a kernel JIT-compiled for the static
+shape on XLA's stream; on a CPU the same program runs a jnp reference (exact fp8 products, fp32
+accumulation).
+
+    import jax, jax_dgpt
+    d = jax.jit(jax_dgpt.gemm)(a, b)  # a f8e4m3fn[M, K], b f8e4m3fn[N, K] -> bf16[M, N]
+"""
+
+from ._native import load as _load_native
+from .device import get_num_sms, set_num_sms
+from .ops import (
+    gemm,
+    gemm_per_tensor_fp8_fp8_bf16_nt,
+    get_m_alignment_for_contiguous_layout,
+    grouped_gemm_contiguous,
+    grouped_gemm_masked,
+    m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous,
+    m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked,
+)
+
+# NOTES: imports the extension and registers its FFI targets and types, once; a missing build fails
+# here with one clear ImportError. No module imports ``_C`` itself at import time.
+_load_native()
+
+__all__ = [
+    "gemm",
+    "gemm_per_tensor_fp8_fp8_bf16_nt",
+    "get_m_alignment_for_contiguous_layout",
+    "get_num_sms",
+    "grouped_gemm_contiguous",
+    "grouped_gemm_masked",
+    "m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous",
+    "m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked",
+    "set_num_sms",
+]

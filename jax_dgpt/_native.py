@@ -1,0 +1,87 @@
+"""Loads the native extension ``jax_dgpt._C`` and registers its FFI targets and types, once."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from types import ModuleType
+
+import jax
+
+__all__ = ["TARGETS", "kernels_dir", "load"]
+
+# The FFI targets the extension provides, by op (the names the CUDA lowerings call).
+TARGETS = {
+    "gemm": "dgpt_gemm",
+    "contiguous": "dgpt_m_grouped_contiguous",
+    "masked": "dgpt_m_grouped_masked",
+}
+_PLATFORM = "CUDA"
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+
+
+def kernels_dir() -> str | None:
+    """The directory holding the kernel headers the JIT compiles, or None if none is found.
+
+    An installed wheel carries them as ``jax_dgpt/kernels``; a source checkout (or an editable
+    install) has them next to the package, in ``<repo>/kernels``.
+    """
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (
+        os.path.join(package_dir, "kernels"),
+        os.path.join(package_dir, os.pardir, "kernels"),
+    ):
+        if os.path.isdir(candidate):
+            return os.path.normpath(candidate)
+    return None
+
+
+def _import_extension() -> ModuleType:
+    try:
+        # NOTES: import_module, not ``from . import _C``: the latter's error on a missing module
+        # blames a circular import of the half-initialised package.
+        native = importlib.import_module(f"{__package__}._C")
+    except ImportError as error:
+        raise ImportError(
+            f"jax_dgpt: the native extension jax_dgpt._C could not be imported ({error}). "
+            "Install the package with `pip install .` (in a source checkout on a machine without a "
+            "registry: `pip install --no-build-isolation -e .`) so that the extension is built for "
+            "this Python and jaxlib."
+        ) from error
+    return native
+
+
+def load() -> ModuleType:
+    """Imports ``_C``, points it at the kernel headers, registers targets and types; returns ``_C``.
+
+    Only the first call does the work; later calls return the module.
+
+    NOTES: a second registration of a target under the same name with another pointer breaks
+    backend initialisation, hence the module-level guard. On a CPU-only jaxlib, registering for
+    CUDA only queues the registration (``xla_client`` keeps it until a CUDA plugin appears), for
+    targets and for types alike, so no CPU-only special case is needed here.
+    """
+    global _module
+    with _lock:
+        if _module is not None:
+            return _module
+        native = _import_extension()
+        directory = kernels_dir()
+        if directory is not None:
+            native.set_kernels_dir(directory)
+        # NOTES: types before targets: a stateful handler's state type must exist before it.
+        for name, registration in native.type_registrations().items():
+            jax.ffi.register_ffi_type(name, registration, platform=_PLATFORM)
+        registrations = native.registrations()
+        missing = sorted(set(TARGETS.values()) - set(registrations))
+        if missing:
+            raise ImportError(
+                f"jax_dgpt: the native extension lacks FFI targets {missing}; rebuild it"
+            )
+        for name, stages in registrations.items():
+            jax.ffi.register_ffi_target(name, stages, platform=_PLATFORM)
+        _module = native
+        return native

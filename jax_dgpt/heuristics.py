@@ -1,0 +1,214 @@
+"""Kernel configuration heuristics: a pure function of static shape, layout and SM count.
+
+No JAX and no CUDA calls live here. The chosen :class:`GemmConfig` travels to C++ as FFI attributes,
+so it is visible in the lowered program and testable on a machine without a GPU. The kernel's
+shared-memory layout has one owner, the native extension: stage counts are found by asking
+``_C.smem_size`` (the extension is loaded through :func:`jax_dgpt._native.load`).
+
+Rules (correctness first; tuning comes in a later issue):
+
+- ``block_m`` is 64 when the effective M (``m`` for "normal" and "contiguous", ``expected_m``
+  for "masked") is at most 64, else 128. Both divide the contiguous layout's 128-row alignment.
+- ``block_n`` is a multiple of 16 in ``[16, min(MAX_BLOCK_N[block_m], round_up(n, 16))]``
+  chosen to minimise the number of waves ``ceil(tiles / num_sms)``; ties go to the larger
+  last-wave occupancy, then to the larger ``block_n``.
+- ``num_stages`` is the largest ``s`` in ``[MIN_STAGES, MAX_STAGES]`` whose shared memory fits.
+- ``num_sms`` (the persistent grid size) is ``min(num_sms, tiles)`` for "normal" and
+  "contiguous"; "masked" keeps ``num_sms`` because its tile count depends on device data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+from ._native import load as _native
+
+__all__ = [
+    "BLOCK_M_CHOICES",
+    "BLOCK_N_STEP",
+    "KINDS",
+    "MAX_BLOCK_N",
+    "MAX_STAGES",
+    "MIN_STAGES",
+    "GemmConfig",
+    "block_n_candidates",
+    "ceil_div",
+    "describe",
+    "last_wave_occupancy",
+    "num_tiles",
+    "num_waves",
+    "round_up",
+    "select_block_m",
+    "select_config",
+    "select_num_stages",
+]
+
+KINDS = ("normal", "contiguous", "masked")
+BLOCK_M_CHOICES = (64, 128)
+# NOTES: the consumer warpgroups keep a block_m x block_n fp32 accumulator plus the promoted copy in
+# registers; 160 columns is what fits without spilling for both block_m values. The lead may retune
+# this table.
+MAX_BLOCK_N = {64: 208, 128: 208}
+# NOTES: wgmma takes N in steps of 8; 16 keeps the bf16 epilogue's stmatrix tiles whole.
+BLOCK_N_STEP = 16
+MIN_STAGES = 2
+MAX_STAGES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmConfig:
+    """One kernel configuration. Every field is a plain Python ``int``."""
+
+    block_m: int
+    block_n: int
+    num_stages: int
+    num_sms: int
+
+    def as_attributes(self) -> dict[str, int]:
+        """The config as FFI attributes: the names C++ binds, plain ``int`` values (i64)."""
+        return {
+            "block_m": int(self.block_m),
+            "block_n": int(self.block_n),
+            "num_stages": int(self.num_stages),
+            "num_sms": int(self.num_sms),
+        }
+
+
+def ceil_div(x: int, y: int) -> int:
+    return -(-x // y)
+
+
+def round_up(x: int, multiple: int) -> int:
+    return ceil_div(x, multiple) * multiple
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"jax_dgpt.heuristics: {name} must be an int, got bool")
+    try:
+        result = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"jax_dgpt.heuristics: {name} must be an int, got {type(value).__name__}"
+        ) from None
+    if result <= 0:
+        raise ValueError(f"jax_dgpt.heuristics: {name} must be positive, got {result}")
+    return int(result)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"jax_dgpt.heuristics: kind must be one of {KINDS}, got {kind!r}")
+
+
+def select_block_m(m_eff: int) -> int:
+    """64 rows when the effective M fits in one 64-row tile, else 128."""
+    return 64 if m_eff <= 64 else 128
+
+
+def block_n_candidates(block_m: int, n: int) -> tuple[int, ...]:
+    """Every block_n the heuristics consider for this block_m and N, in increasing order."""
+    largest = min(MAX_BLOCK_N[block_m], round_up(n, BLOCK_N_STEP))
+    return tuple(range(BLOCK_N_STEP, largest + 1, BLOCK_N_STEP))
+
+
+def num_tiles(kind: str, m_eff: int, n: int, num_groups: int, block_m: int, block_n: int) -> int:
+    """Output tiles of one launch (for "masked", with ``m_eff = expected_m``: expected tiles)."""
+    tiles = ceil_div(m_eff, block_m) * ceil_div(n, block_n)
+    return tiles * num_groups if kind == "masked" else tiles
+
+
+def num_waves(tiles: int, num_sms: int) -> int:
+    return ceil_div(tiles, num_sms)
+
+
+def last_wave_occupancy(tiles: int, num_sms: int) -> int:
+    """Busy SMs in the last wave (``num_sms`` when the tiles fill every wave)."""
+    return tiles - (num_waves(tiles, num_sms) - 1) * num_sms
+
+
+def select_num_stages(block_m: int, block_n: int) -> int:
+    """The largest stage count whose shared memory (as the kernel lays it out) fits in one SM."""
+    native = _native()
+    limit = int(native.MAX_SMEM_BYTES)
+    for stages in range(MAX_STAGES, MIN_STAGES - 1, -1):
+        if int(native.smem_size(block_m, block_n, stages)) <= limit:
+            return stages
+    needed = int(native.smem_size(block_m, block_n, MIN_STAGES))
+    raise ValueError(
+        f"jax_dgpt.heuristics: block_m={block_m} block_n={block_n} does not fit in shared memory "
+        f"with {MIN_STAGES} stages ({needed} > {limit} bytes)"
+    )
+
+
+def select_config(
+    kind: str, m: int, n: int, k: int, num_groups: int, num_sms: int, expected_m: int | None = None
+) -> GemmConfig:
+    """Picks the kernel configuration for one static problem.
+
+    Args:
+      kind: "normal", "contiguous" or "masked".
+      m: rows of A: M for "normal" and "contiguous" (all experts together), Mmax for "masked".
+      n: columns of the output (N).
+      k: the reduction length (K); does not change the choice today but is part of the problem.
+      num_groups: 1 for "normal", G for the grouped layouts.
+      num_sms: SMs the persistent grid may use.
+      expected_m: "masked" only: the expected rows per group (the static hint).
+
+    Returns:
+      A :class:`GemmConfig`.
+    """
+    _check_kind(kind)
+    m, n, k = _positive_int("m", m), _positive_int("n", n), _positive_int("k", k)
+    num_groups, num_sms = _positive_int("num_groups", num_groups), _positive_int("num_sms", num_sms)
+    if kind == "normal" and num_groups != 1:
+        raise ValueError(
+            f"jax_dgpt.heuristics: kind 'normal' needs num_groups == 1, got {num_groups}"
+        )
+    if kind == "masked":
+        if expected_m is None:
+            raise ValueError("jax_dgpt.heuristics: kind 'masked' needs expected_m")
+        m_eff = min(_positive_int("expected_m", expected_m), m)
+    else:
+        m_eff = m
+
+    block_m = select_block_m(m_eff)
+    best: tuple[int, int, int] | None = None  # (waves, -occupancy, -block_n): smaller is better
+    for block_n in block_n_candidates(block_m, n):
+        tiles = num_tiles(kind, m_eff, n, num_groups, block_m, block_n)
+        key = (num_waves(tiles, num_sms), -last_wave_occupancy(tiles, num_sms), -block_n)
+        if best is None or key < best:
+            best = key
+    assert best is not None  # n >= 1 gives at least one candidate
+    block_n = -best[2]
+
+    tiles = num_tiles(kind, m_eff, n, num_groups, block_m, block_n)
+    grid = num_sms if kind == "masked" else min(num_sms, tiles)
+    return GemmConfig(
+        block_m=block_m,
+        block_n=block_n,
+        num_stages=select_num_stages(block_m, block_n),
+        num_sms=int(grid),
+    )
+
+
+def describe(
+    op: str,
+    m: int,
+    n: int,
+    k: int,
+    num_groups: int,
+    config: GemmConfig,
+    expected_m: int | None = None,
+) -> str:
+    """The one-line ``DG_PRINT_CONFIGS`` message for a chosen config."""
+    shape = f"M={m} N={n} K={k}"
+    if num_groups != 1 or op != "gemm":
+        shape += f" G={num_groups}"
+    if expected_m is not None:
+        shape += f" expected_m={expected_m}"
+    return (
+        f"jax_dgpt: {op} {shape} -> block_m={config.block_m} block_n={config.block_n} "
+        f"stages={config.num_stages} sms={config.num_sms}"
+    )

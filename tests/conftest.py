@@ -1,0 +1,94 @@
+"""Shared test helpers: the `gpu` marker, input generators, the accuracy metric (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+FP8 = np.dtype(ml_dtypes.float8_e4m3fn)
+
+
+# --- the gpu marker: GPU tests run only where a Hopper (compute capability 9.0) GPU is visible ----
+@functools.cache
+def hopper_gpu_visible() -> bool:
+    try:
+        devices = jax.devices("gpu")
+    except RuntimeError:
+        return False
+    return any(str(getattr(d, "compute_capability", "")) == "9.0" for d in devices)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs an sm_90 (Hopper) GPU; skipped elsewhere")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hopper_gpu_visible():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device with compute capability 9.0 (Hopper)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+# --- generators -----------------------------------------------------------------------------------
+def generate_fp8(shape: tuple[int, ...], key: int) -> jax.Array:
+    """Random normal values cast to float8_e4m3fn (never all zeros), deterministic in ``key``."""
+    values = np.random.default_rng(key).standard_normal(shape).astype(np.float32)
+    return jnp.asarray(values.astype(FP8))
+
+
+def generate_contiguous_indices(group_rows: list[int], alignment: int = 128) -> np.ndarray:
+    """int32 m_indices for experts with ``group_rows[g]`` rows each, each padded with -1 to
+    ``alignment``."""
+    parts = []
+    for g, rows in enumerate(group_rows):
+        padded = -(-rows // alignment) * alignment
+        parts.append(
+            np.concatenate([np.full(rows, g, np.int32), np.full(padded - rows, -1, np.int32)])
+        )
+    return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
+
+
+def to_f64(x: jax.Array) -> np.ndarray:
+    return np.asarray(x).astype(np.float64)
+
+
+def reference_gemm_f64(a: jax.Array, b: jax.Array) -> np.ndarray:
+    """Exact float64 ``A . B^T`` of the fp8 values (a [..., M, K], b [..., N, K])."""
+    return np.matmul(to_f64(a), np.swapaxes(to_f64(b), -1, -2))
+
+
+# --- accuracy -------------------------------------------------------------------------------------
+def calc_diff(x: np.ndarray, y: np.ndarray) -> float:
+    """1 - 2<x,y> / (|x|^2 + |y|^2), in float64 (DESIGN.md §5)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    denominator = float(np.sum(x * x) + np.sum(y * y))
+    return 0.0 if denominator == 0.0 else 1.0 - 2.0 * float(np.sum(x * y)) / denominator
+
+
+def assert_close_to_f64(out: jax.Array, a: jax.Array, b: jax.Array, context: str = "") -> None:
+    """``out`` equals the float64 product rounded to bf16, up to fp32 accumulation error.
+
+    Elementwise: ``|out - ref| <= 2^-7 |ref| + 2 K 2^-24 sum_k |a b|`` (one bf16 ulp plus a bound
+    on fp32 summation error); and ``calc_diff <= 3e-6`` when the output has at least 512 elements
+    (below that, bf16 rounding alone can push the metric past 3e-6).
+    """
+    ref = reference_gemm_f64(a, b)
+    got = to_f64(out)
+    k = a.shape[-1]
+    magnitude = np.matmul(np.abs(to_f64(a)), np.swapaxes(np.abs(to_f64(b)), -1, -2))
+    bound = 2.0**-7 * np.abs(ref) + 2.0 * k * 2.0**-24 * magnitude
+    error = np.abs(got - ref)
+    worst = np.unravel_index(np.argmax(error - bound), error.shape) if error.size else None
+    assert np.all(error <= bound), (
+        f"{context}: element {worst} got {got[worst]} want {ref[worst]} (bound {bound[worst]})"
+    )
+    if ref.size >= 512:
+        diff = calc_diff(got, ref)
+        assert diff <= 3e-6, f"{context}: calc_diff {diff:.3g} > 3e-6"

@@ -1,0 +1,326 @@
+"""Trace-time validation: each wrong dtype, rank or shape names the op, the operand and the rule."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_dgpt
+from jax_dgpt import primitives
+
+F8 = jnp.float8_e4m3fn
+
+
+def arr(shape, dtype=F8):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def fp8(shape):
+    return jnp.zeros(shape, F8)
+
+
+# (case id, callable, exception, message regex)
+GEMM_CASES = [
+    (
+        "a_dtype",
+        lambda: jax_dgpt.gemm(arr((4, 32), jnp.float16), arr((8, 32))),
+        TypeError,
+        r"jax_dgpt\.gemm: a must have dtype float8_e4m3fn, got float16",
+    ),
+    (
+        "b_dtype",
+        lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 32), jnp.float16)),
+        TypeError,
+        r"jax_dgpt\.gemm: b must have dtype float8_e4m3fn, got float16",
+    ),
+    (
+        "b_e5m2",
+        lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 32), jnp.float8_e5m2)),
+        TypeError,
+        r"b must have dtype float8_e4m3fn, got float8_e5m2",
+    ),
+    (
+        "a_rank",
+        lambda: jax_dgpt.gemm(arr((2, 4, 32)), arr((8, 32))),
+        ValueError,
+        r"jax_dgpt\.gemm: a must have rank 2 \(shape \[M, K\]\), got rank 3 with shape \(2, 4,",
+    ),
+    (
+        "b_rank",
+        lambda: jax_dgpt.gemm(arr((4, 32)), arr((32,))),
+        ValueError,
+        r"jax_dgpt\.gemm: b must have rank 2 \(shape \[N, K\]\), got rank 1",
+    ),
+    (
+        "k_mismatch",
+        lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 48))),
+        ValueError,
+        r"jax_dgpt\.gemm: a and b must have the same K \(last dimension\), got 32 and 48",
+    ),
+    (
+        "not_array",
+        lambda: jax_dgpt.gemm([[1.0]], arr((8, 32))),
+        TypeError,
+        r"jax_dgpt\.gemm: a must be an array with a shape and a dtype, got list",
+    ),
+    (
+        "alias",
+        lambda: jax_dgpt.gemm_per_tensor_fp8_fp8_bf16_nt(arr((4, 32)), arr((8, 16))),
+        ValueError,
+        r"must have the same K",
+    ),
+]
+
+CONTIGUOUS_CASES = [
+    (
+        "a_dtype",
+        lambda: jax_dgpt.grouped_gemm_contiguous(
+            arr((4, 32), jnp.bfloat16), arr((2, 8, 32)), arr((4,), jnp.int32)
+        ),
+        TypeError,
+        r"jax_dgpt\.grouped_gemm_contiguous: a must have dtype float8_e4m3fn, got bfloat16",
+    ),
+    (
+        "b_dtype",
+        lambda: jax_dgpt.grouped_gemm_contiguous(
+            arr((4, 32)), arr((2, 8, 32), jnp.float32), arr((4,), jnp.int32)
+        ),
+        TypeError,
+        r"b must have dtype float8_e4m3fn, got float32",
+    ),
+    (
+        "b_rank",
+        lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32)), arr((8, 32)), arr((4,), jnp.int32)),
+        ValueError,
+        r"b must have rank 3 \(shape \[G, N, K\]\), got rank 2",
+    ),
+    (
+        "a_rank",
+        lambda: jax_dgpt.grouped_gemm_contiguous(
+            arr((1, 4, 32)), arr((2, 8, 32)), arr((4,), jnp.int32)
+        ),
+        ValueError,
+        r"a must have rank 2 \(shape \[M, K\]\)",
+    ),
+    (
+        "k_mismatch",
+        lambda: jax_dgpt.grouped_gemm_contiguous(
+            arr((4, 32)), arr((2, 8, 64)), arr((4,), jnp.int32)
+        ),
+        ValueError,
+        r"a and b must have the same K \(last dimension\), got 32 and 64",
+    ),
+    (
+        "indices_dtype",
+        lambda: jax_dgpt.grouped_gemm_contiguous(
+            arr((4, 32)), arr((2, 8, 32)), arr((4,), jnp.float32)
+        ),
+        TypeError,
+        r"m_indices must have dtype int32, got float32",
+    ),
+    (
+        "indices_uint",
+        lambda: jax_dgpt.grouped_gemm_contiguous(
+            arr((4, 32)), arr((2, 8, 32)), arr((4,), jnp.uint32)
+        ),
+        TypeError,
+        r"m_indices must have dtype int32, got uint32",
+    ),
+    (
+        "indices_rank",
+        lambda: jax_dgpt.grouped_gemm_contiguous(
+            arr((4, 32)), arr((2, 8, 32)), arr((4, 1), jnp.int32)
+        ),
+        ValueError,
+        r"m_indices must have rank 1 \(shape \[M\]\), got rank 2",
+    ),
+    (
+        "indices_length",
+        lambda: jax_dgpt.grouped_gemm_contiguous(
+            arr((4, 32)), arr((2, 8, 32)), arr((5,), jnp.int32)
+        ),
+        ValueError,
+        r"a and m_indices must have the same M \(rows\), got 4 and 5",
+    ),
+    (
+        "alias",
+        lambda: jax_dgpt.m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous(
+            arr((4, 32)), arr((2, 8, 32)), arr((3,), jnp.int32)
+        ),
+        ValueError,
+        r"same M",
+    ),
+]
+
+
+def masked(a=(2, 16, 32), b=(2, 8, 32), mask=(2,), mask_dtype=jnp.int32, expected_m=8, a_dtype=F8):
+    return lambda: jax_dgpt.grouped_gemm_masked(
+        arr(a, a_dtype), arr(b), arr(mask, mask_dtype), expected_m
+    )
+
+
+MASKED_CASES = [
+    (
+        "a_dtype",
+        masked(a_dtype=jnp.int8),
+        TypeError,
+        r"jax_dgpt\.grouped_gemm_masked: a must have dtype float8_e4m3fn, got int8",
+    ),
+    (
+        "a_rank",
+        masked(a=(16, 32)),
+        ValueError,
+        r"a must have rank 3 \(shape \[G, Mmax, K\]\), got rank 2",
+    ),
+    ("b_rank", masked(b=(8, 32)), ValueError, r"b must have rank 3 \(shape \[G, N, K\]\)"),
+    (
+        "g_mismatch",
+        masked(b=(3, 8, 32)),
+        ValueError,
+        r"a and b must have the same G \(groups\), got 2 and 3",
+    ),
+    (
+        "k_mismatch",
+        masked(b=(2, 8, 48)),
+        ValueError,
+        r"a and b must have the same K \(last dimension\)",
+    ),
+    (
+        "mask_dtype",
+        masked(mask_dtype=jnp.int64 if jax.config.x64_enabled else jnp.int16),
+        TypeError,
+        r"masked_m must have dtype int32, got int",
+    ),
+    ("mask_rank", masked(mask=(2, 1)), ValueError, r"masked_m must have rank 1 \(shape \[G\]\)"),
+    (
+        "mask_length",
+        masked(mask=(3,)),
+        ValueError,
+        r"a and masked_m must have the same G \(groups\), got 2 and 3",
+    ),
+    (
+        "expected_zero",
+        masked(expected_m=0),
+        ValueError,
+        r"grouped_gemm_masked: expected_m must be positive, got 0",
+    ),
+    (
+        "expected_negative",
+        masked(expected_m=-4),
+        ValueError,
+        r"expected_m must be positive, got -4",
+    ),
+    (
+        "expected_float",
+        masked(expected_m=1.5),
+        TypeError,
+        r"expected_m must be a static int, got float",
+    ),
+    (
+        "expected_str",
+        masked(expected_m="8"),
+        TypeError,
+        r"expected_m must be a static int, got str",
+    ),
+    (
+        "expected_bool",
+        masked(expected_m=True),
+        TypeError,
+        r"expected_m must be a static int, got bool",
+    ),
+    (
+        "expected_array",
+        masked(expected_m=np.array([8])),
+        TypeError,
+        r"expected_m must be a static int",
+    ),
+    (
+        "alias",
+        lambda: jax_dgpt.m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked(
+            arr((2, 16, 32)), arr((2, 8, 32)), arr((2,), jnp.int32), 0
+        ),
+        ValueError,
+        r"expected_m must be positive",
+    ),
+]
+
+
+def _ids(cases):
+    return [c[0] for c in cases]
+
+
+@pytest.mark.parametrize(
+    "case",
+    GEMM_CASES + CONTIGUOUS_CASES + MASKED_CASES,
+    ids=_ids(GEMM_CASES)
+    + ["contiguous_" + i for i in _ids(CONTIGUOUS_CASES)]
+    + ["masked_" + i for i in _ids(MASKED_CASES)],
+)
+def test_error(case):
+    _, call, exception, pattern = case
+    with pytest.raises(exception, match=pattern):
+        call()
+
+
+def test_errors_raise_at_trace_time_under_jit():
+    f = jax.jit(lambda a, b: jax_dgpt.gemm(a, b))
+    with pytest.raises(ValueError, match=r"jax_dgpt\.gemm: a and b must have the same K"):
+        f.trace(arr((4, 32)), arr((8, 40)))
+
+
+def test_traced_expected_m_is_rejected():
+    f = jax.jit(lambda a, b, mask, e: jax_dgpt.grouped_gemm_masked(a, b, mask, e))
+    with pytest.raises(
+        TypeError, match=r"expected_m must be a static Python int, got a traced value"
+    ):
+        f.trace(arr((2, 16, 32)), arr((2, 8, 32)), arr((2,), jnp.int32), 8)
+
+
+@pytest.mark.parametrize("expected_m", [np.int32(8), np.int64(8), 8])
+def test_numpy_integer_expected_m_is_accepted(expected_m):
+    out = jax_dgpt.grouped_gemm_masked(
+        fp8((2, 16, 32)), fp8((2, 8, 32)), jnp.full((2,), 3, jnp.int32), expected_m
+    )
+    assert out.shape == (2, 16, 8) and out.dtype == jnp.bfloat16
+
+
+def test_numpy_inputs_are_accepted():
+    a = np.zeros((4, 32), jnp.float8_e4m3fn)
+    assert jax_dgpt.gemm(a, a).shape == (4, 4)
+
+
+@pytest.mark.parametrize(
+    "value, exception, pattern",
+    [
+        (0, ValueError, r"jax_dgpt\.set_num_sms: num_sms must be at least 1"),
+        (-3, ValueError, r"must be at least 1.*got -3"),
+        (2.0, TypeError, r"num_sms must be an int, got float"),
+        (True, TypeError, r"num_sms must be an int, got bool"),
+    ],
+)
+def test_set_num_sms_errors(value, exception, pattern):
+    before = jax_dgpt.get_num_sms()
+    with pytest.raises(exception, match=pattern):
+        jax_dgpt.set_num_sms(value)
+    assert jax_dgpt.get_num_sms() == before
+
+
+def test_direct_bind_checks_kernel_shape_rules():
+    # Kernel-ready operands only (the public wrapper pads): a direct bind must not slip by.
+    with pytest.raises(ValueError, match=r"K % 16 == 0 and N % 8 == 0"):
+        jax.jit(lambda a, b: primitives.gemm_p.bind(a, b, num_sms=132)).trace(
+            arr((4, 40)), arr((8, 40))
+        )
+    with pytest.raises(TypeError, match=r"a must have dtype float8_e4m3fn"):
+        jax.jit(lambda a, b: primitives.gemm_p.bind(a, b, num_sms=132)).trace(
+            arr((4, 32), jnp.int8), arr((8, 32))
+        )
+
+
+def test_plain_int_normalises_attribute_types():
+    attributes = primitives.ffi_attributes(m=np.int32(128), n=np.int64(7), k=16)
+    assert all(type(v) is int for v in attributes.values())
+    with pytest.raises(TypeError, match="must be an int, got bool"):
+        primitives.ffi_attributes(m=True)

@@ -1,0 +1,221 @@
+"""Heuristics as pure functions (valid, fitting, wave-minimal, deterministic); DG_PRINT_CONFIGS."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jax_dgpt import _C, config, heuristics, primitives
+
+# The 22 normal shapes of shared/ANCHORS-H100.md (M, N, K).
+ANCHOR_SHAPES = [
+    (m, n, k)
+    for m in (64, 128, 4096)
+    for n, k in (
+        (7168, 576),
+        (2112, 7168),
+        (24576, 1536),
+        (32768, 512),
+        (7168, 16384),
+        (4096, 7168),
+        (7168, 2048),
+    )
+] + [(8192, 8192, 8192)]
+ODD_M = (1, 7, 65, 1000, 4097)
+NK_PAIRS = sorted({(n, k) for _, n, k in ANCHOR_SHAPES})
+
+
+def enumerate_normal_shapes():
+    yield from ANCHOR_SHAPES
+    yield from ((m, n, k) for m, (n, k) in itertools.product(ODD_M, NK_PAIRS))
+
+
+def enumerate_grouped_problems():
+    """(kind, m, n, k, num_groups, expected_m) from the contiguous and masked anchor tables, plus
+    edge cases."""
+    for g, expected_m, n, k in (
+        (4, 8192, 4096, 7168),
+        (8, 4096, 7168, 2048),
+        (32, 256, 4096, 7168),
+        (1, 128, 8, 16),
+        (256, 128, 7168, 2048),
+    ):
+        yield "contiguous", g * expected_m, n, k, g, None
+    for g, expected_m, n, k in (
+        (1, 1024, 4096, 7168),
+        (2, 512, 7168, 2048),
+        (4, 256, 4096, 7168),
+        (256, 1, 7168, 2048),
+        (4, 5000, 4096, 7168),
+    ):
+        yield "masked", 4096, n, k, g, expected_m
+
+
+def all_problems():
+    yield from (("normal", m, n, k, 1, None) for m, n, k in enumerate_normal_shapes())
+    yield from enumerate_grouped_problems()
+
+
+PROBLEMS = list(all_problems())
+SM_COUNTS = (132, 100, 7, 1)
+
+
+def _effective_m(kind, m, expected_m):
+    return min(expected_m, m) if kind == "masked" else m
+
+
+@pytest.mark.parametrize("num_sms", SM_COUNTS)
+@pytest.mark.parametrize(
+    "problem", PROBLEMS, ids=[f"{p[0]}-{p[1]}x{p[2]}x{p[3]}-g{p[4]}-e{p[5]}" for p in PROBLEMS]
+)
+def test_config_properties(problem, num_sms):
+    kind, m, n, k, g, expected_m = problem
+    cfg = heuristics.select_config(kind, m, n, k, g, num_sms, expected_m=expected_m)
+    context = f"{problem} num_sms={num_sms} -> {cfg}"
+    m_eff = _effective_m(kind, m, expected_m)
+
+    # Block sizes are ones the kernel has, and block_m follows the effective M.
+    assert cfg.block_m == (64 if m_eff <= 64 else 128), context
+    assert cfg.block_n % 16 == 0 and 16 <= cfg.block_n <= heuristics.MAX_BLOCK_N[cfg.block_m], (
+        context
+    )
+    assert cfg.block_n <= heuristics.round_up(n, 16), context
+
+    # Shared memory fits, and no more stages would.
+    assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages) <= _C.MAX_SMEM_BYTES, context
+    assert 2 <= cfg.num_stages <= 8, context
+    if cfg.num_stages < 8:
+        assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages + 1) > _C.MAX_SMEM_BYTES, (
+            context
+        )
+
+    # No candidate block_n gives fewer waves or wins a tie-break.
+    def key(block_n):
+        tiles = heuristics.num_tiles(kind, m_eff, n, g, cfg.block_m, block_n)
+        return (
+            heuristics.num_waves(tiles, num_sms),
+            -heuristics.last_wave_occupancy(tiles, num_sms),
+            -block_n,
+        )
+
+    assert key(cfg.block_n) == min(
+        key(bn) for bn in heuristics.block_n_candidates(cfg.block_m, n)
+    ), context
+
+    # The grid respects the SM budget: all of it for masked, no more than the tiles otherwise.
+    tiles = heuristics.num_tiles(kind, m_eff, n, g, cfg.block_m, cfg.block_n)
+    assert cfg.num_sms == (num_sms if kind == "masked" else min(num_sms, tiles)), context
+
+    # Deterministic, and every attribute a plain int.
+    assert heuristics.select_config(kind, m, n, k, g, num_sms, expected_m=expected_m) == cfg
+    attributes = cfg.as_attributes()
+    assert attributes == dataclasses.asdict(cfg) and all(
+        type(v) is int for v in attributes.values()
+    )
+
+
+@pytest.mark.parametrize(
+    "m, n, k, expected",
+    [
+        (64, 7168, 576, heuristics.GemmConfig(64, 64, 8, 112)),  # 112 tiles: one wave
+        (4096, 7168, 2048, heuristics.GemmConfig(128, 208, 4, 132)),
+        (1, 8, 16, heuristics.GemmConfig(64, 16, 8, 1)),
+    ],
+)
+def test_known_configs(m, n, k, expected):
+    # Pins the rules on a few shapes.
+    assert heuristics.select_config("normal", m, n, k, 1, 132) == expected
+
+
+def test_expected_m_drives_masked_block_m():
+    small = heuristics.select_config("masked", 4096, 4096, 7168, 8, 132, expected_m=32)
+    large = heuristics.select_config("masked", 4096, 4096, 7168, 8, 132, expected_m=512)
+    assert (small.block_m, large.block_m) == (64, 128)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, exception, pattern",
+    [
+        (("dense", 64, 64, 64, 1, 132), {}, ValueError, r"kind must be one of"),
+        (("masked", 64, 64, 64, 1, 132), {}, ValueError, r"kind 'masked' needs expected_m"),
+        (
+            ("masked", 64, 64, 64, 1, 132),
+            {"expected_m": 0},
+            ValueError,
+            r"expected_m must be positive",
+        ),
+        (("normal", 0, 64, 64, 1, 132), {}, ValueError, r"m must be positive, got 0"),
+        (("normal", 64, 64, 64, 2, 132), {}, ValueError, r"kind 'normal' needs num_groups == 1"),
+        (("normal", 64, 64, 64, 1, 0), {}, ValueError, r"num_sms must be positive"),
+        (("normal", 64.0, 64, 64, 1, 132), {}, TypeError, r"m must be an int, got float"),
+    ],
+)
+def test_select_config_errors(args, kwargs, exception, pattern):
+    with pytest.raises(exception, match=pattern):
+        heuristics.select_config(*args, **kwargs)
+
+
+def test_no_fitting_stage_count_is_an_error(monkeypatch):
+    monkeypatch.setattr(_C, "MAX_SMEM_BYTES", 1024, raising=False)
+    with pytest.raises(ValueError, match=r"does not fit in shared memory with 2 stages"):
+        heuristics.select_num_stages(128, 160)
+
+
+# --- DG_PRINT_CONFIGS -----------------------------------------------------------------------------
+def _lower_for_cuda(fn, *args):
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_print_configs_once_per_distinct_shape(capsys):
+    primitives._printed.clear()
+    a = jax.ShapeDtypeStruct((4096, 2048), jnp.float8_e4m3fn)
+    b = jax.ShapeDtypeStruct((7168, 2048), jnp.float8_e4m3fn)
+    b2 = jax.ShapeDtypeStruct((4096, 2048), jnp.float8_e4m3fn)
+    from jax_dgpt import gemm
+
+    with config.override(print_configs=True):
+        _lower_for_cuda(lambda a, b: gemm(a, b), a, b)
+        _lower_for_cuda(lambda a, b: gemm(a, b) + 1, a, b)  # same op and shape: no second line
+        _lower_for_cuda(gemm, a, b2)
+    lines = capsys.readouterr().out.splitlines()
+    cfg = heuristics.select_config("normal", 4096, 7168, 2048, 1, 132)
+    assert lines[0] == (
+        f"jax_dgpt: gemm M=4096 N=7168 K=2048 -> block_m=128 block_n={cfg.block_n} "
+        f"stages={cfg.num_stages} sms=132"
+    )
+    assert len(lines) == 2 and "N=4096" in lines[1]
+
+
+def test_print_configs_off_prints_nothing(capsys):
+    primitives._printed.clear()
+    from jax_dgpt import gemm
+
+    with config.override(print_configs=False):
+        _lower_for_cuda(
+            gemm,
+            jax.ShapeDtypeStruct((64, 32), jnp.float8_e4m3fn),
+            jax.ShapeDtypeStruct((64, 32), jnp.float8_e4m3fn),
+        )
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("1", True), ("0", False), ("", False), ("true", True), (" On ", True), ("no", False)],
+)
+def test_env_parsing(monkeypatch, value, expected):
+    monkeypatch.setenv("DG_PRINT_CONFIGS", value)
+    try:
+        assert config.reload().print_configs is expected
+    finally:
+        monkeypatch.undo()
+        config.reload()
+
+
+def test_env_parsing_rejects_garbage():
+    with pytest.raises(ValueError, match=r"DG_PRINT_CONFIGS must be 0 or 1, got 'maybe'"):
+        config.Settings.from_environ({"DG_PRINT_CONFIGS": "maybe"})

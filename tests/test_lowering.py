@@ -1,0 +1,199 @@
+"""CUDA lowering without a GPU: the program calls our FFI targets with the heuristics' config."""
+
+from __future__ import annotations
+
+import re
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_dgpt
+from jax_dgpt import device, heuristics
+
+F8 = jnp.float8_e4m3fn
+
+
+def spec(shape, dtype=F8):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def lower(fn, *args, platform="cuda"):
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+def custom_call_attributes(text, target):
+    """The attributes of the one custom call to ``target``, as ``{name: (value, type)}``."""
+    calls = re.findall(rf"stablehlo\.custom_call @{target}\(.*", text)
+    assert len(calls) == 1, f"expected one custom call to {target}, found {len(calls)}:\n{text}"
+    config = re.search(r"mhlo\.backend_config = \{([^}]*)\}", calls[0]).group(1)
+    return {
+        name: (int(value), type_)
+        for name, value, type_ in re.findall(r"(\w+) = (-?\d+) : (\w+)", config)
+    }
+
+
+def expected_attributes(kind, m, n, k, num_groups, expected_m=None, num_sms=132):
+    cfg = heuristics.select_config(kind, m, n, k, num_groups, num_sms, expected_m=expected_m)
+    values = dict(m=m, n=n, k=k, num_groups=num_groups, **cfg.as_attributes())
+    return {name: (value, "i64") for name, value in values.items()}
+
+
+@pytest.fixture(autouse=True)
+def default_num_sms():
+    device._reset_num_sms()
+    yield
+    device._reset_num_sms()
+
+
+@pytest.mark.parametrize("m, n, k", [(4096, 7168, 2048), (64, 2112, 7168), (1, 8, 16)])
+def test_gemm_custom_call(m, n, k):
+    text = lower(jax_dgpt.gemm, spec((m, k)), spec((n, k)))
+    attributes = custom_call_attributes(text, "dgpt_gemm")
+    assert attributes == expected_attributes("normal", m, n, k, 1)
+    assert "stablehlo.pad" not in text and "stablehlo.slice" not in text
+
+
+def test_gemm_attribute_values_are_pinned():
+    attributes = custom_call_attributes(
+        lower(jax_dgpt.gemm, spec((4096, 2048)), spec((7168, 2048))), "dgpt_gemm"
+    )
+    assert attributes["block_m"] == (128, "i64") and attributes["num_sms"] == (132, "i64")
+    assert "block_m = 128 : i64" in lower(jax_dgpt.gemm, spec((4096, 2048)), spec((7168, 2048)))
+
+
+def test_gemm_operand_and_result_types():
+    text = lower(jax_dgpt.gemm, spec((256, 512)), spec((384, 512)))
+    assert re.search(
+        r"custom_call @dgpt_gemm\(%\w+, %\w+\).*\(tensor<256x512xf8E4M3FN>, "
+        r"tensor<384x512xf8E4M3FN>\) -> tensor<256x384xbf16>",
+        text,
+    )
+    assert (
+        "operand_layouts = [dense<[1, 0]> : tensor<2xindex>, dense<[1, 0]> : tensor<2xindex>]"
+        in text
+    )
+
+
+@pytest.mark.parametrize(
+    "m, n, k, padded_n, padded_k", [(7, 13, 40, 16, 48), (65, 8, 17, 8, 32), (64, 13, 16, 16, 16)]
+)
+def test_padding_reaches_the_kernel_shape(m, n, k, padded_n, padded_k):
+    text = lower(jax_dgpt.gemm, spec((m, k)), spec((n, k)))
+    attributes = custom_call_attributes(text, "dgpt_gemm")
+    assert attributes == expected_attributes("normal", m, padded_n, padded_k, 1)
+    assert ("stablehlo.pad" in text) == (padded_k != k or padded_n != n)
+    assert (f"tensor<{m}x{padded_n}xbf16>) -> tensor<{m}x{n}xbf16>" in text) == (padded_n != n)
+
+
+def test_contiguous_custom_call():
+    m, n, k, g = 1024, 4096, 7168, 4
+    text = lower(
+        jax_dgpt.grouped_gemm_contiguous, spec((m, k)), spec((g, n, k)), spec((m,), jnp.int32)
+    )
+    assert custom_call_attributes(text, "dgpt_m_grouped_contiguous") == expected_attributes(
+        "contiguous", m, n, k, g
+    )
+    assert re.search(
+        r"tensor<1024x7168xf8E4M3FN>, tensor<4x4096x7168xf8E4M3FN>, tensor<1024xi32>\) -> "
+        r"tensor<1024x4096xbf16>",
+        text,
+    )
+
+
+@pytest.mark.parametrize("expected_m", [np.int32(256), np.int64(256), 256])
+def test_masked_custom_call_attributes_are_i64(expected_m):
+    g, m_max, n, k = 4, 4096, 7168, 2048
+
+    def fn(a, b, mm):
+        return jax_dgpt.grouped_gemm_masked(a, b, mm, expected_m)
+
+    text = lower(fn, spec((g, m_max, k)), spec((g, n, k)), spec((g,), jnp.int32))
+    attributes = custom_call_attributes(text, "dgpt_m_grouped_masked")
+    assert attributes == expected_attributes("masked", m_max, n, k, g, expected_m=256)
+    assert re.search(
+        r"tensor<4x4096x2048xf8E4M3FN>, tensor<4x7168x2048xf8E4M3FN>, tensor<4xi32>\) -> "
+        r"tensor<4x4096x7168xbf16>",
+        text,
+    )
+
+
+def test_masked_int32_and_int_hints_lower_alike_in_one_process():
+    # NOTES: 256 == np.int32(256) hash equal; a cached lowering must never carry an i32 attribute.
+    args = spec((2, 128, 64)), spec((2, 32, 64)), spec((2,), jnp.int32)
+    for hint in (np.int32(64), 64, np.int32(64)):
+        text = lower(
+            lambda a, b, mm, hint=hint: jax_dgpt.grouped_gemm_masked(a, b, mm, hint), *args
+        )
+        assert ": i32" not in re.search(r"mhlo\.backend_config = \{[^}]*\}", text).group(0)
+
+
+def test_cpu_lowering_has_no_custom_call():
+    text = lower(jax_dgpt.gemm, spec((64, 32)), spec((16, 32)), platform="cpu")
+    assert "custom_call" not in text and "stablehlo.dot_general" in text
+    text = lower(
+        jax_dgpt.grouped_gemm_contiguous,
+        spec((128, 32)),
+        spec((2, 16, 32)),
+        spec((128,), jnp.int32),
+        platform="cpu",
+    )
+    assert "custom_call" not in text
+
+
+def test_empty_problems_have_no_custom_call():
+    assert "custom_call" not in lower(jax_dgpt.gemm, spec((0, 32)), spec((16, 32)))
+    assert "custom_call" not in lower(jax_dgpt.gemm, spec((8, 0)), spec((16, 0)))
+
+    def fn(a, b, mm):
+        return jax_dgpt.grouped_gemm_masked(a, b, mm, 4)
+
+    assert "custom_call" not in lower(
+        fn, spec((2, 0, 32)), spec((2, 16, 32)), spec((2,), jnp.int32)
+    )
+
+
+def test_num_sms_default_and_override():
+    assert jax_dgpt.get_num_sms() == 132  # no CUDA device here: the documented H100 default
+    jax_dgpt.set_num_sms(100)
+    assert jax_dgpt.get_num_sms() == 100
+
+    # NOTES: a fresh function: jax.jit would reuse the earlier trace of jax_dgpt.gemm (it saw 132).
+    def fresh(a, b):
+        return jax_dgpt.gemm(a, b)
+
+    attributes = custom_call_attributes(
+        lower(fresh, spec((4096, 2048)), spec((7168, 2048))), "dgpt_gemm"
+    )
+    assert attributes == expected_attributes("normal", 4096, 7168, 2048, 1, num_sms=100)
+    assert attributes["num_sms"] == (100, "i64")
+
+
+def test_non_hopper_gpu_is_rejected(monkeypatch):
+    ampere = types.SimpleNamespace(
+        compute_capability="8.0",
+        device_kind="NVIDIA A100",
+        core_count=108,
+        __str__=lambda self: "cuda:0",
+    )
+    monkeypatch.setattr(device, "cuda_devices", lambda: (ampere,))
+    with pytest.raises(
+        RuntimeError, match=r"need an sm_90a \(Hopper\) GPU; device .* has compute capability 8\.0"
+    ):
+        lower(jax_dgpt.gemm, spec((64, 32)), spec((16, 32)))
+    assert jax_dgpt.get_num_sms() == 108
+    with pytest.raises(ValueError, match=r"at most the device's 108 SMs, got 132"):
+        jax_dgpt.set_num_sms(132)
+
+
+def test_vmap_folds_into_one_launch():
+    def masked(a, b, mm):
+        return jax_dgpt.grouped_gemm_masked(a, b, mm, 32)
+
+    args = spec((3, 2, 64, 32)), spec((3, 2, 16, 32)), spec((3, 2), jnp.int32)
+    attributes = custom_call_attributes(lower(jax.vmap(masked), *args), "dgpt_m_grouped_masked")
+    assert attributes["num_groups"] == (6, "i64") and attributes["m"] == (64, "i64")
+    text = lower(jax.vmap(jax_dgpt.gemm, in_axes=(0, None)), spec((3, 7, 32)), spec((16, 32)))
+    assert custom_call_attributes(text, "dgpt_gemm")["m"] == (21, "i64")
