@@ -97,3 +97,14 @@ def assert_close_to_f64(out: jax.Array, a: jax.Array, b: jax.Array, context: str
     if ref.size >= 512:
         diff = calc_diff(got, ref)
         assert diff <= 3e-6, f"{context}: calc_diff {diff:.3g} > 3e-6"
+
+
+# --- poisoned outputs ------------------------------------------------------------------------------
+def run_into_poison(fn, *args, out_shape):
+    """Runs jitted `fn(*args)` with its output aliased to a NaN-filled buffer; checks the aliasing took."""
+    poison = jnp.full(out_shape, jnp.nan, jnp.bfloat16)
+    pointer = poison.unsafe_buffer_pointer()
+    jitted = jax.jit(lambda *xs: fn(*xs[:-1]), donate_argnums=len(args), keep_unused=True)
+    out = jitted(*args, poison)
+    assert out.unsafe_buffer_pointer() == pointer, "XLA did not write the result into the poisoned buffer"
+    return out

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 import jax_dgpt
-from conftest import assert_close_to_f64, calc_diff, generate_fp8, reference_gemm_f64, to_f64
+from conftest import (
+    assert_close_to_f64,
+    calc_diff,
+    generate_fp8,
+    reference_gemm_f64,
+    run_into_poison,
+    to_f64,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -29,16 +36,6 @@ PADDED_SHAPES = [(33, 100, 200), (5, 7, 3), (130, 264, 120)]  # N % 8 != 0 or K 
 
 def enumerate_normal_shapes():
     return ANCHOR_SHAPES + ODD_M_SHAPES
-
-
-def run_into_poison(fn, *args, out_shape):
-    """Runs jitted `fn(*args)` with its output aliased to a NaN-filled buffer; checks the aliasing took."""
-    poison = jnp.full(out_shape, jnp.nan, jnp.bfloat16)
-    pointer = poison.unsafe_buffer_pointer()
-    jitted = jax.jit(lambda *xs: fn(*xs[:-1]), donate_argnums=len(args), keep_unused=True)
-    out = jitted(*args, poison)
-    assert out.unsafe_buffer_pointer() == pointer, "XLA did not write the result into the poisoned buffer"
-    return out
 
 
 @pytest.mark.parametrize("m,n,k", enumerate_normal_shapes())
