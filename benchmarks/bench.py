@@ -15,29 +15,53 @@ import math
 import os
 import platform
 import sys
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-import jax_dgpt  # noqa: E402
-from profiling import Timer  # noqa: E402
+from profiling import Timer
 
-NK_PAIRS = [(7168, 576), (2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]
+import jax_dgpt
+
+NK_PAIRS = [
+    (7168, 576),
+    (2112, 7168),
+    (24576, 1536),
+    (32768, 512),
+    (7168, 16384),
+    (4096, 7168),
+    (7168, 2048),
+]
 NORMAL = [(m, n, k) for m in (64, 128, 4096) for n, k in NK_PAIRS] + [(8192, 8192, 8192)]
 DECODE = [(m, n, k) for m in (1, 16, 32) for n, k in NK_PAIRS]
-CONTIGUOUS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (8, 4096, 7168, 2048),
-              (32, 256, 4096, 7168), (32, 256, 7168, 2048)]
-MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
-          (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
+CONTIGUOUS = [
+    (4, 8192, 4096, 7168),
+    (4, 8192, 7168, 2048),
+    (8, 4096, 4096, 7168),
+    (8, 4096, 7168, 2048),
+    (32, 256, 4096, 7168),
+    (32, 256, 7168, 2048),
+]
+MASKED = [
+    (1, 1024, 4096, 7168),
+    (1, 1024, 7168, 2048),
+    (2, 512, 4096, 7168),
+    (2, 512, 7168, 2048),
+    (4, 256, 4096, 7168),
+    (4, 256, 7168, 2048),
+]
 MASKED_MMAX = 4096
 # Reference library (DeepGEMMPerTensor) times on the H100, µs (shared/ANCHORS-H100.md).
 SEED_MASKED_US = [45.6, 38.6, 87.8, 41.7, 87.8, 45.3]
 
 
 def fp8(shape, seed):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32).astype(jnp.float8_e4m3fn))
+    return jnp.asarray(
+        np.random.default_rng(seed).standard_normal(shape, np.float32).astype(jnp.float8_e4m3fn)
+    )
 
 
 def calc_diff(x, y) -> float:
@@ -46,8 +70,9 @@ def calc_diff(x, y) -> float:
 
 
 def xla_dot(a, b, precision=None):
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision,
-                               preferred_element_type=jnp.bfloat16)
+    return jax.lax.dot_general(
+        a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.bfloat16
+    )
 
 
 def bench_normal(timer, shapes, rows):
@@ -58,15 +83,29 @@ def bench_normal(timer, shapes, rows):
     for m, n, k in shapes:
         a, b = fp8((m, k), 1), fp8((n, k), 2)
         a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-        t = timer.time_us(lambda: f_dgpt(a, b))
-        t_def = timer.time_us(lambda: f_default(a, b))
-        t_hi = timer.time_us(lambda: f_highest(a, b))
-        t_bf = timer.time_us(lambda: f_bf16(a16, b16))
+        t, t_def, t_hi, t_bf = timer.time_us(
+            partial(f_dgpt, a, b),
+            partial(f_default, a, b),
+            partial(f_highest, a, b),
+            partial(f_bf16, a16, b16),
+        )
         diff = calc_diff(f_dgpt(a, b), np.asarray(a, np.float64) @ np.asarray(b, np.float64).T)
-        rows.append(dict(layout="normal", shape=f"{m}x{n}x{k}", us=t, tflops=2 * m * n * k / t / 1e6,
-                         gbps=(m * k + n * k + 2 * m * n) / t / 1e3, xla_us=t_def, xla_highest_us=t_hi,
-                         xla_bf16_us=t_bf, speedup=t_def / t, speedup_highest=t_hi / t, speedup_bf16=t_bf / t,
-                         calc_diff=diff))
+        rows.append(
+            dict(
+                layout="normal",
+                shape=f"{m}x{n}x{k}",
+                us=t,
+                tflops=2 * m * n * k / t / 1e6,
+                gbps=(m * k + n * k + 2 * m * n) / t / 1e3,
+                xla_us=t_def,
+                xla_highest_us=t_hi,
+                xla_bf16_us=t_bf,
+                speedup=t_def / t,
+                speedup_highest=t_hi / t,
+                speedup_bf16=t_bf / t,
+                calc_diff=diff,
+            )
+        )
         print_row(rows[-1])
 
 
@@ -74,9 +113,20 @@ def contiguous_layout(groups, expected_m, seed):
     rng = np.random.default_rng(seed)
     sizes = [int(expected_m * rng.uniform(0.7, 1.3)) for _ in range(groups)]
     align = jax_dgpt.get_m_alignment_for_contiguous_layout()
-    idx = np.concatenate([np.concatenate([np.full(s, g, np.int32), np.full(-s % align, -1, np.int32)])
-                          for g, s in enumerate(sizes)])
+    idx = np.concatenate(
+        [
+            np.concatenate([np.full(s, g, np.int32), np.full(-s % align, -1, np.int32)])
+            for g, s in enumerate(sizes)
+        ]
+    )
     return sizes, idx
+
+
+@jax.jit
+def ragged(x, y, group_sizes):
+    return jax.lax.ragged_dot(
+        x, jnp.swapaxes(y, 1, 2), group_sizes, preferred_element_type=jnp.bfloat16
+    )
 
 
 def bench_contiguous(timer, shapes, rows):
@@ -86,51 +136,81 @@ def bench_contiguous(timer, shapes, rows):
         m = len(idx)
         a, b = fp8((m, k), 4), fp8((g, n, k), 5)
         m_indices = jnp.asarray(idx)
-        t = timer.time_us(lambda: f_dgpt(a, b, m_indices))
         group_sizes = jnp.asarray(np.bincount(idx[idx >= 0], minlength=g).astype(np.int32))
         a_dense = jnp.asarray(np.asarray(a)[idx >= 0])
-        ragged = jax.jit(lambda x, y, s: jax.lax.ragged_dot(x, jnp.swapaxes(y, 1, 2), s,
-                                                            preferred_element_type=jnp.bfloat16))
-        t_r8 = timer.time_us(lambda: ragged(a_dense, b, group_sizes))
         a16, b16 = a_dense.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-        t_r16 = timer.time_us(lambda: ragged(a16, b16, group_sizes))
+        t, t_r8, t_r16 = timer.time_us(
+            partial(f_dgpt, a, b, m_indices),
+            partial(ragged, a_dense, b, group_sizes),
+            partial(ragged, a16, b16, group_sizes),
+        )
         out = np.asarray(f_dgpt(a, b, m_indices), np.float64)
         a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
         diff = max(calc_diff(out[idx == e], a64[idx == e] @ b64[e].T) for e in range(g) if sizes[e])
         valid = int(sum(sizes))
-        rows.append(dict(layout="contiguous", shape=f"G={g} m={em} N={n} K={k}", us=t,
-                         tflops=2 * valid * n * k / t / 1e6, gbps=(m * k + g * n * k + 2 * m * n) / t / 1e3,
-                         ragged_fp8_us=t_r8, ragged_bf16_us=t_r16, speedup=t_r8 / t, speedup_bf16=t_r16 / t,
-                         calc_diff=diff))
+        rows.append(
+            dict(
+                layout="contiguous",
+                shape=f"G={g} m={em} N={n} K={k}",
+                us=t,
+                tflops=2 * valid * n * k / t / 1e6,
+                gbps=(m * k + g * n * k + 2 * m * n) / t / 1e3,
+                ragged_fp8_us=t_r8,
+                ragged_bf16_us=t_r16,
+                speedup=t_r8 / t,
+                speedup_bf16=t_r16 / t,
+                calc_diff=diff,
+            )
+        )
         print_row(rows[-1])
 
 
 def bench_masked(timer, shapes, rows):
     f_dgpt = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)
-    f_einsum = jax.jit(lambda a, b: jnp.einsum("gmk,gnk->gmn", a, b, preferred_element_type=jnp.bfloat16))
+    f_einsum = jax.jit(
+        lambda a, b: jnp.einsum("gmk,gnk->gmn", a, b, preferred_element_type=jnp.bfloat16)
+    )
     rng = np.random.default_rng(6)
     for (g, em, n, k), seed_us in zip(shapes, SEED_MASKED_US):
         masked = np.array([int(em * rng.uniform(0.7, 1.3)) for _ in range(g)], np.int32)
         a, b = fp8((g, MASKED_MMAX, k), 7), fp8((g, n, k), 8)
         mm = jnp.asarray(masked)
-        t = timer.time_us(lambda: f_dgpt(a, b, mm, em))
-        t_e = timer.time_us(lambda: f_einsum(a, b))
+        t, t_e = timer.time_us(partial(f_dgpt, a, b, mm, em), partial(f_einsum, a, b))
         out = np.asarray(f_dgpt(a, b, mm, em), np.float64)
-        diff = max(calc_diff(out[i, :r], np.asarray(a[i, :r], np.float64) @ np.asarray(b[i], np.float64).T)
-                   for i, r in enumerate(masked) if r)
+        diff = max(
+            calc_diff(out[i, :r], np.asarray(a[i, :r], np.float64) @ np.asarray(b[i], np.float64).T)
+            for i, r in enumerate(masked)
+            if r
+        )
         valid = int(masked.sum())
-        rows.append(dict(layout="masked", shape=f"G={g} m={em} N={n} K={k}", us=t,
-                         tflops=2 * valid * n * k / t / 1e6, gbps=(valid * k + g * n * k + 2 * valid * n) / t / 1e3,
-                         einsum_us=t_e, speedup=t_e / t, seed_h100_us=seed_us, vs_seed=seed_us / t,
-                         calc_diff=diff))
+        rows.append(
+            dict(
+                layout="masked",
+                shape=f"G={g} m={em} N={n} K={k}",
+                us=t,
+                tflops=2 * valid * n * k / t / 1e6,
+                gbps=(valid * k + g * n * k + 2 * valid * n) / t / 1e3,
+                einsum_us=t_e,
+                speedup=t_e / t,
+                seed_h100_us=seed_us,
+                vs_seed=seed_us / t,
+                calc_diff=diff,
+            )
+        )
         print_row(rows[-1])
 
 
 def print_row(r):
-    extra = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-                     if k not in ("layout", "shape", "us", "tflops", "gbps", "calc_diff"))
-    print(f"{r['layout']:10s} {r['shape']:28s} {r['us']:9.1f} us {r['tflops']:7.0f} TFLOPS {r['gbps']:7.0f} GB/s "
-          f"diff={r['calc_diff']:.2g} {extra}", flush=True)
+    extra = " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in r.items()
+        if k not in ("layout", "shape", "us", "tflops", "gbps", "calc_diff")
+    )
+    print(
+        f"{r['layout']:10s} {r['shape']:28s} {r['us']:9.1f} us {r['tflops']:7.0f} TFLOPS {r['gbps']:7.0f} GB/s "
+        f"diff={r['calc_diff']:.2g} {extra}",
+        flush=True,
+    )
 
 
 def geomean(xs):
@@ -146,8 +226,13 @@ def main():
     args = p.parse_args()
     only = set(args.only.split(","))
     dev = jax.devices()[0]
-    meta = dict(date=datetime.date.today().isoformat(), device=dev.device_kind, sms=dev.core_count,
-                jax=jax.__version__, python=platform.python_version())
+    meta = dict(
+        date=datetime.date.today().isoformat(),
+        device=dev.device_kind,
+        sms=dev.core_count,
+        jax=jax.__version__,
+        python=platform.python_version(),
+    )
     print(json.dumps(meta))
     timer = Timer()
     rows = []
@@ -156,7 +241,7 @@ def main():
         bench_normal(timer, pick(NORMAL), rows)
     if "decode" in only:
         bench_normal(timer, pick(DECODE), rows)
-        for r in rows[-len(pick(DECODE)):]:
+        for r in rows[-len(pick(DECODE)) :]:
             r["layout"] = "decode"
     if "contiguous" in only:
         bench_contiguous(timer, pick(CONTIGUOUS), rows)
@@ -165,8 +250,10 @@ def main():
     for layout in ("normal", "decode", "contiguous", "masked"):
         sel = [r for r in rows if r["layout"] == layout]
         if sel:
-            print(f"geomean speedup {layout}: {geomean([r['speedup'] for r in sel]):.3f} "
-                  f"(min {min(r['speedup'] for r in sel):.3f}), max calc_diff {max(r['calc_diff'] for r in sel):.2g}")
+            print(
+                f"geomean speedup {layout}: {geomean([r['speedup'] for r in sel]):.3f} "
+                f"(min {min(r['speedup'] for r in sel):.3f}), max calc_diff {max(r['calc_diff'] for r in sel):.2g}"
+            )
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
 

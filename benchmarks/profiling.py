@@ -43,38 +43,43 @@ class Timer:
     def __init__(self) -> None:
         self.buf = jnp.zeros((FLUSH_BYTES // 4,), jnp.float32)
         self.buf = _flush(self.buf).block_until_ready()
-        self.flush_names = {name for _, _, name in self._trace(lambda: None, 2)}
+        self.flush_names = {name for _, _, name in self._trace([lambda: None], 2)}
         if not self.flush_names:
             raise RuntimeError("the profiler recorded no GPU kernels for the flush")
 
-    def _trace(self, fn: Callable[[], object], calls: int):
+    def _trace(self, fns: list[Callable[[], object]], calls: int):
         trace_dir = tempfile.mkdtemp(prefix="dgpt_trace_")
-        result = None
+        results = []
         jax.profiler.start_trace(trace_dir)
         try:
-            for _ in range(calls):
-                self.buf = _flush(self.buf)
-                result = fn()
-            jax.block_until_ready((self.buf, result))
+            for fn in fns:
+                for _ in range(calls):
+                    self.buf = _flush(self.buf)
+                    results.append(fn())
+            jax.block_until_ready((self.buf, results))
         finally:
             jax.profiler.stop_trace()
         return _gpu_kernel_events(trace_dir)
 
-    def time_us(self, fn: Callable[[], object], calls: int = 15, warmup: int = 3) -> float:
-        for _ in range(warmup):
-            jax.block_until_ready(fn())
-        per_call: list[float] = []
-        current = None
-        for _, duration, name in self._trace(fn, calls):
+    def time_us(self, *fns: Callable[[], object], calls: int = 15, warmup: int = 3) -> list[float]:
+        """Median device µs per call of each function, all measured in one profiler session."""
+        for fn in fns:
+            for _ in range(warmup):
+                jax.block_until_ready(fn())
+        per_call: list[float] = []  # kernel time after each flush, in call order
+        for _, duration, name in self._trace(list(fns), calls):
             if name in self.flush_names:
-                if current is not None:
-                    per_call.append(current)
-                current = 0.0
-            elif current is not None:
-                current += duration
-        if current is not None:
-            per_call.append(current)
-        per_call = [t for t in per_call if t > 0]
-        if not per_call:
-            raise RuntimeError("no kernels recorded for the measured function")
-        return statistics.median(per_call) / 1e3
+                per_call.append(0.0)
+            elif per_call:
+                per_call[-1] += duration
+        if len(per_call) != calls * len(fns):
+            raise RuntimeError(
+                f"expected {calls * len(fns)} flushes in the trace, found {len(per_call)}"
+            )
+        medians = []
+        for i in range(len(fns)):
+            mine = [t for t in per_call[i * calls : (i + 1) * calls] if t > 0]
+            if not mine:
+                raise RuntimeError(f"no kernels recorded for function {i}")
+            medians.append(statistics.median(mine) / 1e3)
+        return medians

@@ -19,7 +19,9 @@ import jax_dgpt
 
 
 def fp8(shape, seed):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32).astype(jnp.float8_e4m3fn))
+    return jnp.asarray(
+        np.random.default_rng(seed).standard_normal(shape, np.float32).astype(jnp.float8_e4m3fn)
+    )
 
 
 def calc_diff(x, y):
@@ -39,12 +41,18 @@ def wall_us(fn, *args, reps=20):
 
 def main():
     backend = jax.default_backend()
-    hopper = backend == "gpu" and all(getattr(d, "compute_capability", "") == "9.0" for d in jax.devices())
+    hopper = backend == "gpu" and all(
+        getattr(d, "compute_capability", "") == "9.0" for d in jax.devices()
+    )
     if hopper:
-        print(f"running jax_dgpt kernels on {jax.devices()[0].device_kind} ({jax_dgpt.get_num_sms()} SMs)")
+        print(
+            f"running jax_dgpt kernels on {jax.devices()[0].device_kind} ({jax_dgpt.get_num_sms()} SMs)"
+        )
         m, n, k, groups, expected_m = 4096, 7168, 2048, 8, 512
     else:
-        print(f"no Hopper GPU visible (backend: {backend}): falling back to the CPU reference implementation")
+        print(
+            f"no Hopper GPU visible (backend: {backend}): falling back to the CPU reference implementation"
+        )
         m, n, k, groups, expected_m = 256, 512, 384, 4, 64
 
     # Normal GEMM: D = A . B^T.
@@ -53,21 +61,32 @@ def main():
     d = gemm(a, b)
     diff = calc_diff(d, np.asarray(a, np.float64) @ np.asarray(b, np.float64).T)
     t = wall_us(gemm, a, b)
-    print(f"gemm        {m}x{n}x{k}: calc_diff {diff:.2e} (bound 3e-6)  wall {t:8.1f} us/call  "
-          f"{2 * m * n * k / t / 1e6:7.1f} TFLOPS")
+    print(
+        f"gemm        {m}x{n}x{k}: calc_diff {diff:.2e} (bound 3e-6)  wall {t:8.1f} us/call  "
+        f"{2 * m * n * k / t / 1e6:7.1f} TFLOPS"
+    )
 
     # MoE prefill: experts' tokens concatenated, each expert padded to the alignment.
     align = jax_dgpt.get_m_alignment_for_contiguous_layout()
     rows = [expected_m + 37 * g for g in range(groups)]
-    m_indices = np.concatenate([np.r_[np.full(r, g), np.full(-r % align, -1)] for g, r in enumerate(rows)])
+    m_indices = np.concatenate(
+        [np.r_[np.full(r, g), np.full(-r % align, -1)] for g, r in enumerate(rows)]
+    )
     ac, bg = fp8((len(m_indices), k), 2), fp8((groups, n, k), 3)
     contiguous = jax.jit(jax_dgpt.grouped_gemm_contiguous)
     dc = np.asarray(contiguous(ac, bg, jnp.asarray(m_indices, jnp.int32)), np.float64)
-    worst = max(calc_diff(dc[m_indices == g], np.asarray(ac, np.float64)[m_indices == g] @ np.asarray(bg[g], np.float64).T)
-                for g in range(groups))
+    worst = max(
+        calc_diff(
+            dc[m_indices == g],
+            np.asarray(ac, np.float64)[m_indices == g] @ np.asarray(bg[g], np.float64).T,
+        )
+        for g in range(groups)
+    )
     t = wall_us(contiguous, ac, bg, jnp.asarray(m_indices, jnp.int32))
-    print(f"contiguous  G={groups} rows={sum(rows)}: worst calc_diff {worst:.2e}, padding rows zero: "
-          f"{bool(np.all(dc[m_indices < 0] == 0))}  wall {t:8.1f} us/call")
+    print(
+        f"contiguous  G={groups} rows={sum(rows)}: worst calc_diff {worst:.2e}, padding rows zero: "
+        f"{bool(np.all(dc[m_indices < 0] == 0))}  wall {t:8.1f} us/call"
+    )
 
     # MoE decode: per-expert valid row counts live on the device.
     mmax = 2 * expected_m
@@ -75,8 +94,10 @@ def main():
     masked_m = jnp.asarray([expected_m // 2 + 13 * g for g in range(groups)], jnp.int32)
     masked = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)
     dm = np.asarray(masked(am, bg, masked_m, expected_m), np.float64)
-    worst = max(calc_diff(dm[g, :r], np.asarray(am[g, :r], np.float64) @ np.asarray(bg[g], np.float64).T)
-                for g, r in enumerate(np.asarray(masked_m)))
+    worst = max(
+        calc_diff(dm[g, :r], np.asarray(am[g, :r], np.float64) @ np.asarray(bg[g], np.float64).T)
+        for g, r in enumerate(np.asarray(masked_m))
+    )
     t = wall_us(masked, am, bg, masked_m, expected_m)
     print(f"masked      G={groups} Mmax={mmax}: worst calc_diff {worst:.2e}  wall {t:8.1f} us/call")
     if not hopper:

@@ -30,7 +30,13 @@ def main():
     masked_m = jnp.asarray([130, 5, 0], jnp.int32)
     dm = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)(am, bg, masked_m, 64)
     for g, r in enumerate([130, 5]):
-        ok &= diff(np.asarray(dm[g, :r], np.float64), np.asarray(am[g, :r], np.float64) @ np.asarray(bg[g], np.float64).T) <= 3e-6
+        ok &= (
+            diff(
+                np.asarray(dm[g, :r], np.float64),
+                np.asarray(am[g, :r], np.float64) @ np.asarray(bg[g], np.float64).T,
+            )
+            <= 3e-6
+        )
 
     idx = np.full(384, -1, np.int32)
     idx[:100], idx[128:256], idx[256:300] = 0, 2, 7  # 7 is out of range: treated as padding

@@ -30,15 +30,23 @@ def main():
     out = f(a, b).block_until_ready()
     t2 = time.perf_counter()
     ref = np.asarray(a, np.float64) @ np.asarray(b, np.float64).T
-    print(f"gemm {m}x{n}x{k}: calc_diff={diff(out, ref):.3g} nan={np.isnan(np.asarray(out, np.float32)).sum()} "
-          f"first call {1e3 * (t1 - t0):.0f} ms, warm call {1e3 * (t2 - t1):.2f} ms")
+    print(
+        f"gemm {m}x{n}x{k}: calc_diff={diff(out, ref):.3g} nan={np.isnan(np.asarray(out, np.float32)).sum()} "
+        f"first call {1e3 * (t1 - t0):.0f} ms, warm call {1e3 * (t2 - t1):.2f} ms"
+    )
 
     g, mmax = 4, 256
     am, bg = fp8((g, mmax, k), 2), fp8((g, n, k), 3)
     masked_m = jnp.asarray([256, 100, 0, 7], jnp.int32)
     dm = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)(am, bg, masked_m, 128)
-    worst = max(diff(np.asarray(dm[i, :r], np.float64), np.asarray(am[i, :r], np.float64) @ np.asarray(bg[i], np.float64).T)
-                for i, r in enumerate([256, 100, 0, 7]) if r)
+    worst = max(
+        diff(
+            np.asarray(dm[i, :r], np.float64),
+            np.asarray(am[i, :r], np.float64) @ np.asarray(bg[i], np.float64).T,
+        )
+        for i, r in enumerate([256, 100, 0, 7])
+        if r
+    )
     print(f"masked G={g}: worst calc_diff={worst:.3g}")
 
     idx = np.full(512, -1, np.int32)
@@ -46,9 +54,11 @@ def main():
     ac = fp8((512, k), 4)
     dc = np.asarray(jax.jit(jax_dgpt.grouped_gemm_contiguous)(ac, bg, jnp.asarray(idx)), np.float64)
     a64, b64 = np.asarray(ac, np.float64), np.asarray(bg, np.float64)
-    print(f"contiguous: expert1 calc_diff={diff(dc[:200], a64[:200] @ b64[1].T):.3g} "
-          f"expert3 calc_diff={diff(dc[256:300], a64[256:300] @ b64[3].T):.3g} "
-          f"padding max |x|={np.abs(dc[idx < 0]).max():.3g}")
+    print(
+        f"contiguous: expert1 calc_diff={diff(dc[:200], a64[:200] @ b64[1].T):.3g} "
+        f"expert3 calc_diff={diff(dc[256:300], a64[256:300] @ b64[3].T):.3g} "
+        f"padding max |x|={np.abs(dc[idx < 0]).max():.3g}"
+    )
 
 
 if __name__ == "__main__":
