@@ -106,5 +106,7 @@ def run_into_poison(fn, *args, out_shape):
     pointer = poison.unsafe_buffer_pointer()
     jitted = jax.jit(lambda *xs: fn(*xs[:-1]), donate_argnums=len(args), keep_unused=True)
     out = jitted(*args, poison)
-    assert out.unsafe_buffer_pointer() == pointer, "XLA did not write the result into the poisoned buffer"
+    assert out.unsafe_buffer_pointer() == pointer, (
+        "XLA did not write the result into the poisoned buffer"
+    )
     return out

@@ -8,18 +8,20 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import calc_diff, generate_contiguous_indices, generate_fp8, to_f64
 
 import jax_dgpt
-from conftest import calc_diff, generate_contiguous_indices, generate_fp8, to_f64
 
 G, MMAX, N, K = 4, 256, 512, 256
 
 
 @jax.jit
 def step(a, b, a_masked, b_grouped, masked_m, a_contig, m_indices):
-    return (jax_dgpt.gemm(a, b),
-            jax_dgpt.grouped_gemm_masked(a_masked, b_grouped, masked_m, 192),
-            jax_dgpt.grouped_gemm_contiguous(a_contig, b_grouped, m_indices))
+    return (
+        jax_dgpt.gemm(a, b),
+        jax_dgpt.grouped_gemm_masked(a_masked, b_grouped, masked_m, 192),
+        jax_dgpt.grouped_gemm_contiguous(a_contig, b_grouped, m_indices),
+    )
 
 
 def main() -> int:
@@ -34,7 +36,9 @@ def main() -> int:
         rows = [int(r) for r in rng.integers(0, 300, size=G)]
         m_indices = generate_contiguous_indices(rows)
         a_contig = generate_fp8((len(m_indices), K), key=30 + call)
-        d, dm, dc = step(a, b, a_masked, b_grouped, jnp.asarray(masked_m), a_contig, jnp.asarray(m_indices))
+        d, dm, dc = step(
+            a, b, a_masked, b_grouped, jnp.asarray(masked_m), a_contig, jnp.asarray(m_indices)
+        )
 
         assert calc_diff(to_f64(d), to_f64(a) @ to_f64(b).T) <= 3e-6, f"call {call}: gemm"
         am, dm64 = to_f64(a_masked), to_f64(dm)
@@ -50,7 +54,9 @@ def main() -> int:
             valid = m_indices[block] >= 0
             if e >= 0:
                 ref = ac[block][valid] @ b64[e].T
-                assert calc_diff(dc64[block][valid], ref) <= 3e-6, f"call {call}: contiguous block {i0}"
+                assert calc_diff(dc64[block][valid], ref) <= 3e-6, (
+                    f"call {call}: contiguous block {i0}"
+                )
             assert np.all(dc64[block][~valid] == 0), f"call {call}: padding rows not zero at {i0}"
         print(f"call {call}: masked_m={masked_m.tolist()} rows={rows} ok")
     print("REPLAY OK")

@@ -11,8 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jax_dgpt
 from conftest import (
     assert_close_to_f64,
     calc_diff,
@@ -22,13 +20,23 @@ from conftest import (
     to_f64,
 )
 
+import jax_dgpt
+
 pytestmark = pytest.mark.gpu
 
 # The 22 normal shapes of ANCHORS-H100.md, (M, N, K).
 ANCHOR_SHAPES = [
     (m, n, k)
     for m in (64, 128, 4096)
-    for n, k in ((7168, 576), (2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048))
+    for n, k in (
+        (7168, 576),
+        (2112, 7168),
+        (24576, 1536),
+        (32768, 512),
+        (7168, 16384),
+        (4096, 7168),
+        (7168, 2048),
+    )
 ] + [(8192, 8192, 8192)]
 ODD_M_SHAPES = [(m, n, k) for m in (1, 7, 65, 1000, 4097) for n, k in ((2112, 7168), (7168, 2048))]
 PADDED_SHAPES = [(33, 100, 200), (5, 7, 3), (130, 264, 120)]  # N % 8 != 0 or K % 16 != 0

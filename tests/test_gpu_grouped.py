@@ -11,18 +11,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import calc_diff, generate_fp8, run_into_poison, to_f64
 
 import jax_dgpt
-from conftest import calc_diff, generate_fp8, run_into_poison, to_f64
 
 pytestmark = pytest.mark.gpu
 
 ALIGN = 128
 # (G, expected_m, N, K) of ANCHORS-H100.md.
-CONTIGUOUS_ANCHORS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (8, 4096, 7168, 2048),
-                      (32, 256, 4096, 7168), (32, 256, 7168, 2048)]
-MASKED_ANCHORS = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
-                  (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
+CONTIGUOUS_ANCHORS = [
+    (4, 8192, 4096, 7168),
+    (4, 8192, 7168, 2048),
+    (8, 4096, 4096, 7168),
+    (8, 4096, 7168, 2048),
+    (32, 256, 4096, 7168),
+    (32, 256, 7168, 2048),
+]
+MASKED_ANCHORS = [
+    (1, 1024, 4096, 7168),
+    (1, 1024, 7168, 2048),
+    (2, 512, 4096, 7168),
+    (2, 512, 7168, 2048),
+    (4, 256, 4096, 7168),
+    (4, 256, 7168, 2048),
+]
 MASKED_MMAX = 4096
 
 
@@ -33,7 +45,10 @@ def generate_group_rows(groups, expected_m, seed):
 
 def contiguous_indices(rows):
     """m_indices with each group's rows followed by -1 padding up to the alignment."""
-    parts = [np.concatenate([np.full(r, g, np.int32), np.full(-r % ALIGN, -1, np.int32)]) for g, r in enumerate(rows)]
+    parts = [
+        np.concatenate([np.full(r, g, np.int32), np.full(-r % ALIGN, -1, np.int32)])
+        for g, r in enumerate(rows)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
@@ -54,8 +69,13 @@ def run_contiguous(rows, n, k, seed, m_indices=None):
     m_indices = contiguous_indices(rows) if m_indices is None else m_indices
     a = generate_fp8((len(m_indices), k), key=seed)
     b = generate_fp8((max(len(rows), 1), n, k), key=seed + 1)
-    out = run_into_poison(jax_dgpt.grouped_gemm_contiguous, a, b, jnp.asarray(m_indices),
-                          out_shape=(len(m_indices), n))
+    out = run_into_poison(
+        jax_dgpt.grouped_gemm_contiguous,
+        a,
+        b,
+        jnp.asarray(m_indices),
+        out_shape=(len(m_indices), n),
+    )
     return out, a, b, m_indices
 
 
@@ -66,11 +86,14 @@ def test_contiguous_anchor_shapes(groups, expected_m, n, k):
     check_contiguous(out, a, b, idx, f"contiguous G={groups} m={expected_m} N={n} K={k}")
 
 
-@pytest.mark.parametrize("rows", [
-    [0, 300, 0, 5, 128],      # empty groups, a group of exactly one block
-    [1000],                   # G = 1
-    [3, 0, 1] * 85 + [2],     # G = 256, a few rows each
-])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [0, 300, 0, 5, 128],  # empty groups, a group of exactly one block
+        [1000],  # G = 1
+        [3, 0, 1] * 85 + [2],  # G = 256, a few rows each
+    ],
+)
 def test_contiguous_random_groups(rows):
     out, a, b, idx = run_contiguous(rows, 256, 384, seed=len(rows))
     check_contiguous(out, a, b, idx, f"contiguous rows={rows[:6]}... G={len(rows)}")
@@ -78,11 +101,11 @@ def test_contiguous_random_groups(rows):
 
 def test_contiguous_whole_padding_blocks_and_out_of_range():
     idx = np.full(7 * ALIGN, -1, np.int32)
-    idx[0:100] = 1                 # then 28 padding rows
+    idx[0:100] = 1  # then 28 padding rows
     # block 1 (rows 128-255) is entirely -1
     idx[256:384] = 0
-    idx[384:400] = 5               # out of range (G = 3): treated as padding
-    idx[512:600] = -7              # negative, not -1: treated as padding
+    idx[384:400] = 5  # out of range (G = 3): treated as padding
+    idx[512:600] = -7  # negative, not -1: treated as padding
     idx[640:700] = 2
     out, a, b, _ = run_contiguous([0, 0, 0], 512, 256, seed=11, m_indices=idx)
     check_contiguous(out, a, b, idx, "contiguous with padding blocks and out-of-range indices")
@@ -114,8 +137,13 @@ def run_masked(masked_m, mmax, n, k, expected_m, seed):
     groups = len(masked_m)
     a, b = generate_fp8((groups, mmax, k), key=seed), generate_fp8((groups, n, k), key=seed + 1)
     mm = jnp.asarray(np.asarray(masked_m, np.int32))
-    out = run_into_poison(lambda x, y, z: jax_dgpt.grouped_gemm_masked(x, y, z, expected_m), a, b, mm,
-                          out_shape=(groups, mmax, n))
+    out = run_into_poison(
+        lambda x, y, z: jax_dgpt.grouped_gemm_masked(x, y, z, expected_m),
+        a,
+        b,
+        mm,
+        out_shape=(groups, mmax, n),
+    )
     return out, a, b
 
 
@@ -126,12 +154,15 @@ def test_masked_anchor_shapes(groups, expected_m, n, k):
     check_masked(out, a, b, masked_m, f"masked G={groups} m={expected_m} N={n} K={k}")
 
 
-@pytest.mark.parametrize("masked_m,mmax", [
-    ([0, 17, 0, 200, 64], 200),               # empty groups, a full group, a partial block
-    ([150], 150),                             # G = 1, Mmax not a multiple of the block
-    ([i % 5 for i in range(256)], 16),        # G = 256, a few rows each
-    ([500, -3, 64, 2**31 - 1], 100),          # above Mmax (clamped) and negative (no rows)
-])
+@pytest.mark.parametrize(
+    "masked_m,mmax",
+    [
+        ([0, 17, 0, 200, 64], 200),  # empty groups, a full group, a partial block
+        ([150], 150),  # G = 1, Mmax not a multiple of the block
+        ([i % 5 for i in range(256)], 16),  # G = 256, a few rows each
+        ([500, -3, 64, 2**31 - 1], 100),  # above Mmax (clamped) and negative (no rows)
+    ],
+)
 def test_masked_random_groups(masked_m, mmax):
     out, a, b = run_masked(masked_m, mmax, 256, 384, expected_m=32, seed=len(masked_m))
     check_masked(out, a, b, masked_m, f"masked masked_m={masked_m[:6]}... Mmax={mmax}")
