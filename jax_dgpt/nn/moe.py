@@ -1,0 +1,283 @@
+"""``MoE``: a top-k routed SwiGLU mixture-of-experts block on jax_dgpt's M-grouped FP8 GEMMs.
+
+Prefill (:meth:`MoE.__call__`) packs the tokens into the contiguous layout and calls
+:func:`jax_dgpt.grouped_gemm_contiguous`; decode (:meth:`MoE.decode`) packs them into the masked
+layout with a fixed per-expert capacity and calls :func:`jax_dgpt.grouped_gemm_masked`. Both run
+entirely on the device (no host sync), with static shapes: one compiled program per token count.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .. import ops
+from .quantize import inference_only, quantize_per_expert, quantize_per_tensor
+from .routing import contiguous_layout, masked_layout, route
+
+__all__ = ["MoE", "moe_decode", "moe_prefill"]
+
+
+# --- the expert computation, shared by both layouts -----------------------------------------------
+def _rescale(out: jax.Array, row_scale: jax.Array, valid: jax.Array) -> jax.Array:
+    """bf16 GEMM rows times their float32 scale; invalid rows become exact zeros.
+
+    NOTES: ``where``, not a multiply by 0: rows of the masked layout past ``masked_m`` are left
+    unwritten by the GPU kernel and may hold NaN or Inf.
+    """
+    scaled = out.astype(jnp.float32) * row_scale[..., None]
+    return jnp.where(valid[..., None], scaled, 0.0)
+
+
+def _swiglu_quantized(gate_up: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """float32 ``[..., 2F]`` (gate | up) -> quantized ``silu(gate) * up`` ``[..., F]`` and scale."""
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    return quantize_per_tensor(jax.nn.silu(gate) * up)
+
+
+def _combine(expert_out: jax.Array, rows: jax.Array, weights: jax.Array) -> jax.Array:
+    """float32 ``[R, H]`` rows, int32 ``[T, k]`` row of each choice, float32 ``[T, k]`` router
+    weights -> float32 ``[T, H]``: each token's weighted sum of its rows (a gather, deterministic)."""
+    return jnp.einsum("tk,tkh->th", weights, expert_out[rows])
+
+
+def _with_zero_row(x: jax.Array) -> jax.Array:
+    """``[R, H]`` -> ``[R + 1, H]``: row R is zeros, the target of padding / dropped indices."""
+    return jnp.concatenate([x, jnp.zeros((1, x.shape[1]), x.dtype)])
+
+
+def moe_prefill(
+    x, router_kernel, router_bias, w_gate_up, gate_up_scale, w_down, down_scale, *, top_k: int
+) -> jax.Array:
+    """MoE forward in the contiguous layout (functional form of :meth:`MoE.__call__`).
+
+    Args:
+      x: float ``[T, H]``.
+      router_kernel, router_bias: float ``[H, E]``, ``[E]``.
+      w_gate_up: float8_e4m3fn ``[E, 2F, H]`` (rows ``[:F]`` gate, ``[F:]`` up; H contiguous),
+        gate_up_scale: float32 ``[E]``.
+      w_down: float8_e4m3fn ``[E, H, F]`` (F contiguous), down_scale: float32 ``[E]``.
+      top_k: static.
+
+    Returns:
+      float32 ``[T, H]``.
+    """
+    num_experts = w_gate_up.shape[0]
+    weights, expert_ids = route(x, router_kernel, router_bias, top_k)
+    layout = contiguous_layout(expert_ids, num_experts, ops.get_m_alignment_for_contiguous_layout())
+    valid = layout.m_indices >= 0
+    expert = jnp.maximum(layout.m_indices, 0)
+    # Dispatch: gather the quantized tokens into the padded [M_pad, H] buffer.
+    xq, x_scale = quantize_per_tensor(x)
+    a = _with_zero_row(xq)[layout.row_token]
+    gate_up = ops.grouped_gemm_contiguous(a, w_gate_up, layout.m_indices)
+    act, act_scale = _swiglu_quantized(_rescale(gate_up, x_scale * gate_up_scale[expert], valid))
+    out = ops.grouped_gemm_contiguous(act, w_down, layout.m_indices)
+    out = _rescale(out, act_scale * down_scale[expert], valid)
+    return _combine(out, layout.rows.reshape(expert_ids.shape), weights)
+
+
+def moe_decode(
+    x,
+    router_kernel,
+    router_bias,
+    w_gate_up,
+    gate_up_scale,
+    w_down,
+    down_scale,
+    *,
+    top_k: int,
+    capacity: int,
+) -> tuple[jax.Array, jax.Array]:
+    """MoE forward in the masked layout (functional form of :meth:`MoE.decode`).
+
+    Arguments as in :func:`moe_prefill`, plus the static per-expert ``capacity``. Returns
+    (float32 ``[T, H]``, int32 scalar number of dropped assignments).
+    """
+    num_tokens, hidden = x.shape
+    num_experts = w_gate_up.shape[0]
+    weights, expert_ids = route(x, router_kernel, router_bias, top_k)
+    layout = masked_layout(expert_ids, num_experts, capacity)
+    valid = jnp.arange(capacity)[None, :] < layout.masked_m[:, None]
+    expected_m = max(1, num_tokens * top_k // num_experts)
+    # Dispatch: gather the quantized tokens into the [E, capacity, H] buffer.
+    xq, x_scale = quantize_per_tensor(x)
+    a = _with_zero_row(xq)[layout.slot_token].reshape(num_experts, capacity, hidden)
+    gate_up = ops.grouped_gemm_masked(a, w_gate_up, layout.masked_m, expected_m)
+    gate_up = _rescale(
+        gate_up, jnp.broadcast_to((x_scale * gate_up_scale)[:, None], valid.shape), valid
+    )
+    act, act_scale = _swiglu_quantized(gate_up)
+    out = ops.grouped_gemm_masked(act, w_down, layout.masked_m, expected_m)
+    out = _rescale(out, jnp.broadcast_to((act_scale * down_scale)[:, None], valid.shape), valid)
+    out = _with_zero_row(out.reshape(num_experts * capacity, hidden))
+    return _combine(out, layout.slots.reshape(expert_ids.shape), weights), layout.dropped
+
+
+# --- the layer ------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _random_fp8_experts(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """LeCun-normal ``[E, N, K]`` expert weights (std ``K^-1/2``), quantized per expert."""
+    return quantize_per_expert(jax.random.normal(key, shape, jnp.float32) * shape[-1] ** -0.5)
+
+
+def _static_positive(name: str, value: int) -> int:
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"jax_dgpt.nn.MoE: {name} must be a static Python int, got a traced value")
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"jax_dgpt.nn.MoE: {name} must be an int, got {type(value).__name__}"
+        ) from None
+    if value <= 0:
+        raise ValueError(f"jax_dgpt.nn.MoE: {name} must be positive, got {value}")
+    return int(value)
+
+
+class MoE(nnx.Module):
+    """Top-k routed SwiGLU mixture of experts with FP8 expert weights (inference only).
+
+    ``y[t] = sum_j w[t, j] * down_e(silu(gate_e(x[t])) * up_e(x[t]))`` over the token's top-k
+    experts ``e = ids[t, j]``, where ``w`` are the chosen softmax probabilities renormalised to sum
+    to 1 (see :func:`jax_dgpt.nn.route`).
+
+    Parameters (``nnx.Param``):
+      router_kernel ``[hidden, num_experts]`` and router_bias ``[num_experts]`` in ``router_dtype``
+        (the router runs in float32);
+      w_gate_up float8_e4m3fn ``[E, 2 * expert_hidden, hidden]`` (gate rows then up rows) with
+        w_gate_up_scale float32 ``[E]``; w_down float8_e4m3fn ``[E, hidden, expert_hidden]`` with
+        w_down_scale float32 ``[E]``: per-expert amax scales, ``w ~= q * scale[e]``.
+    Weights are random (LeCun normal) at construction; :meth:`load_weights` quantizes real ones.
+
+    Activations are quantized per tensor: the input once, the SwiGLU output once (amax over all
+    valid rows of all experts). GEMM outputs (bf16) are rescaled per row by ``s_act * s_w[e]`` in
+    float32; the output has the input's dtype. Under differentiation the layer raises
+    NotImplementedError.
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        expert_hidden: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        router_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        for name, value in (
+            ("hidden", hidden),
+            ("expert_hidden", expert_hidden),
+            ("num_experts", num_experts),
+            ("top_k", top_k),
+        ):
+            _static_positive(name, value)
+        if top_k > num_experts:
+            raise ValueError(f"jax_dgpt.nn.MoE: top_k ({top_k}) > num_experts ({num_experts})")
+        self.hidden, self.expert_hidden = hidden, expert_hidden
+        self.num_experts, self.top_k = num_experts, top_k
+        router_init = nnx.initializers.lecun_normal()
+        self.router_kernel = nnx.Param(
+            router_init(rngs.params(), (hidden, num_experts), router_dtype)
+        )
+        self.router_bias = nnx.Param(jnp.zeros((num_experts,), router_dtype))
+        w13, s13 = _random_fp8_experts(rngs.params(), (num_experts, 2 * expert_hidden, hidden))
+        w2, s2 = _random_fp8_experts(rngs.params(), (num_experts, hidden, expert_hidden))
+        self.w_gate_up, self.w_gate_up_scale = nnx.Param(w13), nnx.Param(s13)
+        self.w_down, self.w_down_scale = nnx.Param(w2), nnx.Param(s2)
+
+    def load_weights(self, *, w_gate, w_up, w_down, router_kernel=None, router_bias=None) -> None:
+        """Quantizes float expert weights (per expert) into the layer; routers are copied as given.
+
+        Args: w_gate, w_up float ``[E, expert_hidden, hidden]`` and w_down float ``[E, hidden,
+        expert_hidden]`` ("out, in" per expert, like ``Fp8Dense.kernel``); optional router_kernel
+        ``[hidden, E]`` and router_bias ``[E]`` (cast to the router's dtype).
+        """
+        e, f, h = self.num_experts, self.expert_hidden, self.hidden
+        for name, w, shape in (
+            ("w_gate", w_gate, (e, f, h)),
+            ("w_up", w_up, (e, f, h)),
+            ("w_down", w_down, (e, h, f)),
+        ):
+            if tuple(w.shape) != shape:
+                raise ValueError(
+                    f"jax_dgpt.nn.MoE.load_weights: {name} must have shape {shape}, "
+                    f"got {tuple(w.shape)}"
+                )
+        w13, s13 = quantize_per_expert(jnp.concatenate([w_gate, w_up], axis=1))
+        w2, s2 = quantize_per_expert(jnp.asarray(w_down))
+        self.w_gate_up[...], self.w_gate_up_scale[...] = w13, s13
+        self.w_down[...], self.w_down_scale[...] = w2, s2
+        for param, value in ((self.router_kernel, router_kernel), (self.router_bias, router_bias)):
+            if value is not None:
+                if tuple(value.shape) != param.shape:
+                    raise ValueError(
+                        f"jax_dgpt.nn.MoE.load_weights: router shape must be "
+                        f"{param.shape}, got {tuple(value.shape)}"
+                    )
+                param[...] = jnp.asarray(value, param.dtype)
+
+    def _weights(self) -> tuple[jax.Array, ...]:
+        return (
+            self.router_kernel[...],
+            self.router_bias[...],
+            self.w_gate_up[...],
+            self.w_gate_up_scale[...],
+            self.w_down[...],
+            self.w_down_scale[...],
+        )
+
+    def _tokens(self, x: jax.Array) -> jax.Array:
+        if x.ndim < 1 or x.shape[-1] != self.hidden:
+            raise ValueError(
+                f"jax_dgpt.nn.MoE: x must have shape [..., {self.hidden}] (hidden), "
+                f"got {tuple(x.shape)}"
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"jax_dgpt.nn.MoE: x must be a float array, got {x.dtype}")
+        return x.reshape(-1, self.hidden)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Prefill: float ``[..., hidden]`` -> ``[..., hidden]`` (``x.dtype``); no token is dropped.
+
+        Tokens (leading dims flattened: T) are sorted by expert into the contiguous layout; the
+        padded row count is the static bound of :func:`jax_dgpt.nn.routing.contiguous_rows_bound`
+        (``round_up(T*k + min(E, T*k) * 127, 128)``), so the program compiles once per T.
+        """
+        tokens = self._tokens(x)
+        if tokens.shape[0] == 0:
+            return jnp.zeros(x.shape, x.dtype)
+        fn = inference_only(functools.partial(moe_prefill, top_k=self.top_k), "MoE")
+        return fn(tokens, *self._weights()).astype(x.dtype).reshape(x.shape)
+
+    forward_prefill = __call__
+
+    def decode(self, x: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
+        """Decode: float ``[..., hidden]`` and a static per-expert ``capacity`` -> (``[..., hidden]``
+        in ``x.dtype``, int32 scalar number of dropped (token, expert) assignments).
+
+        Each expert takes its first ``capacity`` assignments in token order into an
+        ``[E, capacity, hidden]`` buffer; ``masked_m = min(count, capacity)`` stays on the device.
+        A dropped assignment contributes nothing (the token's other experts keep their weights).
+        ``capacity >= T`` never drops. Compiles once per (T, capacity); no host sync.
+        """
+        capacity = _static_positive("capacity", capacity)
+        tokens = self._tokens(x)
+        if tokens.shape[0] == 0:
+            return jnp.zeros(x.shape, x.dtype), jnp.int32(0)
+        fn = inference_only(
+            functools.partial(moe_decode, top_k=self.top_k, capacity=capacity), "MoE"
+        )
+        y, dropped = fn(tokens, *self._weights())
+        return y.astype(x.dtype).reshape(x.shape), dropped
+
+    def flops(self, num_tokens: int) -> int:
+        """Useful FLOPs of the expert GEMMs for ``num_tokens`` tokens (no padding rows)."""
+        return 2 * num_tokens * self.top_k * 3 * self.expert_hidden * self.hidden

@@ -1,0 +1,91 @@
+"""Per-tensor FP8 (e4m3) quantization and the inference-only guard shared by the layers.
+
+A tensor ``x`` is stored as ``q = fp8(clip(x / s, -448, 448))`` with ``s = amax(|x|) / 448``, so that
+``x ~= q * s``; a GEMM of two quantized operands is rescaled by the product of their scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "FP8",
+    "FP8_MAX",
+    "dequantize",
+    "inference_only",
+    "per_tensor_scale",
+    "quantize",
+    "quantize_per_expert",
+    "quantize_per_tensor",
+]
+
+FP8 = jnp.float8_e4m3fn
+# NOTES: the largest finite float8_e4m3fn value; e4m3fn has no infinity, and a cast of anything larger
+# gives NaN, hence the clip before every cast (saturating quantization).
+FP8_MAX = 448.0
+
+
+def per_tensor_scale(x: jax.Array, axis: Any = None) -> jax.Array:
+    """float32 scale ``amax(|x|) / 448`` over ``axis`` (all axes: a scalar); 1 where amax is 0.
+
+    NOTES: an all-zero tensor gets scale 1 (not 0), so ``x / s`` never divides by zero; its
+    quantized values are zeros either way.
+    """
+    amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axis)
+    return jnp.where(amax > 0, amax / FP8_MAX, jnp.ones_like(amax))
+
+
+def quantize(x: jax.Array, scale: jax.Array) -> jax.Array:
+    """float8_e4m3fn ``clip(x / scale, -448, 448)``; ``scale`` broadcasts against ``x``."""
+    scaled = x.astype(jnp.float32) / scale
+    return jnp.clip(scaled, -FP8_MAX, FP8_MAX).astype(FP8)
+
+
+def quantize_per_tensor(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Any float array -> (float8_e4m3fn array of the same shape, float32 scalar scale)."""
+    scale = per_tensor_scale(x)
+    return quantize(x, scale), scale
+
+
+@jax.jit
+def quantize_per_expert(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Float ``[E, ...]`` -> (float8_e4m3fn ``[E, ...]``, float32 ``[E]``): one scale per expert.
+
+    Jitted so that quantizing a large stack of expert weights fuses into one pass (no float32
+    temporaries of the full size besides the input).
+    """
+    scale = per_tensor_scale(w, axis=tuple(range(1, w.ndim)))
+    return quantize(w, scale.reshape((-1,) + (1,) * (w.ndim - 1))), scale
+
+
+def dequantize(q: jax.Array, scale: jax.Array) -> jax.Array:
+    """float32 ``q * scale``; for ``[E, ...]`` weights pass the ``[E]`` scale (it is broadcast)."""
+    scale = jnp.asarray(scale, jnp.float32)
+    return q.astype(jnp.float32) * scale.reshape(scale.shape + (1,) * (q.ndim - scale.ndim))
+
+
+def inference_only(fn: Callable[..., Any], layer: str) -> Callable[..., Any]:
+    """Wraps ``fn`` (array arguments only) so that differentiating it raises NotImplementedError.
+
+    NOTES: a ``custom_jvp`` whose rule raises: ``jax.grad``, ``jax.vjp``, ``jax.jvp`` and ``nnx.grad``
+    all call the JVP rule while tracing, so the user sees this message (instead of a missing
+    differentiation rule of an FFI primitive, or a silently wrong gradient through the fp8 casts).
+    Arguments that carry no tangent (e.g. under ``stop_gradient``) never reach the rule.
+    """
+    wrapped = jax.custom_jvp(fn)
+
+    def raise_on_jvp(primals, tangents):
+        del primals, tangents
+        raise NotImplementedError(
+            f"jax_dgpt.nn.{layer}: jax_dgpt.nn layers are inference-only for now; "
+            "differentiation (jax.grad, jax.vjp, jax.jvp, nnx.grad) is not supported. "
+            "To differentiate the rest of a model, keep this layer's parameters out of the "
+            "differentiated arguments and pass its input through jax.lax.stop_gradient."
+        )
+
+    wrapped.defjvp(raise_on_jvp)
+    return wrapped

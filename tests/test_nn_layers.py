@@ -1,0 +1,287 @@
+"""CPU tests of the Flax layers (jax_dgpt.nn): Fp8Dense and MoE against float references.
+
+Tolerances come from FP8 e4m3 rounding. e4m3 keeps 3 mantissa bits, so a quantized operand has a
+relative error of at most half an ulp, 2^-4 (values above the subnormal range, i.e. above
+2^-6 * scale; below it the absolute error is at most 2^-10 * scale). On random data the errors are
+independent and much smaller on average: the RMS relative error of one e4m3 rounding is about
+2^-4 / sqrt(3) * E[1/mantissa] ~= 0.026. Hence:
+  - Fp8Dense (two quantized operands): elementwise ``|y - ref| <= (2 * 2^-4 + 2^-8) sum_k |x w|``
+    (+ the subnormal terms and one bf16 ulp of the output), and a normalised error
+    ``|y - ref| / |ref| <= 0.06`` (expected ~0.026 * sqrt(2) ~= 0.037);
+  - MoE (four quantized operands: x, W_gate/up, the SwiGLU output, W_down): the first GEMM's
+    errors enter the SwiGLU product twice (through gate and through up), so about six roundings
+    add up: expected ~0.026 * sqrt(6) ~= 0.064 (measured 0.068); the bound is a normalised error
+    ``<= 0.1``, i.e. calc_diff <= 5e-3 (calc_diff ~ err^2 / 2; measured 2.3e-3). Averaged over
+    thousands of elements these figures barely move with the seed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import calc_diff
+from jax import lax
+
+pytest.importorskip("flax")
+from flax import nnx  # noqa: E402
+
+from jax_dgpt import nn as dgnn  # noqa: E402
+
+DENSE_TOLERANCE = 0.06
+MOE_TOLERANCE = 0.1
+ALIGN = 128
+
+
+# --- generators and references --------------------------------------------------------------------
+def generate_normal(shape: tuple[int, ...], key: int, scale: float = 1.0) -> np.ndarray:
+    return (np.random.default_rng(key).standard_normal(shape) * scale).astype(np.float32)
+
+
+def generate_moe(num_tokens, hidden, expert_hidden, num_experts, top_k, key=0, router_bias=None):
+    """(layer, float32 weights dict, x [T, H]) with the layer loaded from the float32 weights."""
+    w = {
+        "w_gate": generate_normal((num_experts, expert_hidden, hidden), key + 1, hidden**-0.5),
+        "w_up": generate_normal((num_experts, expert_hidden, hidden), key + 2, hidden**-0.5),
+        "w_down": generate_normal(
+            (num_experts, hidden, expert_hidden), key + 3, expert_hidden**-0.5
+        ),
+        "router_kernel": generate_normal((hidden, num_experts), key + 4, hidden**-0.5),
+        "router_bias": np.zeros(num_experts, np.float32) if router_bias is None else router_bias,
+    }
+    layer = dgnn.MoE(hidden, expert_hidden, num_experts, top_k, rngs=nnx.Rngs(key))
+    layer.load_weights(**{name: jnp.asarray(value) for name, value in w.items()})
+    return layer, w, jnp.asarray(generate_normal((num_tokens, hidden), key + 5))
+
+
+def reference_routing(x, w, top_k):
+    """Softmax top-k in float32 (as the layer computes it), renormalised: weights, ids [T, k]."""
+    logits = jnp.dot(x, w["router_kernel"], precision=lax.Precision.HIGHEST) + w["router_bias"]
+    top, ids = lax.top_k(jax.nn.softmax(logits, axis=-1), top_k)
+    return np.asarray(top / top.sum(-1, keepdims=True), np.float64), np.asarray(ids)
+
+
+def reference_moe(x, w, top_k, capacity=None):
+    """Plain float64 MoE, a loop over tokens and their top-k experts: (y [T, H], dropped).
+
+    With ``capacity``, each expert keeps its first ``capacity`` assignments in token order (the
+    layer's decode rule); the later ones contribute nothing.
+    """
+    weights, ids = reference_routing(x, w, top_k)
+    x64 = np.asarray(x, np.float64)
+    y, taken, dropped = np.zeros_like(x64), {}, 0
+    for t in range(x64.shape[0]):
+        for j in range(top_k):
+            e = int(ids[t, j])
+            taken[e] = taken.get(e, 0) + 1
+            if capacity is not None and taken[e] > capacity:
+                dropped += 1
+                continue
+            gate, up = w["w_gate"][e].astype(np.float64) @ x64[t], w["w_up"][e] @ x64[t]
+            act = gate / (1.0 + np.exp(-gate)) * up
+            y[t] += weights[t, j] * (w["w_down"][e].astype(np.float64) @ act)
+    return y, dropped
+
+
+def normalised_error(got, ref) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def assert_moe_close(got, ref, context):
+    err, diff = normalised_error(got, ref), calc_diff(np.asarray(got, np.float64), ref)
+    assert err <= MOE_TOLERANCE and diff <= MOE_TOLERANCE**2 / 2, (
+        f"{context}: normalised error {err:.4f} (<= {MOE_TOLERANCE}), calc_diff {diff:.2e}"
+    )
+
+
+# --- Fp8Dense -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("lead", [(48,), (2, 3, 8)])
+def test_fp8_dense_matches_f32(lead, use_bias):
+    in_features, out_features = 96, 40
+    layer = dgnn.Fp8Dense(in_features, out_features, use_bias=use_bias, rngs=nnx.Rngs(0))
+    if use_bias:
+        layer.bias[...] = jnp.asarray(generate_normal((out_features,), 7))
+    x = jnp.asarray(generate_normal(lead + (in_features,), 1))
+    y = np.asarray(jax.jit(lambda x: layer(x))(x), np.float64)
+    assert y.shape == lead + (out_features,)
+
+    x64 = np.asarray(x, np.float64).reshape(-1, in_features)
+    w64 = np.asarray(layer.kernel[...], np.float64)
+    ref = x64 @ w64.T + (np.asarray(layer.bias[...], np.float64) if use_bias else 0.0)
+    # Elementwise: both operands within 2^-4 relative (+ 2^-10 * scale in the subnormal range),
+    # the fp32 sum of exact fp8 products, one bf16 rounding (2^-8 relative) of the GEMM output.
+    sx, sw = np.abs(x64).max() / 448, np.abs(w64).max() / 448
+    magnitude = np.abs(x64) @ np.abs(w64).T
+    subnormal = 2.0**-10 * (sx * np.abs(w64).sum(1)[None, :] + sw * np.abs(x64).sum(1)[:, None])
+    bound = (2 * 2.0**-4 + 2.0**-8) * magnitude + 1.2 * subnormal + 2.0**-8 * np.abs(ref) + 1e-6
+    error = np.abs(y.reshape(ref.shape) - ref)
+    assert np.all(error <= bound), f"lead {lead}: worst excess {np.max(error - bound):.3g}"
+    err = normalised_error(y.reshape(ref.shape), ref)
+    assert err <= DENSE_TOLERANCE, f"lead {lead} bias {use_bias}: normalised error {err:.4f}"
+
+
+def test_fp8_dense_dtypes_and_zero_input():
+    layer = dgnn.Fp8Dense(32, 24, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(1))
+    assert layer.kernel[...].dtype == jnp.bfloat16 and layer.kernel[...].shape == (24, 32)
+    y = layer(jnp.ones((4, 32), jnp.bfloat16))
+    assert y.shape == (4, 24) and y.dtype == jnp.bfloat16
+    # amax == 0: the scale guard gives exact zeros (plus the zero bias), never NaN.
+    zeros = layer(jnp.zeros((3, 5, 32), jnp.float32))
+    assert zeros.dtype == jnp.float32 and np.all(np.asarray(zeros) == 0.0)
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 32\]"):
+        layer(jnp.ones((4, 31)))
+
+
+# --- MoE against the float reference --------------------------------------------------------------
+def test_moe_prefill_and_decode_match_f32_reference():
+    layer, w, x = generate_moe(num_tokens=96, hidden=128, expert_hidden=64, num_experts=8, top_k=2)
+    ref, _ = reference_moe(x, w, top_k=2)
+    weights, ids = dgnn.route(x, w["router_kernel"], w["router_bias"], 2)
+    np.testing.assert_array_equal(np.asarray(ids), reference_routing(x, w, 2)[1])
+    np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, rtol=1e-6)
+
+    prefill = jax.jit(lambda x: layer(x))(x)
+    assert_moe_close(prefill, ref, "prefill")
+    # capacity = T: no expert can overflow, so decode computes the same rows as prefill. Only
+    # the order of float32 sums may differ (a bf16/fp8 rounding flip at most).
+    decode, dropped = jax.jit(lambda x: layer.decode(x, capacity=96))(x)
+    assert int(dropped) == 0
+    assert_moe_close(decode, ref, "decode")
+    agree = normalised_error(decode, prefill)
+    assert agree <= 1e-3, f"prefill and decode differ: normalised {agree:.2e}"
+
+
+def test_moe_expert_with_no_tokens():
+    bias = np.zeros(8, np.float32)
+    bias[[2, 5]] = -1e4  # experts 2 and 5 never win a top-2 slot
+    layer, w, x = generate_moe(64, 128, 64, 8, top_k=2, key=10, router_bias=bias)
+    layout = dgnn.contiguous_layout(reference_routing(x, w, 2)[1], 8, ALIGN)
+    counts = np.asarray(layout.counts)
+    assert counts[2] == 0 and counts[5] == 0 and counts.sum() == 128
+    ref, _ = reference_moe(x, w, top_k=2)
+    assert_moe_close(layer(x), ref, "prefill, experts 2 and 5 empty")
+    y, dropped = layer.decode(x, capacity=64)
+    assert int(dropped) == 0
+    assert_moe_close(y, ref, "decode, experts 2 and 5 empty")
+
+
+def test_moe_all_tokens_on_one_expert():
+    # 160 tokens, top-1, all on expert 3: its rows span two 128-row blocks; the others are empty.
+    bias = np.zeros(4, np.float32)
+    bias[3] = 1e4
+    layer, w, x = generate_moe(160, 128, 64, 4, top_k=1, key=20, router_bias=bias)
+    assert np.all(reference_routing(x, w, 1)[1] == 3)
+    ref, _ = reference_moe(x, w, top_k=1)
+    prefill = layer(x)
+    assert_moe_close(prefill, ref, "prefill, all tokens on expert 3")
+    decode, dropped = layer.decode(x, capacity=160)
+    assert int(dropped) == 0
+    assert normalised_error(decode, prefill) <= 1e-3
+
+
+def test_moe_decode_capacity_overflow_drops_later_tokens():
+    # Random top-2 routing of 48 tokens over 8 experts (12 assignments each on average) with room
+    # for 8 per expert: each expert keeps its first 8 assignments in token order.
+    layer, w, x = generate_moe(48, 128, 64, 8, top_k=2, key=30)
+    ref, ref_dropped = reference_moe(x, w, top_k=2, capacity=8)
+    y, dropped = jax.jit(lambda x: layer.decode(x, capacity=8))(x)
+    assert ref_dropped > 0 and int(dropped) == ref_dropped
+    assert_moe_close(y, ref, "decode with overflow")
+    full, _ = reference_moe(x, w, top_k=2)
+    assert normalised_error(y, full) > 3 * MOE_TOLERANCE, "the dropped contributions are missing"
+
+    # All 40 tokens on expert 1 (top-1), capacity 5: tokens 5.. are dropped and come out as zeros.
+    bias = np.zeros(4, np.float32)
+    bias[1] = 1e4
+    layer, w, x = generate_moe(40, 128, 64, 4, top_k=1, key=40, router_bias=bias)
+    y, dropped = layer.decode(x, capacity=5)
+    assert int(dropped) == 35
+    assert np.all(np.asarray(y[5:]) == 0.0)
+    assert_moe_close(y[:5], reference_moe(x, w, top_k=1)[0][:5], "the 5 kept tokens")
+
+
+# --- layouts, shapes, compilation, autodiff -------------------------------------------------------
+def test_contiguous_layout_properties():
+    ids = jnp.asarray(np.random.default_rng(3).integers(0, 5, size=(70, 3)), jnp.int32)
+    layout = dgnn.contiguous_layout(ids, 5, ALIGN)
+    m_indices, rows = np.asarray(layout.m_indices), np.asarray(layout.rows)
+    assert m_indices.shape == (dgnn.routing.contiguous_rows_bound(210, 5, ALIGN),)
+    assert len(set(rows.tolist())) == 210 and np.all(m_indices[rows] == np.asarray(ids).ravel())
+    assert np.all(np.asarray(layout.row_token)[rows] == np.arange(210) // 3)
+    for e in range(5):
+        where = np.nonzero(m_indices == e)[0]
+        assert where[0] % ALIGN == 0 and np.all(np.diff(where) == 1), f"expert {e}"
+        assert np.all(m_indices[where[-1] + 1 : -(-(where[-1] + 1) // ALIGN) * ALIGN] == -1)
+        assert np.all(np.diff(np.asarray(layout.row_token)[where]) >= 0), "token order"
+
+
+def test_moe_shapes_and_dtypes():
+    layer = dgnn.MoE(hidden=64, expert_hidden=32, num_experts=4, top_k=2, rngs=nnx.Rngs(0))
+    assert layer.w_gate_up[...].dtype == jnp.float8_e4m3fn
+    assert layer.w_gate_up[...].shape == (4, 64, 64) and layer.w_down[...].shape == (4, 64, 32)
+    assert layer.w_gate_up_scale[...].shape == (4,) and layer.w_down_scale[...].dtype == jnp.float32
+    x = jnp.asarray(generate_normal((2, 12, 64), 1), jnp.bfloat16)
+    y = layer(x)
+    assert y.shape == (2, 12, 64) and y.dtype == jnp.bfloat16
+    y, dropped = layer.decode(x, capacity=3)
+    assert y.shape == (2, 12, 64) and y.dtype == jnp.bfloat16
+    assert dropped.shape == () and dropped.dtype == jnp.int32
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 64\]"):
+        layer(jnp.ones((4, 32)))
+    with pytest.raises(ValueError, match="capacity must be positive"):
+        layer.decode(x, capacity=0)
+    with pytest.raises(ValueError, match=r"top_k \(5\) > num_experts \(4\)"):
+        dgnn.MoE(64, 32, 4, 5, rngs=nnx.Rngs(0))
+
+
+def test_jit_compiles_once_per_token_count():
+    layer = dgnn.MoE(hidden=64, expert_hidden=32, num_experts=4, top_k=2, rngs=nnx.Rngs(0))
+    traces = {"prefill": 0, "decode": 0}
+
+    def prefill(model, x):
+        traces["prefill"] += 1
+        return model(x)
+
+    def decode(model, x):
+        traces["decode"] += 1
+        return model.decode(x, capacity=4)
+
+    prefill, decode = nnx.jit(prefill), nnx.jit(decode)
+    for key in range(3):  # new tokens, new routing, new counts: same program
+        x = jnp.asarray(generate_normal((24, 64), key))
+        prefill(layer, x)
+        decode(layer, x)
+    assert traces == {"prefill": 1, "decode": 1}
+
+
+def test_grad_raises_inference_only():
+    layer, _, x = generate_moe(16, 64, 32, 4, top_k=2)
+    dense = dgnn.Fp8Dense(64, 16, rngs=nnx.Rngs(0))
+    message = "jax_dgpt.nn layers are inference-only"
+    with pytest.raises(NotImplementedError, match=message):
+        jax.grad(lambda x: layer(x).sum())(x)
+    with pytest.raises(NotImplementedError, match=message):
+        jax.grad(lambda x: layer.decode(x, capacity=8)[0].sum())(x)
+    with pytest.raises(NotImplementedError, match=message):
+        jax.jit(jax.grad(lambda x: dense(x).sum()))(x)
+    with pytest.raises(NotImplementedError, match=message):
+        nnx.grad(lambda model, x: model(x).sum())(dense, x)
+    # Nothing to differentiate through the layer: it runs.
+    jax.grad(lambda x: (x * 2).sum() + layer(lax.stop_gradient(x)).sum())(x)
+
+
+def test_flax_is_optional():
+    script = (
+        "import sys, jax_dgpt; assert 'flax' not in sys.modules, 'import jax_dgpt imported flax'\n"
+        "sys.modules['flax'] = None\n"
+        "try:\n    from jax_dgpt import nn\nexcept ImportError as e:\n    print(e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'jax-dgpt[flax]'" in result.stdout, result.stdout
