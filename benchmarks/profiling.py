@@ -21,7 +21,7 @@ def _flush(buf):
 
 
 def _gpu_kernel_events(trace_dir: str) -> list[tuple[float, float, str]]:
-    """(start_ns, duration_ns, name) of every kernel on the GPU streams, in start order."""
+    """(start_ns, duration_ns, "hlo_module/kernel") of every kernel on the GPU streams, in start order."""
     paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
     if not paths:
         raise RuntimeError(f"no profile written under {trace_dir}")
@@ -32,7 +32,11 @@ def _gpu_kernel_events(trace_dir: str) -> list[tuple[float, float, str]]:
         for line in plane.lines:
             if "stream" not in line.name.lower():
                 continue
-            events.extend((e.start_ns, e.duration_ns, e.name) for e in line.events)
+            for e in line.events:
+                # NOTES: kernels are told apart by their HLO module when the profiler records it:
+                # fusion names alone ("loop_add_fusion") can repeat across programs.
+                module = dict(e.stats).get("hlo_module", "")
+                events.append((e.start_ns, e.duration_ns, f"{module}/{e.name}"))
     events.sort()
     return events
 
