@@ -5,6 +5,7 @@
 #include <string>
 
 #include "gemm_handlers.h"
+#include "jit_bindings.h"
 #include "gemm_launcher.h"
 
 namespace nb = nanobind;
@@ -89,13 +90,7 @@ void bind_gemm(nb::module_& m) {
       status = compile(c, ptxas_verbose, &entry);
     }
     if (!status.ok()) throw std::runtime_error(status.message());
-    nb::dict d;
-    d["key"] = entry.key;
-    d["origin"] = jit::origin_name(entry.origin);
-    d["cubin_size"] = entry.cubin.size();
-    d["log"] = entry.log;
-    d["path"] = entry.path;
-    return d;
+    return cubin_entry_dict(entry);
   }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
   nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("ptxas_verbose") = false,
   "JIT-compiles (or fetches from the cache) the kernel of one configuration; no GPU needed.");

@@ -11,20 +11,32 @@
 #include "jit/compiler.h"
 #include "jit/driver.h"
 #include "jit/kernel_cache.h"
+#include "jit_bindings.h"
 #include "xla/ffi/api/c_api.h"
 
 namespace nb = nanobind;
 
 namespace dgpt {
-namespace {
+
+nb::dict cubin_entry_dict(const jit::CubinEntry& entry) {
+  nb::dict result;
+  result["key"] = entry.key;
+  result["origin"] = jit::origin_name(entry.origin);
+  result["cubin_size"] = entry.cubin.size();
+  result["log"] = compiler_log_str(entry.log);
+  result["path"] = entry.path;
+  return result;
+}
 
 // A Python str from compiler output. NOTES: compiler logs may hold bytes that are not UTF-8
 // (file names, locale messages); they become U+FFFD instead of failing the whole call.
-nb::object to_str(const std::string& text) {
+nb::object compiler_log_str(const std::string& text) {
   PyObject* str = PyUnicode_DecodeUTF8(text.data(), Py_ssize_t(text.size()), "replace");
   if (!str) throw nb::python_error();
   return nb::steal(str);
 }
+
+namespace {
 
 nb::dict compile_source(const std::string& name, const std::string& source, bool ptxas_verbose) {
   jit::CubinEntry entry;
@@ -34,13 +46,7 @@ nb::dict compile_source(const std::string& name, const std::string& source, bool
     status = jit::get_or_compile(name, source, ptxas_verbose, &entry);
   }
   if (!status.ok()) throw std::runtime_error(status.message());
-  nb::dict result;
-  result["key"] = entry.key;
-  result["origin"] = jit::origin_name(entry.origin);
-  result["cubin_size"] = entry.cubin.size();
-  result["log"] = to_str(entry.log);
-  result["path"] = entry.path;
-  return result;
+  return cubin_entry_dict(entry);
 }
 
 std::string compiler_signature() {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -172,7 +173,8 @@ class NvrtcCompiler : public Compiler {
     if (api.GetProgramLogSize(program, &log_size) == kNvrtcSuccess && log_size > 1) {
       out->log.resize(log_size);
       api.GetProgramLog(program, out->log.data());
-      out->log.resize(log_size - 1);  // drop the terminating NUL
+      // NOTES: NVRTC's log can hold an embedded NUL before its terminator (after ptxas's part).
+      out->log.resize(std::strlen(out->log.c_str()));
     }
     Status status;
     if (compiled != kNvrtcSuccess) {
