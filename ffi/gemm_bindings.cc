@@ -28,17 +28,10 @@ nb::dict stages(XLA_FFI_Handler* instantiate, XLA_FFI_Handler* initialize, XLA_F
 
 GemmConfig make_config(const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
                        int64_t block_n, int64_t num_stages, int64_t num_sms) {
-  GemmConfig c;
-  const Status status = parse_gemm_type(kind, &c.type);
+  GemmType type;
+  const Status status = parse_gemm_type(kind, &type);
   if (!status.ok()) throw nb::value_error(status.message().c_str());
-  c.m = m;
-  c.n = n;
-  c.k = k;
-  c.num_groups = num_groups;
-  c.block_m = block_m;
-  c.block_n = block_n;
-  c.num_stages = num_stages;
-  c.num_sms = num_sms;
+  const GemmConfig c = GemmConfig::make(type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms);
   const Status valid = validate(c);
   if (!valid.ok()) throw nb::value_error(valid.message().c_str());
   return c;

@@ -37,16 +37,7 @@ ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(int64_t m, int64_t n, int
                                                        int64_t block_m, int64_t block_n, int64_t num_stages,
                                                        int64_t num_sms) {
   try {
-    GemmConfig config;
-    config.type = kType;
-    config.m = m;
-    config.n = n;
-    config.k = k;
-    config.num_groups = num_groups;
-    config.block_m = block_m;
-    config.block_n = block_n;
-    config.num_stages = num_stages;
-    config.num_sms = num_sms;
+    const GemmConfig config = GemmConfig::make(kType, m, n, k, num_groups, block_m, block_n, num_stages, num_sms);
     GemmKernel* kernel = nullptr;
     const Status status = GemmKernel::create(config, &kernel);
     if (!status.ok()) return ffi::Unexpected(to_ffi(status, "jax_dgpt instantiate"));

@@ -29,6 +29,10 @@ struct GemmConfig {
   int64_t num_stages = 0;
   int64_t num_sms = 0;     // grid size
 
+  static GemmConfig make(GemmType type, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
+                         int64_t block_n, int64_t num_stages, int64_t num_sms) {
+    return GemmConfig{type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms};
+  }
   std::string describe() const;
 };
 
