@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one script the H100/H200 runs: build, GPU tests, sanitizers, benchmark. Logs go to $OUT.
-# usage: scripts/gpu_check.sh [build] [smoke] [tests] [sanitize] [bench] ...   (default: build smoke tests)
+# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] ...
+#   (default: build smoke tests); `compat` needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
 #   PYTEST_ARGS="-k masked" narrows the test run; BENCH_ARGS is passed to the benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,17 @@ for what in "$@"; do
       python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
       python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
       echo "build ok" ;;
+    compat)
+      # An extension built against the oldest supported jaxlib's FFI headers (.ffi-oldest, from
+      # scripts/fetch_oldest_ffi_headers.sh, carried) must load and run in this machine's jaxlib.
+      step "compat: build against jaxlib $(cat .ffi-oldest/JAXLIB_VERSION 2>/dev/null) FFI headers"
+      python3 -m pip install --no-build-isolation --no-deps -e . \
+        --config-settings=cmake.define.XLA_FFI_INCLUDE_DIR="$PWD/.ffi-oldest" \
+        --config-settings=build-dir=build/compat >"$OUT/build_compat.log" 2>&1 \
+        || { tail -20 "$OUT/build_compat.log"; status=1; continue; }
+      python3 -c "import jax, jax_dgpt._C as C; print('extension FFI API', C.ffi_api_version(), 'jaxlib', jax.__version__)"
+      timeout 300 python3 scripts/smoke.py 2>&1 | tee "$OUT/smoke_compat.log" || status=1
+      python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || status=1 ;;
     smoke)
       step smoke
       timeout 300 python3 scripts/smoke.py 2>&1 | tee "$OUT/smoke.log" || status=1 ;;
