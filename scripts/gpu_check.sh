@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one script the H100/H200 runs: build, GPU tests, sanitizers, benchmark. Logs go to $OUT.
-# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] ...
+# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] ...
 #   (default: build smoke tests); `compat` needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
 #   PYTEST_ARGS="-k masked" narrows the test run; BENCH_ARGS is passed to the benchmark.
 set -uo pipefail
@@ -51,7 +51,11 @@ for what in "$@"; do
       done ;;
     bench)
       step benchmark
-      python3 benchmarks/bench.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -80 ;;
+      python3 benchmarks/bench.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -80
+      python3 benchmarks/chart.py "$OUT/results.json" "$OUT/chart.png" || status=1 ;;
+    e2e)
+      step "end to end: host overhead, cold compile, warm-cache first call"
+      python3 benchmarks/end_to_end.py --out "$OUT" 2>&1 | tee "$OUT/end_to_end.log" | tail -20 ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done

@@ -1,0 +1,111 @@
+"""End-to-end figures: host overhead per call, cold JIT compile per kernel, first call with a warm cache.
+
+    python benchmarks/end_to_end.py [--out DIR]
+
+Host overhead = wall time per call of a Python loop of many jitted calls (synchronised once at the end)
+minus the kernel's device time per call, for jax_dgpt and for XLA's FP8 dot side by side. Compile and
+first-call times run in fresh subprocesses with an empty, then a warm, DG_JIT_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from profiling import Timer  # noqa: E402
+
+import jax_dgpt  # noqa: E402
+
+FIRST_CALL = """
+import os, time, json
+t0 = time.perf_counter()
+import jax, jax.numpy as jnp, numpy as np
+import jax_dgpt
+a = jnp.asarray(np.ones(({m}, {k}), np.float32).astype(jnp.float8_e4m3fn))
+b = jnp.asarray(np.ones(({n}, {k}), np.float32).astype(jnp.float8_e4m3fn))
+jax.block_until_ready((a, b))
+t1 = time.perf_counter()
+jax.jit(jax_dgpt.gemm)(a, b).block_until_ready()
+t2 = time.perf_counter()
+print(json.dumps(dict(import_s=t1 - t0, first_call_s=t2 - t1)))
+"""
+
+COLD_COMPILE = """
+import time, json
+import jax_dgpt
+from jax_dgpt import _C, heuristics
+cfg = heuristics.select_config("normal", {m}, {n}, {k}, 1, 132)
+t0 = time.perf_counter()
+r = _C.compile_gemm("normal", {m}, {n}, {k}, 1, cfg.block_m, cfg.block_n, cfg.num_stages, cfg.num_sms)
+print(json.dumps(dict(compile_s=time.perf_counter() - t0, origin=r["origin"])))
+"""
+
+
+def run_json(code: str, cache_dir: str) -> dict:
+    env = dict(os.environ, DG_JIT_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def host_overhead(timer: Timer, m: int, n: int, k: int, calls: int = 2000) -> dict:
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32).astype(jnp.float8_e4m3fn))
+    b = jnp.asarray(np.random.default_rng(1).standard_normal((n, k), np.float32).astype(jnp.float8_e4m3fn))
+    ours = jax.jit(jax_dgpt.gemm)
+    xla = jax.jit(
+        lambda x, y: jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())), preferred_element_type=jnp.bfloat16)
+    )
+    result = {}
+    for name, fn in (("jax_dgpt", ours), ("xla", xla)):
+        (kernel_us,) = timer.time_us(partial(fn, a, b))
+        jax.block_until_ready(fn(a, b))
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            out = fn(a, b)
+        jax.block_until_ready(out)
+        wall_us = (time.perf_counter() - t0) / calls * 1e6
+        result[name] = dict(wall_us_per_call=wall_us, kernel_us=kernel_us, overhead_us=max(wall_us - kernel_us, 0.0))
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=".")
+    args = p.parse_args()
+    shapes = [(4096, 7168, 2048), (128, 2112, 7168), (64, 7168, 576)]
+    report = {"host_overhead": {}, "compile": {}}
+    timer = Timer()
+    for m, n, k in shapes:
+        r = host_overhead(timer, m, n, k)
+        report["host_overhead"][f"{m}x{n}x{k}"] = r
+        print(
+            f"host overhead {m}x{n}x{k}: jax_dgpt {r['jax_dgpt']['overhead_us']:.2f} us/call "
+            f"(wall {r['jax_dgpt']['wall_us_per_call']:.2f}, kernel {r['jax_dgpt']['kernel_us']:.2f}); "
+            f"XLA dot {r['xla']['overhead_us']:.2f} us/call"
+        )
+    for m, n, k in shapes:
+        with tempfile.TemporaryDirectory() as cache:
+            cold = run_json(COLD_COMPILE.format(m=m, n=n, k=k), cache)
+            first_cold = run_json(FIRST_CALL.format(m=m, n=n, k=k), cache)  # cache now warm from the compile
+            warm = run_json(FIRST_CALL.format(m=m, n=n, k=k), cache)
+        report["compile"][f"{m}x{n}x{k}"] = dict(cold=cold, first_call_after_compile=first_cold, warm=warm)
+        print(
+            f"compile {m}x{n}x{k}: cold nvcc {cold['compile_s'] * 1e3:.0f} ms ({cold['origin']}); first jitted call "
+            f"with a warm disk cache {warm['first_call_s'] * 1e3:.0f} ms (XLA compile included)"
+        )
+    with open(os.path.join(args.out, "end_to_end.json"), "w") as f:
+        json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
