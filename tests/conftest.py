@@ -65,6 +65,21 @@ def reference_gemm_f64(a: jax.Array, b: jax.Array) -> np.ndarray:
 
 
 # --- accuracy -------------------------------------------------------------------------------------
+# Every calc_diff a test checked, as (value, context); the largest is printed at the end of the run.
+RECORDED_DIFFS: list[tuple[float, str]] = []
+
+
+def record_diff(value: float, context: str) -> float:
+    RECORDED_DIFFS.append((value, context))
+    return value
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if RECORDED_DIFFS:
+        value, context = max(RECORDED_DIFFS)
+        terminalreporter.write_line(f"largest calc_diff checked: {value:.3g} ({context}; {len(RECORDED_DIFFS)} checks)")
+
+
 def calc_diff(x: np.ndarray, y: np.ndarray) -> float:
     """1 - 2<x,y> / (|x|^2 + |y|^2), in float64 (DESIGN.md §5)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -95,7 +110,7 @@ def assert_close_to_f64(out: jax.Array, a: jax.Array, b: jax.Array, context: str
         f"{context}: element {worst} got {got[worst]} want {ref[worst]} (bound {bound[worst]})"
     )
     if ref.size >= 512:
-        diff = calc_diff(got, ref)
+        diff = record_diff(calc_diff(got, ref), context)
         assert diff <= 3e-6, f"{context}: calc_diff {diff:.3g} > 3e-6"
 
 

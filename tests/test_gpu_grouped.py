@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import calc_diff, generate_fp8, run_into_poison, to_f64
+from conftest import calc_diff, generate_fp8, record_diff, run_into_poison, to_f64
 
 import jax_dgpt
 
@@ -59,7 +59,7 @@ def check_contiguous(out, a, b, m_indices, context):
     for g in range(groups):
         rows = m_indices == g
         if rows.any():
-            diff = calc_diff(out64[rows], a64[rows] @ b64[g].T)
+            diff = record_diff(calc_diff(out64[rows], a64[rows] @ b64[g].T), f"{context} group {g}")
             assert diff <= 3e-6, f"{context}: group {g} ({rows.sum()} rows) calc_diff {diff:.3g}"
     padding = (m_indices < 0) | (m_indices >= groups)
     assert np.all(out64[padding] == 0), f"{context}: padding rows are not exactly zero"
@@ -129,7 +129,7 @@ def check_masked(out, a, b, masked_m, context):
             continue
         valid = out64[g, :rows]
         assert not np.isnan(valid).any(), f"{context}: group {g} has unwritten valid rows"
-        diff = calc_diff(valid, a64[g, :rows] @ b64[g].T)
+        diff = record_diff(calc_diff(valid, a64[g, :rows] @ b64[g].T), f"{context} group {g}")
         assert diff <= 3e-6, f"{context}: group {g} ({rows} rows) calc_diff {diff:.3g}"
 
 
