@@ -19,9 +19,7 @@ import jax_dgpt
 
 
 def fp8(shape, seed):
-    return jnp.asarray(
-        np.random.default_rng(seed).standard_normal(shape, np.float32).astype(jnp.float8_e4m3fn)
-    )
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32).astype(jnp.float8_e4m3fn))
 
 
 def calc_diff(x, y):
@@ -39,19 +37,14 @@ def wall_us(fn, *args, reps=20):
     return 1e6 * statistics.median(times)
 
 
-def main():
-    backend = jax.default_backend()
-    hopper = backend == "gpu" and all(
-        getattr(d, "compute_capability", "") == "9.0" for d in jax.devices()
-    )
+def run(hopper: bool) -> None:
     if hopper:
-        print(
-            f"running jax_dgpt kernels on {jax.devices()[0].device_kind} ({jax_dgpt.get_num_sms()} SMs)"
-        )
+        print(f"running jax_dgpt kernels on {jax.devices()[0].device_kind} ({jax_dgpt.get_num_sms()} SMs)")
         m, n, k, groups, expected_m = 4096, 7168, 2048, 8, 512
     else:
         print(
-            f"no Hopper GPU visible (backend: {backend}): falling back to the CPU reference implementation"
+            f"no Hopper GPU visible (backend: {jax.default_backend()}): falling back to the CPU reference "
+            "implementation on the CPU device"
         )
         m, n, k, groups, expected_m = 256, 512, 384, 4, 64
 
@@ -69,9 +62,7 @@ def main():
     # MoE prefill: experts' tokens concatenated, each expert padded to the alignment.
     align = jax_dgpt.get_m_alignment_for_contiguous_layout()
     rows = [expected_m + 37 * g for g in range(groups)]
-    m_indices = np.concatenate(
-        [np.r_[np.full(r, g), np.full(-r % align, -1)] for g, r in enumerate(rows)]
-    )
+    m_indices = np.concatenate([np.r_[np.full(r, g), np.full(-r % align, -1)] for g, r in enumerate(rows)])
     ac, bg = fp8((len(m_indices), k), 2), fp8((groups, n, k), 3)
     contiguous = jax.jit(jax_dgpt.grouped_gemm_contiguous)
     dc = np.asarray(contiguous(ac, bg, jnp.asarray(m_indices, jnp.int32)), np.float64)
@@ -102,6 +93,19 @@ def main():
     print(f"masked      G={groups} Mmax={mmax}: worst calc_diff {worst:.2e}  wall {t:8.1f} us/call")
     if not hopper:
         print("(CPU reference timings; run on an H100/H200 for kernel timings)")
+
+
+def main() -> None:
+    hopper = jax.default_backend() == "gpu" and all(
+        getattr(d, "compute_capability", "") == "9.0" for d in jax.devices()
+    )
+    if hopper:
+        run(hopper=True)
+    else:
+        # NOTES: on a GPU that is not a Hopper the default device would still be that GPU, where the
+        # kernels cannot run; the reference runs on the CPU device explicitly.
+        with jax.default_device(jax.devices("cpu")[0]):
+            run(hopper=False)
 
 
 if __name__ == "__main__":

@@ -78,9 +78,7 @@ def load() -> ModuleType:
         registrations = native.registrations()
         missing = sorted(set(TARGETS.values()) - set(registrations))
         if missing:
-            raise ImportError(
-                f"jax_dgpt: the native extension lacks FFI targets {missing}; rebuild it"
-            )
+            raise ImportError(f"jax_dgpt: the native extension lacks FFI targets {missing}; rebuild it")
         for name, stages in registrations.items():
             jax.ffi.register_ffi_target(name, stages, platform=_PLATFORM)
         _module = native

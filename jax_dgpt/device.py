@@ -86,9 +86,7 @@ def set_num_sms(num_sms: int) -> None:
     try:
         value = int(operator.index(num_sms))
     except TypeError:
-        raise TypeError(
-            f"jax_dgpt.set_num_sms: num_sms must be an int, got {type(num_sms).__name__}"
-        ) from None
+        raise TypeError(f"jax_dgpt.set_num_sms: num_sms must be an int, got {type(num_sms).__name__}") from None
     device_count = _device_sm_count()
     if value < 1 or (device_count is not None and value > device_count):
         upper = "" if device_count is None else f" and at most the device's {device_count} SMs"

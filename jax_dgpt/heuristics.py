@@ -46,9 +46,9 @@ __all__ = [
 
 KINDS = ("normal", "contiguous", "masked")
 BLOCK_M_CHOICES = (64, 128)
-# NOTES: the consumer warpgroups keep a block_m x block_n fp32 accumulator plus the promoted copy in
-# registers; 160 columns is what fits without spilling for both block_m values. The lead may retune
-# this table.
+# NOTES: the consumer warpgroups keep a 64 x block_n fp32 accumulator plus the promoted copy in
+# registers; 208 columns is the widest that ptxas fits without spilling for every layout (224 spills
+# in the masked kernel, 256 in all; measured with -Xptxas -v, nvcc 13.0).
 MAX_BLOCK_N = {64: 208, 128: 208}
 # NOTES: wgmma takes N in steps of 8; 16 keeps the bf16 epilogue's stmatrix tiles whole.
 BLOCK_N_STEP = 16
@@ -89,9 +89,7 @@ def _positive_int(name: str, value: object) -> int:
     try:
         result = operator.index(value)
     except TypeError:
-        raise TypeError(
-            f"jax_dgpt.heuristics: {name} must be an int, got {type(value).__name__}"
-        ) from None
+        raise TypeError(f"jax_dgpt.heuristics: {name} must be an int, got {type(value).__name__}") from None
     if result <= 0:
         raise ValueError(f"jax_dgpt.heuristics: {name} must be positive, got {result}")
     return int(result)
@@ -103,7 +101,13 @@ def _check_kind(kind: str) -> None:
 
 
 def select_block_m(m_eff: int) -> int:
-    """64 rows when the effective M fits in one 64-row tile, else 128."""
+    """64 rows when the effective M fits in one 64-row tile, else 128.
+
+    NOTES: the contiguous kernel takes each row block's expert from the block's first row. With
+    block_m = 128, or a single 64-row block, that row is the first of a 128-row alignment block, so
+    the result matches the reference's rule for layouts that break the alignment
+    (``reference.grouped_gemm_contiguous``); keep that true if this rule changes.
+    """
     return 64 if m_eff <= 64 else 128
 
 
@@ -163,9 +167,7 @@ def select_config(
     m, n, k = _positive_int("m", m), _positive_int("n", n), _positive_int("k", k)
     num_groups, num_sms = _positive_int("num_groups", num_groups), _positive_int("num_sms", num_sms)
     if kind == "normal" and num_groups != 1:
-        raise ValueError(
-            f"jax_dgpt.heuristics: kind 'normal' needs num_groups == 1, got {num_groups}"
-        )
+        raise ValueError(f"jax_dgpt.heuristics: kind 'normal' needs num_groups == 1, got {num_groups}")
     if kind == "masked":
         if expected_m is None:
             raise ValueError("jax_dgpt.heuristics: kind 'masked' needs expected_m")

@@ -52,19 +52,20 @@ def get_m_alignment_for_contiguous_layout() -> int:
 def _check_array(op: str, name: str, x: Any, dtype: np.dtype, dims: str) -> tuple[int, ...]:
     """Checks dtype and rank of one operand; ``dims`` names the expected dimensions, e.g. "M, K"."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(
-            f"jax_dgpt.{op}: {name} must be an array with a shape and a dtype, "
-            f"got {type(x).__name__}"
-        )
+        raise TypeError(f"jax_dgpt.{op}: {name} must be an array with a shape and a dtype, got {type(x).__name__}")
     got = np.dtype(x.dtype)
     if got != dtype:
         raise TypeError(f"jax_dgpt.{op}: {name} must have dtype {dtype.name}, got {got.name}")
     rank = len(dims.split(","))
+    if not all(isinstance(d, (int, np.integer)) for d in x.shape):
+        raise TypeError(
+            f"jax_dgpt.{op}: {name} must have a static shape (the kernel is compiled per shape), "
+            f"got symbolic dimensions {tuple(x.shape)}"
+        )
     shape = tuple(int(d) for d in x.shape)
     if len(shape) != rank:
         raise ValueError(
-            f"jax_dgpt.{op}: {name} must have rank {rank} (shape [{dims}]), "
-            f"got rank {len(shape)} with shape {shape}"
+            f"jax_dgpt.{op}: {name} must have rank {rank} (shape [{dims}]), got rank {len(shape)} with shape {shape}"
         )
     return shape
 
@@ -81,15 +82,12 @@ def _check_equal(op: str, what: str, first: tuple[str, int], second: tuple[str, 
 def _check_expected_m(op: str, expected_m: Any) -> int:
     if isinstance(expected_m, jax.core.Tracer):
         raise TypeError(
-            f"jax_dgpt.{op}: expected_m must be a static Python int, got a traced value; "
-            "pass it as a static argument"
+            f"jax_dgpt.{op}: expected_m must be a static Python int, got a traced value; pass it as a static argument"
         )
     try:
         value = plain_int("expected_m", expected_m)
     except TypeError:
-        raise TypeError(
-            f"jax_dgpt.{op}: expected_m must be a static int, got {type(expected_m).__name__}"
-        ) from None
+        raise TypeError(f"jax_dgpt.{op}: expected_m must be a static int, got {type(expected_m).__name__}") from None
     if value <= 0:
         raise ValueError(f"jax_dgpt.{op}: expected_m must be positive, got {value}")
     return value
@@ -138,9 +136,7 @@ def _contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array, *, num_sms: in
 
 
 @functools.partial(jax.jit, static_argnames=("expected_m", "num_sms"))
-def _masked(
-    a: jax.Array, b: jax.Array, masked_m: jax.Array, *, expected_m: int, num_sms: int
-) -> jax.Array:
+def _masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, *, expected_m: int, num_sms: int) -> jax.Array:
     (g, m, k), n = a.shape, b.shape[1]
     if g == 0 or m == 0 or n == 0 or k == 0:
         return jnp.zeros((g, m, n), BF16)
@@ -192,7 +188,9 @@ def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) ->
         Indices outside ``[-1, G)`` are treated as -1 (b is never read out of bounds).
 
     Returns:
-      bfloat16 ``[M, N]``; padding rows (index -1 or out of range) are exactly zero.
+      bfloat16 ``[M, N]``; padding rows (index -1 or out of range) are exactly zero. A layout that
+      breaks the alignment rule never reads out of bounds: each 128-row block takes its expert from
+      its first row, and rows with another index come out as zeros.
 
     Padding of K to a multiple of 16 and of N to a multiple of 8 works, and costs, as in
     :func:`gemm`. M = 0 or N = 0 launch nothing; K = 0 or G = 0 give zeros.
@@ -210,9 +208,7 @@ def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) ->
     return _contiguous(a, b, m_indices, num_sms=device.get_num_sms())
 
 
-def grouped_gemm_masked(
-    a: jax.Array, b: jax.Array, masked_m: jax.Array, expected_m: int
-) -> jax.Array:
+def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, expected_m: int) -> jax.Array:
     """M-grouped FP8 GEMM, masked layout (MoE decode, CUDA-graph friendly).
 
     For each group g, rows ``r < clamp(masked_m[g], 0, Mmax)`` of the output are ``A[g, r] .

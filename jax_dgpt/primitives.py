@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import Primitive
-from jax.interpreters import batching, mlir
+from jax.interpreters import ad, batching, mlir
 
 from . import config, device, heuristics, reference
 from ._native import TARGETS
@@ -42,6 +42,9 @@ __all__ = [
 # values of N.
 K_ALIGNMENT = 16
 N_ALIGNMENT = 8
+# Largest sizes the kernel's 32-bit tile arithmetic and TMA descriptors take (checked again in C++).
+MAX_DIM = 1 << 31
+MAX_GROUPS = 1 << 20
 
 FP8 = np.dtype(jnp.float8_e4m3fn)
 BF16 = np.dtype(jnp.bfloat16)
@@ -101,9 +104,7 @@ SPECS = {
         (2, 3, 1),
         reference.grouped_gemm_contiguous,
     ),
-    "masked": OpSpec(
-        "grouped_gemm_masked", "masked", TARGETS["masked"], (3, 3, 1), reference.grouped_gemm_masked
-    ),
+    "masked": OpSpec("grouped_gemm_masked", "masked", TARGETS["masked"], (3, 3, 1), reference.grouped_gemm_masked),
 }
 
 
@@ -112,15 +113,10 @@ def _abstract_eval(spec: OpSpec, *avals: Any, **params: Any) -> jax.core.ShapedA
     # The public wrappers give users readable errors; these checks guard direct binds.
     where = f"jax_dgpt primitive {spec.target}"
     if tuple(len(x.shape) for x in avals) != spec.operand_ranks:
-        raise ValueError(
-            f"{where}: operand ranks must be {spec.operand_ranks}, got "
-            f"{tuple(x.shape for x in avals)}"
-        )
+        raise ValueError(f"{where}: operand ranks must be {spec.operand_ranks}, got {tuple(x.shape for x in avals)}")
     for name, aval, dtype in zip(("a", "b", "m_indices/masked_m"), avals, (FP8, FP8, INT32)):
         if np.dtype(aval.dtype) != dtype:
-            raise TypeError(
-                f"{where}: {name} must have dtype {dtype.name}, got {np.dtype(aval.dtype).name}"
-            )
+            raise TypeError(f"{where}: {name} must have dtype {dtype.name}, got {np.dtype(aval.dtype).name}")
     m, n, k, g = spec.problem(*avals)
     b_k = avals[1].shape[-1]
     if b_k != k or min(m, n, k, g) <= 0 or k % K_ALIGNMENT or n % N_ALIGNMENT:
@@ -128,10 +124,10 @@ def _abstract_eval(spec: OpSpec, *avals: Any, **params: Any) -> jax.core.ShapedA
             f"{where}: needs equal K, no empty dimension, K % {K_ALIGNMENT} == 0 and "
             f"N % {N_ALIGNMENT} == 0 (the public wrapper pads); got {[x.shape for x in avals]}"
         )
+    if max(m, n, k) > MAX_DIM or g > MAX_GROUPS:
+        raise ValueError(f"{where}: M, N and K must be at most 2**31 and G at most 2**20, got M={m} N={n} K={k} G={g}")
     if spec.kind == "masked" and (avals[0].shape[0] != g or avals[2].shape != (g,)):
-        raise ValueError(
-            f"{where}: a, b and masked_m must agree on G, got {[x.shape for x in avals]}"
-        )
+        raise ValueError(f"{where}: a, b and masked_m must agree on G, got {[x.shape for x in avals]}")
     if spec.kind == "contiguous" and avals[2].shape != (m,):
         raise ValueError(f"{where}: m_indices must have shape ({m},), got {avals[2].shape}")
     return jax.core.ShapedArray(spec.out_shape(*avals), BF16)
@@ -151,17 +147,13 @@ def _print_config_once(key: tuple[Any, ...], message: str) -> None:
 
 
 def _cuda_lowering(spec: OpSpec) -> Callable[..., Any]:
-    def lowering(
-        ctx: mlir.LoweringRuleContext, *operands: Any, num_sms: int, expected_m: int | None = None
-    ):
+    def lowering(ctx: mlir.LoweringRuleContext, *operands: Any, num_sms: int, expected_m: int | None = None):
         device.check_cuda_devices()
         m, n, k, g = (plain_int(name, v) for name, v in zip("mnkg", spec.problem(*ctx.avals_in)))
         cfg = heuristics.select_config(spec.kind, m, n, k, g, num_sms, expected_m=expected_m)
         if config.settings.print_configs:
             key = (spec.op, m, n, k, g, expected_m, num_sms)
-            _print_config_once(
-                key, heuristics.describe(spec.op, m, n, k, g, cfg, expected_m=expected_m)
-            )
+            _print_config_once(key, heuristics.describe(spec.op, m, n, k, g, cfg, expected_m=expected_m))
         attributes = ffi_attributes(m=m, n=n, k=k, num_groups=g, **cfg.as_attributes())
         return jax.ffi.ffi_lowering(spec.target)(ctx, *operands, **attributes)
 
@@ -205,9 +197,20 @@ def _batch_by_loop(prim: Primitive) -> Callable[..., Any]:
     return rule
 
 
+def _empty_batch(key: str, args: tuple[Any, ...], dims: tuple[int | None, ...]) -> jax.Array:
+    """The result of mapping over an empty batch: zero results of the unbatched output shape."""
+    unbatched = (
+        jax.core.ShapedArray(x.shape if d is None else x.shape[:d] + x.shape[d + 1 :], x.dtype)
+        for x, d in zip(args, dims)
+    )
+    return jnp.zeros((0, *_abstract_eval(SPECS[key], *unbatched).shape), BF16)
+
+
 def _batch_gemm(args: tuple[Any, ...], dims: tuple[int | None, ...], **params: Any):
     a, b = args
     a_dim, b_dim = dims
+    if b_dim is None and a.shape[a_dim] == 0:
+        return _empty_batch("gemm", args, dims), 0
     if b_dim is None:
         # Only A is mapped: fold the batch into M, one launch.
         a = jnp.moveaxis(a, a_dim, 0)
@@ -220,9 +223,10 @@ def _batch_gemm(args: tuple[Any, ...], dims: tuple[int | None, ...], **params: A
 def _batch_masked(args: tuple[Any, ...], dims: tuple[int | None, ...], **params: Any):
     # The batch becomes more groups: one launch. An unmapped operand is broadcast (a copy of it).
     size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
+    if size == 0:
+        return _empty_batch("masked", args, dims), 0
     a, b, masked_m = (
-        jnp.broadcast_to(x, (size, *x.shape)) if d is None else jnp.moveaxis(x, d, 0)
-        for x, d in zip(args, dims)
+        jnp.broadcast_to(x, (size, *x.shape)) if d is None else jnp.moveaxis(x, d, 0) for x, d in zip(args, dims)
     )
     groups = size * a.shape[1]
     out = masked_p.bind(
@@ -252,3 +256,17 @@ masked_p = _define("masked")
 batching.primitive_batchers[gemm_p] = _batch_gemm
 batching.primitive_batchers[contiguous_p] = _batch_by_loop(contiguous_p)
 batching.primitive_batchers[masked_p] = _batch_masked
+
+
+def _not_differentiable(op: str) -> Callable[..., Any]:
+    def rule(primals: Any, tangents: Any, **params: Any):
+        raise NotImplementedError(
+            f"jax_dgpt.{op} is not differentiable: the FP8 GEMMs are forward-only for now (inference). "
+            "Wrap the inputs in jax.lax.stop_gradient if no gradient should flow through this op."
+        )
+
+    return rule
+
+
+for _spec, _prim in ((SPECS["gemm"], gemm_p), (SPECS["contiguous"], contiguous_p), (SPECS["masked"], masked_p)):
+    ad.primitive_jvps[_prim] = _not_differentiable(_spec.op)

@@ -14,6 +14,8 @@ from jax import lax
 __all__ = ["gemm", "grouped_gemm_contiguous", "grouped_gemm_masked"]
 
 _HIGHEST = lax.Precision.HIGHEST
+# Rows of the contiguous layout's alignment: the kernel reads one expert per block of this many rows.
+CONTIGUOUS_BLOCK_ROWS = 128
 
 
 def _nt_dot_f32(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -34,14 +36,19 @@ def gemm(a: jax.Array, b: jax.Array) -> jax.Array:
 def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) -> jax.Array:
     """a [M, K], b [G, N, K], m_indices int32 [M] -> bfloat16 [M, N].
 
-    Row i is ``a[i] . b[m_indices[i]]^T``; rows whose index is outside ``[0, G)`` are exactly zero.
-    One full product per expert (a loop, not a gather of b per row, to keep memory at O(M N)).
+    Row i is ``a[i] . b[m_indices[i]]^T`` when its index is in ``[0, G)`` and equals the index of the
+    first row of its 128-row block (the kernel takes a block's expert from that row); every other row
+    is exactly zero. With a layout that follows the rules (experts start at multiples of 128) the
+    second condition always holds. One full product per expert (a loop, not a gather of b per row,
+    to keep memory at O(M N)).
     """
     m, n, num_groups = a.shape[0], b.shape[1], b.shape[0]
+    block_first = m_indices[(jnp.arange(m) // CONTIGUOUS_BLOCK_ROWS) * CONTIGUOUS_BLOCK_ROWS]
+    expert = jnp.where(m_indices == block_first, m_indices, -1)
 
     def body(g, out):
         rows = _nt_dot_f32(a, lax.dynamic_index_in_dim(b, g, axis=0, keepdims=False))
-        return jnp.where((m_indices == g)[:, None], rows, out)
+        return jnp.where((expert == g)[:, None], rows, out)
 
     out = lax.fori_loop(0, num_groups, body, jnp.zeros((m, n), jnp.float32))
     return out.astype(jnp.bfloat16)

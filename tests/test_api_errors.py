@@ -324,3 +324,34 @@ def test_plain_int_normalises_attribute_types():
     assert all(type(v) is int for v in attributes.values())
     with pytest.raises(TypeError, match="must be an int, got bool"):
         primitives.ffi_attributes(m=True)
+
+
+# --- differentiation, symbolic shapes, size limits -----------------------------------------------
+@pytest.mark.parametrize("op", ["gemm", "grouped_gemm_contiguous", "grouped_gemm_masked"])
+def test_grad_raises_a_clear_error(op):
+    b2, b3 = jnp.ones((24, 32), F8), jnp.ones((2, 24, 32), F8)
+    calls = {
+        "gemm": lambda a: jax_dgpt.gemm(a.astype(F8), b2),
+        "grouped_gemm_contiguous": lambda a: jax_dgpt.grouped_gemm_contiguous(
+            a.astype(F8), b3, jnp.zeros((8,), jnp.int32)
+        ),
+        "grouped_gemm_masked": lambda a: jax_dgpt.grouped_gemm_masked(
+            jnp.broadcast_to(a.astype(F8), (2, 8, 32)), b3, jnp.full((2,), 8, jnp.int32), 8
+        ),
+    }
+    loss = lambda a: calls[op](a).astype(jnp.float32).sum()  # noqa: E731
+    with pytest.raises(NotImplementedError, match=f"jax_dgpt.{op} is not differentiable"):
+        jax.grad(loss)(jnp.ones((8, 32), jnp.float32))
+
+
+def test_symbolic_shapes_are_rejected_clearly():
+    (m,) = jax.export.symbolic_shape("m")
+    with pytest.raises(TypeError, match="a must have a static shape"):
+        jax.eval_shape(jax_dgpt.gemm, jax.ShapeDtypeStruct((m, 32), F8), jax.ShapeDtypeStruct((16, 32), F8))
+
+
+def test_sizes_beyond_the_kernel_limits_are_rejected_at_trace_time():
+    with pytest.raises(ValueError, match="at most 2\\*\\*31"):
+        jax.eval_shape(
+            jax_dgpt.gemm, jax.ShapeDtypeStruct((2**31 + 16, 64), F8), jax.ShapeDtypeStruct((16, 64), F8)
+        )

@@ -219,3 +219,11 @@ def test_env_parsing(monkeypatch, value, expected):
 def test_env_parsing_rejects_garbage():
     with pytest.raises(ValueError, match=r"DG_PRINT_CONFIGS must be 0 or 1, got 'maybe'"):
         config.Settings.from_environ({"DG_PRINT_CONFIGS": "maybe"})
+
+
+@pytest.mark.parametrize("m", [1, 64, 65, 128, 1000, 40000])
+def test_contiguous_row_blocks_start_on_the_alignment(m):
+    # The kernel reads each block's expert from its first row; that row must start a 128-row
+    # alignment block (see heuristics.select_block_m) for the reference's rule to hold.
+    cfg = heuristics.select_config("contiguous", m, 4096, 7168, 8, 132)
+    assert cfg.block_m == 128 or m <= 64

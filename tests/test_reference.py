@@ -75,13 +75,13 @@ def test_contiguous_matches_f64_and_zeroes_padding(group_rows, n, k):
 def test_contiguous_out_of_range_indices_are_padding():
     m, n, k, num_groups = 256, 16, 32, 3
     indices = np.full(m, 1, np.int32)
-    indices[:128] = [3, 7, -2, -100, 2**31 - 1, -(2**31)] + [0] * 122
+    indices[:128] = [0] * 122 + [3, 7, -2, -100, 2**31 - 1, -(2**31)]  # padding after expert 0's rows
     a, b = generate_fp8((m, k), key=5), generate_fp8((num_groups, n, k), key=6)
     out = np.asarray(
         jax_dgpt.m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous(a, b, jnp.asarray(indices))
     )
-    assert np.all(np.asarray(out[:6], np.float32) == 0.0)
-    assert_close_to_f64(out[6:128], a[6:128], b[0], context="contiguous expert 0")
+    assert np.all(np.asarray(out[122:128], np.float32) == 0.0)
+    assert_close_to_f64(out[:122], a[:122], b[0], context="contiguous expert 0")
     assert_close_to_f64(out[128:], a[128:], b[1], context="contiguous expert 1")
 
 
@@ -176,3 +176,27 @@ def test_vmap_grouped():
         )
         assert_close_to_f64(masked[i], a[i].reshape(2, 64, 32), b[i], context=f"vmap masked {i}")
         assert_close_to_f64(shared_b[i], a[i].reshape(2, 64, 32), b[0], context=f"vmap a only {i}")
+
+
+# --- review regressions ----------------------------------------------------------------------------
+def test_contiguous_rows_disagreeing_with_their_block_are_zero():
+    # Breaks the layout rule: the first 128-row block starts with padding, then two experts. The
+    # kernel takes a block's expert from its first row; the reference must do the same.
+    m_indices = jnp.asarray([-1] * 4 + [0] * 2 + [1] * 2 + [1] * 124 + [1] * 4, jnp.int32)
+    a, b = generate_fp8((136, 32), key=1), generate_fp8((2, 16, 32), key=2)
+    out = to_f64(jax.jit(jax_dgpt.grouped_gemm_contiguous)(a, b, m_indices))
+    assert np.all(out[:128] == 0)  # block 0's expert is -1
+    want = to_f64(a)[128:] @ to_f64(b)[1].T  # block 1 (rows 128-135) is expert 1
+    np.testing.assert_allclose(out[128:], want, rtol=2**-7, atol=1e-2)
+
+
+def test_vmap_over_an_empty_batch():
+    b = generate_fp8((24, 32), key=3)
+    out = jax.vmap(jax_dgpt.gemm, in_axes=(0, None))(jnp.zeros((0, 8, 32), jnp.float8_e4m3fn), b)
+    assert out.shape == (0, 8, 24) and out.dtype == jnp.bfloat16
+    masked = jax.vmap(lambda a, bb, m: jax_dgpt.grouped_gemm_masked(a, bb, m, 4))(
+        jnp.zeros((0, 2, 8, 32), jnp.float8_e4m3fn),
+        jnp.zeros((0, 2, 24, 32), jnp.float8_e4m3fn),
+        jnp.zeros((0, 2), jnp.int32),
+    )
+    assert masked.shape == (0, 2, 8, 24)
