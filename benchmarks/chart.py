@@ -1,6 +1,6 @@
 """Draws the speedup chart from results.json (bench.py's output): one bar per shape and baseline.
 
-    python benchmarks/chart.py results.json chart.png
+python benchmarks/chart.py results.json chart.png
 """
 
 from __future__ import annotations

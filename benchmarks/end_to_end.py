@@ -62,9 +62,7 @@ def host_overhead(timer: Timer, m: int, n: int, k: int, calls: int = 2000) -> di
     a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32).astype(jnp.float8_e4m3fn))
     b = jnp.asarray(np.random.default_rng(1).standard_normal((n, k), np.float32).astype(jnp.float8_e4m3fn))
     ours = jax.jit(jax_dgpt.gemm)
-    xla = jax.jit(
-        lambda x, y: jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())), preferred_element_type=jnp.bfloat16)
-    )
+    xla = jax.jit(lambda x, y: jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())), preferred_element_type=jnp.bfloat16))
     result = {}
     for name, fn in (("jax_dgpt", ours), ("xla", xla)):
         (kernel_us,) = timer.time_us(partial(fn, a, b))

@@ -77,9 +77,7 @@ class Timer:
             elif per_call:
                 per_call[-1] += duration
         if len(per_call) != calls * len(fns):
-            raise RuntimeError(
-                f"expected {calls * len(fns)} flushes in the trace, found {len(per_call)}"
-            )
+            raise RuntimeError(f"expected {calls * len(fns)} flushes in the trace, found {len(per_call)}")
         medians = []
         for i in range(len(fns)):
             mine = [t for t in per_call[i * calls : (i + 1) * calls] if t > 0]

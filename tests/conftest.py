@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +50,7 @@ def generate_contiguous_indices(group_rows: list[int], alignment: int = 128) -> 
     parts = []
     for g, rows in enumerate(group_rows):
         padded = -(-rows // alignment) * alignment
-        parts.append(
-            np.concatenate([np.full(rows, g, np.int32), np.full(padded - rows, -1, np.int32)])
-        )
+        parts.append(np.concatenate([np.full(rows, g, np.int32), np.full(padded - rows, -1, np.int32)]))
     return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
 
 
@@ -59,9 +58,30 @@ def to_f64(x: jax.Array) -> np.ndarray:
     return np.asarray(x).astype(np.float64)
 
 
+# NOTES: float64 references of the large shapes take minutes in numpy; on a GPU, XLA's float64 matmul
+# (IEEE fp64, far more precise than the bf16 outputs it checks) takes milliseconds.
+F64_ON_DEVICE = bool(os.environ.get("DGPT_TEST_F64_ON_DEVICE", "")) or hopper_gpu_visible()
+
+
+def matmul_nt_f64(x, y, absolute: bool = False) -> np.ndarray:
+    """float64 ``x . y^T`` (x [..., M, K], y [..., N, K]; fp8 or float arrays), of ``|x|`` and ``|y|``
+    when ``absolute``; on the default device when ``F64_ON_DEVICE``, else in numpy."""
+    if F64_ON_DEVICE:
+        with jax.enable_x64(True):
+            xd, yd = jnp.asarray(x).astype(jnp.float64), jnp.asarray(y).astype(jnp.float64)
+            if absolute:
+                xd, yd = jnp.abs(xd), jnp.abs(yd)
+            product = jnp.matmul(xd, jnp.swapaxes(yd, -1, -2), precision=jax.lax.Precision.HIGHEST)
+            return np.asarray(product)
+    xd, yd = to_f64(x), to_f64(y)
+    if absolute:
+        xd, yd = np.abs(xd), np.abs(yd)
+    return np.matmul(xd, np.swapaxes(yd, -1, -2))
+
+
 def reference_gemm_f64(a: jax.Array, b: jax.Array) -> np.ndarray:
     """Exact float64 ``A . B^T`` of the fp8 values (a [..., M, K], b [..., N, K])."""
-    return np.matmul(to_f64(a), np.swapaxes(to_f64(b), -1, -2))
+    return matmul_nt_f64(a, b)
 
 
 # --- accuracy -------------------------------------------------------------------------------------
@@ -102,7 +122,7 @@ def assert_close_to_f64(out: jax.Array, a: jax.Array, b: jax.Array, context: str
     """
     ref = reference_gemm_f64(a, b)
     got = to_f64(out)
-    magnitude = np.matmul(np.abs(to_f64(a)), np.swapaxes(np.abs(to_f64(b)), -1, -2))
+    magnitude = matmul_nt_f64(a, b, absolute=True)
     bound = 2.0**-7 * np.abs(ref) + 2.0**-12 * magnitude
     error = np.abs(got - ref)
     worst = np.unravel_index(np.argmax(error - bound), error.shape) if error.size else None
@@ -121,7 +141,5 @@ def run_into_poison(fn, *args, out_shape):
     pointer = poison.unsafe_buffer_pointer()
     jitted = jax.jit(lambda *xs: fn(*xs[:-1]), donate_argnums=len(args), keep_unused=True)
     out = jitted(*args, poison)
-    assert out.unsafe_buffer_pointer() == pointer, (
-        "XLA did not write the result into the poisoned buffer"
-    )
+    assert out.unsafe_buffer_pointer() == pointer, "XLA did not write the result into the poisoned buffer"
     return out

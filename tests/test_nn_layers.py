@@ -17,6 +17,8 @@ independent and much smaller on average: the RMS relative error of one e4m3 roun
 
 from __future__ import annotations
 
+import functools
+import importlib
 import subprocess
 import sys
 
@@ -47,9 +49,7 @@ def generate_moe(num_tokens, hidden, expert_hidden, num_experts, top_k, key=0, r
     w = {
         "w_gate": generate_normal((num_experts, expert_hidden, hidden), key + 1, hidden**-0.5),
         "w_up": generate_normal((num_experts, expert_hidden, hidden), key + 2, hidden**-0.5),
-        "w_down": generate_normal(
-            (num_experts, hidden, expert_hidden), key + 3, expert_hidden**-0.5
-        ),
+        "w_down": generate_normal((num_experts, hidden, expert_hidden), key + 3, expert_hidden**-0.5),
         "router_kernel": generate_normal((hidden, num_experts), key + 4, hidden**-0.5),
         "router_bias": np.zeros(num_experts, np.float32) if router_bias is None else router_bias,
     }
@@ -136,6 +136,120 @@ def test_fp8_dense_dtypes_and_zero_input():
     assert zeros.dtype == jnp.float32 and np.all(np.asarray(zeros) == 0.0)
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 32\]"):
         layer(jnp.ones((4, 31)))
+
+
+def test_quantize_tiny_amax_gives_finite_values_and_positive_scale():
+    # amax / 448 underflows to 0 in float32 for amax = 1e-37: the scale is floored at the smallest
+    # normal float32 instead (0 / 0 gave NaN before).
+    x = jnp.asarray([0.0, 1e-37, -1e-37], jnp.float32)
+    q, scale = dgnn.quantize_per_tensor(x)
+    tiny = float(jnp.finfo(jnp.float32).tiny)
+    assert q.dtype == jnp.float8_e4m3fn and scale.dtype == jnp.float32
+    assert float(scale) >= tiny > 0.0
+    q32 = np.asarray(q, np.float32)
+    assert np.all(np.isfinite(q32)), q32
+    got, want = np.asarray(dgnn.dequantize(q, scale), np.float64), np.asarray(x, np.float64)
+    # e4m3 rounding: half an ulp, 2^-4 relative, or 2^-10 * scale in the subnormal range.
+    bound = np.maximum(2.0**-4 * np.abs(want), 2.0**-10 * float(scale))
+    assert np.all(np.abs(got - want) <= bound), (got, want)
+    assert got[0] == 0.0 and got[1] > 0.0 > got[2]
+    # Per expert too, and under jit (a device may flush subnormal scales to zero).
+    w = jnp.stack([x, jnp.zeros(3), jnp.ones(3)])
+    wq, ws = dgnn.quantize_per_expert(w)
+    assert np.all(np.asarray(ws) >= tiny) and np.all(np.isfinite(np.asarray(wq, np.float32)))
+    assert np.all(np.isfinite(np.asarray(jax.jit(dgnn.quantize_per_tensor)(x)[0], np.float32)))
+
+
+def test_quantize_zero_and_empty_tensors():
+    for x in (jnp.zeros((4, 8)), jnp.zeros((0, 8))):
+        q, scale = dgnn.quantize_per_tensor(x)
+        assert q.shape == x.shape and np.all(np.asarray(q, np.float32) == 0.0)
+        assert np.isfinite(float(scale)) and float(scale) > 0.0
+
+
+@pytest.mark.parametrize("shape", [(0, 32), (2, 0, 32), (0, 3, 32)])
+def test_fp8_dense_empty_input(shape):
+    layer = dgnn.Fp8Dense(32, 24, rngs=nnx.Rngs(0))
+    for x in (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.bfloat16)):
+        y = layer(x)
+        assert y.shape == shape[:-1] + (24,) and y.dtype == x.dtype
+        y = jax.jit(lambda x: layer(x))(x)
+        assert y.shape == shape[:-1] + (24,) and y.dtype == x.dtype
+
+
+def test_fp8_dense_validates_arguments():
+    rngs = nnx.Rngs(0)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="Fp8Dense: in_features must be positive"):
+            dgnn.Fp8Dense(bad, 8, rngs=rngs)
+        with pytest.raises(ValueError, match="Fp8Dense: out_features must be positive"):
+            dgnn.Fp8Dense(8, bad, rngs=rngs)
+    for bad in (2.0, True, "8", None):
+        with pytest.raises(TypeError, match="Fp8Dense: in_features must be an int"):
+            dgnn.Fp8Dense(bad, 8, rngs=rngs)
+        with pytest.raises(TypeError, match="Fp8Dense: out_features must be an int"):
+            dgnn.Fp8Dense(8, bad, rngs=rngs)
+    with pytest.raises(TypeError, match="Fp8Dense: param_dtype must be a float dtype"):
+        dgnn.Fp8Dense(8, 8, param_dtype=jnp.int32, rngs=rngs)
+    layer = dgnn.Fp8Dense(np.int64(16), np.int32(8), rngs=rngs)
+    assert type(layer.in_features) is int and type(layer.out_features) is int
+    assert layer.kernel[...].shape == (8, 16)
+    with pytest.raises(ValueError, match=r"Fp8Dense: x must have shape \[\.\.\., 16\]"):
+        layer(jnp.ones((4, 15)))
+    with pytest.raises(ValueError, match=r"Fp8Dense: x must have shape \[\.\.\., 16\]"):
+        layer(jnp.float32(1.0))
+    with pytest.raises(TypeError, match="Fp8Dense: x must be a float array"):
+        layer(jnp.ones((4, 16), jnp.int32))
+    with pytest.raises(ValueError, match=r"Fp8Dense: bias must have shape \(8,\)"):
+        dgnn.fp8_dense(jnp.ones((4, 16)), jnp.ones((8, 16)), jnp.ones((7,)))
+    with pytest.raises(ValueError, match="Fp8Dense: kernel must be 2-D"):
+        dgnn.fp8_dense(jnp.ones((4, 16)), jnp.ones((16,)))
+
+
+def test_quantization_module_is_not_shadowed():
+    module = importlib.import_module("jax_dgpt.nn.quantization")
+    import jax_dgpt.nn.quantization as quantization
+
+    assert quantization is module and dgnn.quantization is module
+    assert callable(dgnn.quantize) and dgnn.quantize is module.quantize
+    assert dgnn.routing is importlib.import_module("jax_dgpt.nn.routing")
+
+
+@pytest.mark.parametrize(
+    ("version", "ok"),
+    [
+        ("0.12.0", True),
+        ("0.12.8", True),
+        ("0.12.0rc1", True),
+        ("0.12.1.dev3+g1234abc", True),
+        ("0.11.9", False),
+        ("0.13.0", False),
+        ("0.13.0.dev1", False),
+        ("1.0.0", False),
+        ("unknown", False),
+        ("", False),
+    ],
+)
+def test_flax_version_bounds(version, ok):
+    if ok:
+        dgnn._check_flax_version(version)
+    else:
+        with pytest.raises(ImportError, match=r"flax>=0\.12,<0\.13.*pip install 'jax-dgpt\[flax\]'"):
+            dgnn._check_flax_version(version)
+
+
+def test_unsupported_flax_version_fails_import():
+    script = (
+        "import sys, types\n"
+        "flax = types.ModuleType('flax'); flax.__version__ = '0.13.1'\n"
+        "flax.nnx = types.ModuleType('flax.nnx')\n"
+        "sys.modules['flax'], sys.modules['flax.nnx'] = flax, flax.nnx\n"
+        "try:\n    from jax_dgpt import nn\nexcept ImportError as e:\n    print(e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "found flax '0.13.1'" in result.stdout, result.stdout
+    assert "pip install 'jax-dgpt[flax]'" in result.stdout, result.stdout
 
 
 # --- MoE against the float reference --------------------------------------------------------------
@@ -238,6 +352,41 @@ def test_moe_shapes_and_dtypes():
         layer.decode(x, capacity=0)
     with pytest.raises(ValueError, match=r"top_k \(5\) > num_experts \(4\)"):
         dgnn.MoE(64, 32, 4, 5, rngs=nnx.Rngs(0))
+
+
+def test_moe_stores_python_ints():
+    layer = dgnn.MoE(np.int64(64), np.int32(32), np.int64(4), np.uint8(2), rngs=nnx.Rngs(0))
+    for name in ("hidden", "expert_hidden", "num_experts", "top_k"):
+        assert type(getattr(layer, name)) is int, name
+    assert (layer.hidden, layer.expert_hidden, layer.num_experts, layer.top_k) == (64, 32, 4, 2)
+    assert type(layer.flops(3)) is int
+    with pytest.raises(TypeError, match="MoE: top_k must be an int"):
+        dgnn.MoE(64, 32, 4, True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="MoE: hidden must be positive"):
+        dgnn.MoE(0, 32, 4, 2, rngs=nnx.Rngs(0))
+    assert not hasattr(dgnn.MoE, "forward_prefill")
+
+
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+def test_combine_is_an_exact_float32_weighted_sum(out_dtype):
+    from jax_dgpt.nn.moe import _combine
+
+    rng = np.random.default_rng(5)
+    rows_f32 = jnp.asarray(rng.standard_normal((40, 24)) * 10.0 ** rng.integers(-3, 4, (40, 1)))
+    rows_f32 = rows_f32.astype(jnp.float32)
+    rows = jnp.asarray(rng.permutation(40)[:36].reshape(12, 3), jnp.int32)
+    weights = jnp.asarray(rng.dirichlet(np.ones(3), size=12), jnp.float32)
+    got = jax.jit(functools.partial(_combine, out_dtype=out_dtype))(rows_f32, rows, weights)
+    assert got.shape == (12, 24) and got.dtype == out_dtype
+    # The rows are rounded to out_dtype, then weighted and summed in float32: compare with float64
+    # arithmetic on the same rounded rows (k = 3 terms: a few float32 ulps, then one rounding).
+    gathered = np.asarray(rows_f32.astype(out_dtype).astype(jnp.float32), np.float64)[rows]
+    ref = np.sum(np.asarray(weights, np.float64)[..., None] * gathered, axis=1)
+    eps = float(jnp.finfo(jnp.float32).eps) * 4 + float(jnp.finfo(out_dtype).eps)
+    np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - ref), eps * (np.abs(ref) + 1e-30) * 2)
+    # No default-precision dot_general (TF32 on the GPU) in the combine.
+    jaxpr = str(jax.make_jaxpr(functools.partial(_combine, out_dtype=out_dtype))(rows_f32, rows, weights))
+    assert "dot_general" not in jaxpr, jaxpr
 
 
 def test_jit_compiles_once_per_token_count():
