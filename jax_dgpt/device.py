@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
-import operator
 import threading
 
 import jax
+
+from ._ints import static_int
 
 __all__ = [
     "DEFAULT_NUM_SMS",
@@ -81,12 +82,7 @@ def set_num_sms(num_sms: int) -> None:
     Applies to ops traced after the call; already traced or compiled functions keep their value.
     """
     global _num_sms
-    if isinstance(num_sms, bool):
-        raise TypeError("jax_dgpt.set_num_sms: num_sms must be an int, got bool")
-    try:
-        value = int(operator.index(num_sms))
-    except TypeError:
-        raise TypeError(f"jax_dgpt.set_num_sms: num_sms must be an int, got {type(num_sms).__name__}") from None
+    value = static_int("jax_dgpt.set_num_sms", "num_sms", num_sms)
     device_count = _device_sm_count()
     if value < 1 or (device_count is not None and value > device_count):
         upper = "" if device_count is None else f" and at most the device's {device_count} SMs"

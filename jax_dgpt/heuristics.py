@@ -20,8 +20,8 @@ Rules (correctness first; tuning comes in a later issue):
 from __future__ import annotations
 
 import dataclasses
-import operator
 
+from ._ints import static_int
 from ._native import load as _native
 
 __all__ = [
@@ -84,15 +84,7 @@ def round_up(x: int, multiple: int) -> int:
 
 
 def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"jax_dgpt.heuristics: {name} must be an int, got bool")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise TypeError(f"jax_dgpt.heuristics: {name} must be an int, got {type(value).__name__}") from None
-    if result <= 0:
-        raise ValueError(f"jax_dgpt.heuristics: {name} must be positive, got {result}")
-    return int(result)
+    return static_int("jax_dgpt.heuristics", name, value, positive=True)
 
 
 def _check_kind(kind: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from jax import lax
 
 from . import device
+from ._ints import static_int
 from .primitives import (
     BF16,
     FP8,
@@ -25,7 +26,6 @@ from .primitives import (
     contiguous_p,
     gemm_p,
     masked_p,
-    plain_int,
 )
 
 __all__ = [
@@ -84,13 +84,7 @@ def _check_expected_m(op: str, expected_m: Any) -> int:
         raise TypeError(
             f"jax_dgpt.{op}: expected_m must be a static Python int, got a traced value; pass it as a static argument"
         )
-    try:
-        value = plain_int("expected_m", expected_m)
-    except TypeError:
-        raise TypeError(f"jax_dgpt.{op}: expected_m must be a static int, got {type(expected_m).__name__}") from None
-    if value <= 0:
-        raise ValueError(f"jax_dgpt.{op}: expected_m must be positive, got {value}")
-    return value
+    return static_int(f"jax_dgpt.{op}", "expected_m", expected_m, positive=True, kind="a static int")
 
 
 # --- padding --------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import operator
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from . import config, device, heuristics, reference
+from ._ints import static_int
 from ._native import TARGETS
 
 __all__ = [
@@ -52,18 +52,8 @@ INT32 = np.dtype(np.int32)
 
 
 def plain_int(name: str, value: Any) -> int:
-    """The one place static integers are normalised: whatever ``operator.index`` takes, as an int.
-
-    NOTES: ``128 == np.int32(128)`` and ``True == 1`` hash equal, so JAX's caches could reuse a
-    lowering made with another attribute type (i32 or bool instead of i64); every primitive
-    parameter and FFI attribute passes through here.
-    """
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"jax_dgpt: {name} must be an int, got bool")
-    try:
-        return int(operator.index(value))
-    except TypeError:
-        raise TypeError(f"jax_dgpt: {name} must be an int, got {type(value).__name__}") from None
+    """A static integer as a plain int (see ``_ints.static_int``, which this names ``jax_dgpt``)."""
+    return static_int("jax_dgpt", name, value)
 
 
 def ffi_attributes(**values: Any) -> dict[str, int]:
