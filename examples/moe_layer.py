@@ -4,11 +4,13 @@
                                             # 4096 tokens (on a Hopper GPU)
     python examples/moe_layer.py --small    # hidden 512, expert hidden 256, 8 experts, top-2, 256
 
-Without a Hopper GPU the example falls back to the small size (and says so): the same jitted program
-then runs jax_dgpt's CPU reference of the GEMMs. It runs the prefill path (contiguous layout) and the
-decode path (masked layout) under jax.jit, compares both with a float32 MoE using the same routing
-and weights, and on the GPU prints the median wall time per call next to the same block written with
-bf16 ``jax.lax.ragged_dot`` (tokens sorted by expert, group sizes, ragged_dot for gate/up and down).
+Without a Hopper GPU the example falls back to the small size and runs everything on the CPU device
+(and says so), also when another GPU is visible: the same jitted program then runs jax_dgpt's CPU
+reference of the GEMMs (on a non-Hopper GPU, jax_dgpt's CUDA kernels would fail). It runs the
+prefill path (contiguous layout) and the decode path (masked layout) under jax.jit, compares both
+with a float32 MoE using the same routing and weights, and on the GPU prints the median wall time
+per call next to the same block written with bf16 ``jax.lax.ragged_dot`` (tokens sorted by expert,
+group sizes, ragged_dot for gate/up and down).
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ from jax_dgpt import nn as dgnn
 
 LARGE = dict(hidden=7168, expert_hidden=2048, num_experts=64, top_k=8, tokens=4096, decode=128)
 SMALL = dict(hidden=512, expert_hidden=256, num_experts=8, top_k=2, tokens=256, decode=32)
-CHECKED_TOKENS = (
-    256  # the float32 reference runs on the first tokens of the batch (routing is per token)
-)
+# The float32 reference runs on the first tokens of the batch (routing is per token).
+CHECKED_TOKENS = 256
 
 
 # --- the same block with bf16 ragged_dot ----------------------------------------------------------
@@ -91,19 +92,29 @@ def main():
     parser.add_argument("--small", action="store_true", help="the small CPU-sized block")
     args = parser.parse_args()
     backend = jax.default_backend()
-    hopper = backend == "gpu" and all(
-        str(getattr(d, "compute_capability", "")) == "9.0" for d in jax.devices()
-    )
-    if not hopper and not args.small:
-        print(
-            f"no Hopper GPU visible (backend: {backend}): falling back to --small, running the CPU"
-        )
+    capabilities = sorted({str(getattr(d, "compute_capability", "")) for d in jax.devices()})
+    hopper = backend == "gpu" and capabilities == ["9.0"]
+    if hopper:
+        device = jax.devices()[0]
+    else:
+        # jax_dgpt's GEMMs lower to its CUDA kernels on any GPU, and those need sm_90: run the whole
+        # example (parameters, inputs and every jitted call) on the CPU device instead.
+        device = jax.devices("cpu")[0]
+        found = backend if backend != "gpu" else f"gpu, compute capability {', '.join(capabilities)}"
+        size = "" if args.small else "falling back to --small, "
+        print(f"no Hopper GPU visible (backend: {found}): {size}running on the CPU device with the CPU")
         print("reference of the GEMMs; times are not measured")
     cfg = LARGE if hopper and not args.small else SMALL
+    with jax.default_device(device):
+        run(cfg, device, hopper)
+
+
+def run(cfg, device, hopper):
+    """Builds the block with ``cfg`` on ``device`` (the default device inside), checks it, times it."""
     hidden, expert_hidden, num_experts = cfg["hidden"], cfg["expert_hidden"], cfg["num_experts"]
     top_k, num_tokens, decode_tokens = cfg["top_k"], cfg["tokens"], cfg["decode"]
     print(
-        f"MoE block on {jax.devices()[0].device_kind}: hidden {hidden}, expert hidden "
+        f"MoE block on {device.device_kind} ({device.platform}): hidden {hidden}, expert hidden "
         f"{expert_hidden}, {num_experts} experts, top-{top_k}, {num_tokens} tokens "
         f"(decode: {decode_tokens} tokens, capacity {decode_tokens})"
     )
@@ -132,9 +143,7 @@ def main():
     graphdef, state = nnx.split(layer)
     prefill = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
     decode = jax.jit(lambda state, x: nnx.merge(graphdef, state).decode(x, decode_tokens))
-    ragged = jax.jit(
-        lambda x, w13, w2: ragged_dot_moe(x, router_kernel, router_bias, w13, w2, top_k)
-    )
+    ragged = jax.jit(lambda x, w13, w2: ragged_dot_moe(x, router_kernel, router_bias, w13, w2, top_k))
 
     # The float32 reference on the first tokens, with the layer's routing.
     checked = x[:CHECKED_TOKENS].astype(jnp.float32)
@@ -174,9 +183,7 @@ def main():
     print(f"errors: against float32 on the first {CHECKED_TOKENS} tokens, same routing and weights")
     print("(fp8 e4m3 rounds each operand to within 2^-4: expect ~0.065 normalised error for fp8)")
     if hopper:
-        print(
-            f"times: median wall time of 10 jitted calls after warm-up, {jax_dgpt.get_num_sms()} SMs"
-        )
+        print(f"times: median wall time of 10 jitted calls after warm-up, {jax_dgpt.get_num_sms()} SMs")
 
 
 if __name__ == "__main__":

@@ -8,27 +8,52 @@
     y = moe(x)                                   # prefill: contiguous layout, no token dropped
     y, dropped = moe.decode(x, capacity=64)      # decode: masked layout, fixed per-expert capacity
 
-Needs Flax (``pip install 'jax-dgpt[flax]'``, flax>=0.12,<0.13); ``import jax_dgpt`` alone does not.
+Public API (all re-exported here):
+  layers: ``Fp8Dense``, ``MoE``; their functional forms ``fp8_dense``, ``moe_prefill``,
+    ``moe_decode``;
+  routing (submodule ``jax_dgpt.nn.routing``): ``route``, ``contiguous_layout``,
+    ``masked_layout``;
+  FP8 quantization (submodule ``jax_dgpt.nn.quantization``): ``FP8_MAX``, ``per_tensor_scale``,
+    ``quantize``, ``quantize_per_tensor``, ``quantize_per_expert``, ``dequantize``.
+
+Needs Flax (``pip install 'jax-dgpt[flax]'``, flax>=0.12,<0.13, checked at import); ``import
+jax_dgpt`` alone does not.
 """
 
+import re as _re
+
 try:
-    import flax
+    import flax as _flax
     from flax import nnx as _nnx  # noqa: F401
 except ImportError as error:
     raise ImportError(
-        "jax_dgpt.nn needs Flax NNX: install the extra with pip install 'jax-dgpt[flax]' "
-        "(flax>=0.12,<0.13)"
+        "jax_dgpt.nn needs Flax NNX: install the extra with pip install 'jax-dgpt[flax]' (flax>=0.12,<0.13)"
     ) from error
 
-_FLAX_VERSION = tuple(int(part) for part in flax.__version__.split(".")[:2] if part.isdigit())
-if _FLAX_VERSION < (0, 12):
-    raise ImportError(
-        f"jax_dgpt.nn needs flax>=0.12,<0.13 (pip install 'jax-dgpt[flax]'), found {flax.__version__}"
-    )
+_FLAX_SUPPORTED = ((0, 12), (0, 13))  # [lower, upper): flax>=0.12,<0.13, as in pyproject.toml
 
+
+def _check_flax_version(version: str) -> None:
+    """Raises ImportError unless ``version`` (flax.__version__) is >=0.12,<0.13.
+
+    NOTES: only the leading ``major.minor`` is compared, so pre-releases, dev and local builds of
+    a supported minor ("0.12.0rc1", "0.12.1.dev3+g1234") pass; a string without one fails.
+    """
+    match = _re.match(r"\s*v?(\d+)\.(\d+)", str(version))
+    found = (int(match.group(1)), int(match.group(2))) if match else None
+    if found is None or not _FLAX_SUPPORTED[0] <= found < _FLAX_SUPPORTED[1]:
+        raise ImportError(
+            f"jax_dgpt.nn needs flax>=0.12,<0.13, found flax {version!r}: install a supported "
+            "version with pip install 'jax-dgpt[flax]'"
+        )
+
+
+_check_flax_version(getattr(_flax, "__version__", "unknown"))
+
+from . import quantization, routing  # noqa: E402
 from .dense import Fp8Dense, fp8_dense  # noqa: E402
 from .moe import MoE, moe_decode, moe_prefill  # noqa: E402
-from .quantize import (  # noqa: E402
+from .quantization import (  # noqa: E402
     FP8_MAX,
     dequantize,
     per_tensor_scale,
@@ -49,8 +74,10 @@ __all__ = [
     "moe_decode",
     "moe_prefill",
     "per_tensor_scale",
+    "quantization",
     "quantize",
     "quantize_per_expert",
     "quantize_per_tensor",
     "route",
+    "routing",
 ]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .. import ops
-from .quantize import inference_only, quantize_per_tensor
+from .quantization import inference_only, positive_int, quantize_per_tensor
 
 __all__ = ["Fp8Dense", "fp8_dense"]
 
@@ -28,23 +28,44 @@ def fp8_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) ->
 
     Returns:
       ``[..., N]`` in ``x.dtype``. x and kernel are each quantized to float8_e4m3fn with their own
-      amax scale (``s = amax / 448``, saturating), multiplied by :func:`jax_dgpt.gemm` (fp32
-      accumulation, bfloat16 result), and the bf16 result is rescaled by ``s_x * s_w`` in float32.
+      amax scale (``s = max(amax, 448 * tiny) / 448``, saturating), multiplied by
+      :func:`jax_dgpt.gemm` (fp32 accumulation, bfloat16 result), and the bf16 result is rescaled
+      by ``s_x * s_w`` in float32.
+      An empty x (a leading dim of 0) gives an empty ``[..., N]`` result.
       Inference only: differentiating raises NotImplementedError.
+
+    Raises:
+      ValueError: x's last dim is not K (kernel's in_features), kernel is not 2-D, or bias is not
+        ``[N]``.
+      TypeError: x, kernel or bias is not a float array.
     """
+    x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+    if kernel.ndim != 2:
+        raise ValueError(
+            f"jax_dgpt.nn.Fp8Dense: kernel must be 2-D [out_features, in_features], got shape {tuple(kernel.shape)}"
+        )
     out_features, in_features = kernel.shape
     if x.ndim < 1 or x.shape[-1] != in_features:
         raise ValueError(
-            f"jax_dgpt.nn.Fp8Dense: x must have shape [..., {in_features}] (in_features), "
-            f"got {tuple(x.shape)}"
+            f"jax_dgpt.nn.Fp8Dense: x must have shape [..., {in_features}] (its last dim must "
+            f"equal in_features), got {tuple(x.shape)}"
         )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"jax_dgpt.nn.Fp8Dense: x must be a float array, got {x.dtype}")
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        if tuple(bias.shape) != (out_features,):
+            raise ValueError(
+                f"jax_dgpt.nn.Fp8Dense: bias must have shape ({out_features},) (out_features), got {tuple(bias.shape)}"
+            )
+    for name, array in (("x", x), ("kernel", kernel), ("bias", bias)):
+        if array is not None and not jnp.issubdtype(array.dtype, jnp.floating):
+            raise TypeError(f"jax_dgpt.nn.Fp8Dense: {name} must be a float array, got {array.dtype}")
     args = (x, kernel) if bias is None else (x, kernel, bias)
     return inference_only(functools.partial(_fp8_dense, out_dtype=x.dtype), "Fp8Dense")(*args)
 
 
 def _fp8_dense(x, kernel, bias=None, *, out_dtype):
+    # NOTES: M = 0 (an empty x) needs no special case: the amax of an empty tensor is 0 (the
+    # reduction's initial value) and jax_dgpt.gemm returns an empty [0, N] result.
     lead = x.shape[:-1]
     xq, x_scale = quantize_per_tensor(x.reshape(-1, x.shape[-1]))
     wq, w_scale = quantize_per_tensor(kernel)
@@ -59,13 +80,15 @@ class Fp8Dense(nnx.Module):
 
     The weight is kept in ``param_dtype`` (float32 or bfloat16) as ``kernel [out_features,
     in_features]`` ("out, in": K contiguous, the B operand of :func:`jax_dgpt.gemm` as is) and is
-    quantized on every call, like the input: ``s = amax(|t|) / 448`` (1 if the tensor is all
-    zeros), ``q = fp8(clip(t / s, -448, 448))``. The GEMM gives bfloat16 ``xq . wq^T``, which is
-    rescaled by ``s_x * s_w`` in float32; the optional ``bias [out_features]`` is added in float32;
-    the output has the input's dtype.
+    quantized on every call, like the input: ``s = max(amax(|t|), 448 * tiny) / 448`` (never
+    below the smallest normal float32, so never 0), ``q = fp8(clip(t / s, -448, 448))``. The GEMM
+    gives bfloat16 ``xq . wq^T``, which is rescaled by ``s_x * s_w`` in float32; the optional
+    ``bias [out_features]`` is added in float32; the output has the input's dtype.
 
-    Input: float ``[..., in_features]`` (leading dims flattened into the GEMM's M).
+    Input: float ``[..., in_features]`` (leading dims flattened into the GEMM's M; M may be 0).
     Output: ``[..., out_features]``, ``x.dtype``.
+
+    ``in_features`` and ``out_features`` must be positive ints (TypeError / ValueError otherwise).
 
     Inference only for now: ``jax.grad`` through the layer raises NotImplementedError.
     """
@@ -81,14 +104,14 @@ class Fp8Dense(nnx.Module):
         bias_init: nnx.Initializer = _BIAS_INIT,
         rngs: nnx.Rngs,
     ):
+        in_features = positive_int("Fp8Dense", "in_features", in_features)
+        out_features = positive_int("Fp8Dense", "out_features", out_features)
+        if not jnp.issubdtype(param_dtype, jnp.floating):
+            raise TypeError(f"jax_dgpt.nn.Fp8Dense: param_dtype must be a float dtype, got {param_dtype}")
         self.in_features = in_features
         self.out_features = out_features
-        self.kernel = nnx.Param(
-            kernel_init(rngs.params(), (out_features, in_features), param_dtype)
-        )
-        self.bias = (
-            nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
-        )
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (out_features, in_features), param_dtype))
+        self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """float ``[..., in_features]`` -> ``[..., out_features]`` in ``x.dtype``."""

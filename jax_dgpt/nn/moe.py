@@ -9,14 +9,18 @@ entirely on the device (no host sync), with static shapes: one compiled program 
 from __future__ import annotations
 
 import functools
-import operator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from .. import ops
-from .quantize import inference_only, quantize_per_expert, quantize_per_tensor
+from .quantization import (
+    inference_only,
+    positive_int,
+    quantize_per_expert,
+    quantize_per_tensor,
+)
 from .routing import contiguous_layout, masked_layout, route
 
 __all__ = ["MoE", "moe_decode", "moe_prefill"]
@@ -39,10 +43,19 @@ def _swiglu_quantized(gate_up: jax.Array) -> tuple[jax.Array, jax.Array]:
     return quantize_per_tensor(jax.nn.silu(gate) * up)
 
 
-def _combine(expert_out: jax.Array, rows: jax.Array, weights: jax.Array) -> jax.Array:
+def _combine(expert_out: jax.Array, rows: jax.Array, weights: jax.Array, out_dtype: jnp.dtype) -> jax.Array:
     """float32 ``[R, H]`` rows, int32 ``[T, k]`` row of each choice, float32 ``[T, k]`` router
-    weights -> float32 ``[T, H]``: each token's weighted sum of its rows (a gather, deterministic)."""
-    return jnp.einsum("tk,tkh->th", weights, expert_out[rows])
+    weights -> ``[T, H]`` in ``out_dtype``: each token's weighted sum of its rows (a gather,
+    deterministic).
+
+    NOTES: the rows are rounded to ``out_dtype`` (bf16 for a bf16 layer) before the gather, so the
+    rows buffer and the gathered ``[T, k, H]`` operand are in the output dtype, not float32; the
+    weighted sum is exact float32 arithmetic (elementwise multiply and a k-term sum, not a
+    dot_general that may run in TF32 on the GPU), which XLA fuses with the gather into one pass.
+    """
+    gathered = expert_out.astype(out_dtype)[rows]
+    total = jnp.sum(weights[..., None] * gathered.astype(jnp.float32), axis=1)
+    return total.astype(out_dtype)
 
 
 def _with_zero_row(x: jax.Array) -> jax.Array:
@@ -51,7 +64,16 @@ def _with_zero_row(x: jax.Array) -> jax.Array:
 
 
 def moe_prefill(
-    x, router_kernel, router_bias, w_gate_up, gate_up_scale, w_down, down_scale, *, top_k: int
+    x,
+    router_kernel,
+    router_bias,
+    w_gate_up,
+    gate_up_scale,
+    w_down,
+    down_scale,
+    *,
+    top_k: int,
+    out_dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
     """MoE forward in the contiguous layout (functional form of :meth:`MoE.__call__`).
 
@@ -62,9 +84,11 @@ def moe_prefill(
         gate_up_scale: float32 ``[E]``.
       w_down: float8_e4m3fn ``[E, H, F]`` (F contiguous), down_scale: float32 ``[E]``.
       top_k: static.
+      out_dtype: static dtype of the result (the layer passes ``x.dtype``); the combine gathers
+        the expert rows in this dtype and sums them in float32.
 
     Returns:
-      float32 ``[T, H]``.
+      ``[T, H]`` in ``out_dtype``.
     """
     num_experts = w_gate_up.shape[0]
     weights, expert_ids = route(x, router_kernel, router_bias, top_k)
@@ -78,7 +102,7 @@ def moe_prefill(
     act, act_scale = _swiglu_quantized(_rescale(gate_up, x_scale * gate_up_scale[expert], valid))
     out = ops.grouped_gemm_contiguous(act, w_down, layout.m_indices)
     out = _rescale(out, act_scale * down_scale[expert], valid)
-    return _combine(out, layout.rows.reshape(expert_ids.shape), weights)
+    return _combine(out, layout.rows.reshape(expert_ids.shape), weights, out_dtype)
 
 
 def moe_decode(
@@ -92,11 +116,12 @@ def moe_decode(
     *,
     top_k: int,
     capacity: int,
+    out_dtype: jnp.dtype = jnp.float32,
 ) -> tuple[jax.Array, jax.Array]:
     """MoE forward in the masked layout (functional form of :meth:`MoE.decode`).
 
     Arguments as in :func:`moe_prefill`, plus the static per-expert ``capacity``. Returns
-    (float32 ``[T, H]``, int32 scalar number of dropped assignments).
+    (``[T, H]`` in ``out_dtype``, int32 scalar number of dropped assignments).
     """
     num_tokens, hidden = x.shape
     num_experts = w_gate_up.shape[0]
@@ -108,14 +133,13 @@ def moe_decode(
     xq, x_scale = quantize_per_tensor(x)
     a = _with_zero_row(xq)[layout.slot_token].reshape(num_experts, capacity, hidden)
     gate_up = ops.grouped_gemm_masked(a, w_gate_up, layout.masked_m, expected_m)
-    gate_up = _rescale(
-        gate_up, jnp.broadcast_to((x_scale * gate_up_scale)[:, None], valid.shape), valid
-    )
+    gate_up = _rescale(gate_up, jnp.broadcast_to((x_scale * gate_up_scale)[:, None], valid.shape), valid)
     act, act_scale = _swiglu_quantized(gate_up)
     out = ops.grouped_gemm_masked(act, w_down, layout.masked_m, expected_m)
     out = _rescale(out, jnp.broadcast_to((act_scale * down_scale)[:, None], valid.shape), valid)
     out = _with_zero_row(out.reshape(num_experts * capacity, hidden))
-    return _combine(out, layout.slots.reshape(expert_ids.shape), weights), layout.dropped
+    slots = layout.slots.reshape(expert_ids.shape)
+    return _combine(out, slots, weights, out_dtype), layout.dropped
 
 
 # --- the layer ------------------------------------------------------------------------------------
@@ -123,22 +147,6 @@ def moe_decode(
 def _random_fp8_experts(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
     """LeCun-normal ``[E, N, K]`` expert weights (std ``K^-1/2``), quantized per expert."""
     return quantize_per_expert(jax.random.normal(key, shape, jnp.float32) * shape[-1] ** -0.5)
-
-
-def _static_positive(name: str, value: int) -> int:
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(f"jax_dgpt.nn.MoE: {name} must be a static Python int, got a traced value")
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"jax_dgpt.nn.MoE: {name} must be an int, got {type(value).__name__}"
-        ) from None
-    if value <= 0:
-        raise ValueError(f"jax_dgpt.nn.MoE: {name} must be positive, got {value}")
-    return int(value)
 
 
 class MoE(nnx.Module):
@@ -158,7 +166,8 @@ class MoE(nnx.Module):
 
     Activations are quantized per tensor: the input once, the SwiGLU output once (amax over all
     valid rows of all experts). GEMM outputs (bf16) are rescaled per row by ``s_act * s_w[e]`` in
-    float32; the output has the input's dtype. Under differentiation the layer raises
+    float32; the output has the input's dtype: each expert row is rounded to it, and a token's
+    k rows are weighted and summed in float32. Under differentiation the layer raises
     NotImplementedError.
     """
 
@@ -172,21 +181,16 @@ class MoE(nnx.Module):
         router_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        for name, value in (
-            ("hidden", hidden),
-            ("expert_hidden", expert_hidden),
-            ("num_experts", num_experts),
-            ("top_k", top_k),
-        ):
-            _static_positive(name, value)
+        hidden = positive_int("MoE", "hidden", hidden)
+        expert_hidden = positive_int("MoE", "expert_hidden", expert_hidden)
+        num_experts = positive_int("MoE", "num_experts", num_experts)
+        top_k = positive_int("MoE", "top_k", top_k)
         if top_k > num_experts:
             raise ValueError(f"jax_dgpt.nn.MoE: top_k ({top_k}) > num_experts ({num_experts})")
         self.hidden, self.expert_hidden = hidden, expert_hidden
         self.num_experts, self.top_k = num_experts, top_k
         router_init = nnx.initializers.lecun_normal()
-        self.router_kernel = nnx.Param(
-            router_init(rngs.params(), (hidden, num_experts), router_dtype)
-        )
+        self.router_kernel = nnx.Param(router_init(rngs.params(), (hidden, num_experts), router_dtype))
         self.router_bias = nnx.Param(jnp.zeros((num_experts,), router_dtype))
         w13, s13 = _random_fp8_experts(rngs.params(), (num_experts, 2 * expert_hidden, hidden))
         w2, s2 = _random_fp8_experts(rngs.params(), (num_experts, hidden, expert_hidden))
@@ -207,10 +211,7 @@ class MoE(nnx.Module):
             ("w_down", w_down, (e, h, f)),
         ):
             if tuple(w.shape) != shape:
-                raise ValueError(
-                    f"jax_dgpt.nn.MoE.load_weights: {name} must have shape {shape}, "
-                    f"got {tuple(w.shape)}"
-                )
+                raise ValueError(f"jax_dgpt.nn.MoE.load_weights: {name} must have shape {shape}, got {tuple(w.shape)}")
         w13, s13 = quantize_per_expert(jnp.concatenate([w_gate, w_up], axis=1))
         w2, s2 = quantize_per_expert(jnp.asarray(w_down))
         self.w_gate_up[...], self.w_gate_up_scale[...] = w13, s13
@@ -219,8 +220,7 @@ class MoE(nnx.Module):
             if value is not None:
                 if tuple(value.shape) != param.shape:
                     raise ValueError(
-                        f"jax_dgpt.nn.MoE.load_weights: router shape must be "
-                        f"{param.shape}, got {tuple(value.shape)}"
+                        f"jax_dgpt.nn.MoE.load_weights: router shape must be {param.shape}, got {tuple(value.shape)}"
                     )
                 param[...] = jnp.asarray(value, param.dtype)
 
@@ -236,10 +236,7 @@ class MoE(nnx.Module):
 
     def _tokens(self, x: jax.Array) -> jax.Array:
         if x.ndim < 1 or x.shape[-1] != self.hidden:
-            raise ValueError(
-                f"jax_dgpt.nn.MoE: x must have shape [..., {self.hidden}] (hidden), "
-                f"got {tuple(x.shape)}"
-            )
+            raise ValueError(f"jax_dgpt.nn.MoE: x must have shape [..., {self.hidden}] (hidden), got {tuple(x.shape)}")
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"jax_dgpt.nn.MoE: x must be a float array, got {x.dtype}")
         return x.reshape(-1, self.hidden)
@@ -254,10 +251,8 @@ class MoE(nnx.Module):
         tokens = self._tokens(x)
         if tokens.shape[0] == 0:
             return jnp.zeros(x.shape, x.dtype)
-        fn = inference_only(functools.partial(moe_prefill, top_k=self.top_k), "MoE")
-        return fn(tokens, *self._weights()).astype(x.dtype).reshape(x.shape)
-
-    forward_prefill = __call__
+        fn = inference_only(functools.partial(moe_prefill, top_k=self.top_k, out_dtype=x.dtype), "MoE")
+        return fn(tokens, *self._weights()).reshape(x.shape)
 
     def decode(self, x: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
         """Decode: float ``[..., hidden]`` and a static per-expert ``capacity`` -> (``[..., hidden]``
@@ -268,15 +263,16 @@ class MoE(nnx.Module):
         A dropped assignment contributes nothing (the token's other experts keep their weights).
         ``capacity >= T`` never drops. Compiles once per (T, capacity); no host sync.
         """
-        capacity = _static_positive("capacity", capacity)
+        capacity = positive_int("MoE", "capacity", capacity)
         tokens = self._tokens(x)
         if tokens.shape[0] == 0:
             return jnp.zeros(x.shape, x.dtype), jnp.int32(0)
         fn = inference_only(
-            functools.partial(moe_decode, top_k=self.top_k, capacity=capacity), "MoE"
+            functools.partial(moe_decode, top_k=self.top_k, capacity=capacity, out_dtype=x.dtype),
+            "MoE",
         )
         y, dropped = fn(tokens, *self._weights())
-        return y.astype(x.dtype).reshape(x.shape), dropped
+        return y.reshape(x.shape), dropped
 
     def flops(self, num_tokens: int) -> int:
         """Useful FLOPs of the expert GEMMs for ``num_tokens`` tokens (no padding rows)."""

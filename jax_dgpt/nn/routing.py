@@ -24,9 +24,7 @@ __all__ = [
 ]
 
 
-def route(
-    x: jax.Array, kernel: jax.Array, bias: jax.Array, top_k: int
-) -> tuple[jax.Array, jax.Array]:
+def route(x: jax.Array, kernel: jax.Array, bias: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
     """Softmax top-k router.
 
     Args:

@@ -1,6 +1,7 @@
-"""Per-tensor FP8 (e4m3) quantization and the inference-only guard shared by the layers.
+"""Per-tensor FP8 (e4m3) quantization and the helpers shared by the layers.
 
-A tensor ``x`` is stored as ``q = fp8(clip(x / s, -448, 448))`` with ``s = amax(|x|) / 448``, so that
+A tensor ``x`` is stored as ``q = fp8(clip(x / s, -448, 448))`` with
+``s = max(amax(|x|), 448 * tiny) / 448`` (``tiny``: the smallest normal float32), so that
 ``x ~= q * s``; a GEMM of two quantized operands is rescaled by the product of their scales.
 """
 
@@ -12,12 +13,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._ints import static_int
+
 __all__ = [
     "FP8",
     "FP8_MAX",
     "dequantize",
     "inference_only",
     "per_tensor_scale",
+    "positive_int",
     "quantize",
     "quantize_per_expert",
     "quantize_per_tensor",
@@ -29,14 +33,23 @@ FP8 = jnp.float8_e4m3fn
 FP8_MAX = 448.0
 
 
-def per_tensor_scale(x: jax.Array, axis: Any = None) -> jax.Array:
-    """float32 scale ``amax(|x|) / 448`` over ``axis`` (all axes: a scalar); 1 where amax is 0.
+# NOTES: the smallest scale: 2^-126, the smallest normal float32. A smaller amax would give a
+# subnormal scale (or 0, where ``amax / 448`` underflows, e.g. amax = 1e-37), and ``x / s`` would
+# then be 0 / 0 = NaN for the zeros of x, or divide by zero on a device that flushes subnormals.
+MIN_SCALE = float(jnp.finfo(jnp.float32).tiny)
 
-    NOTES: an all-zero tensor gets scale 1 (not 0), so ``x / s`` never divides by zero; its
-    quantized values are zeros either way.
+
+def per_tensor_scale(x: jax.Array, axis: Any = None) -> jax.Array:
+    """float32 scale ``max(amax(|x|), 448 * tiny) / 448`` over ``axis`` (all axes: a scalar).
+
+    The scale is never below ``tiny = 2^-126`` (the smallest normal float32): ``x / s`` is always
+    finite, and an all-zero (or empty) tensor gets scale ``tiny`` and quantizes to zeros. Values
+    of a tensor whose amax is below ``448 * tiny`` are quantized against ``tiny`` (fewer mantissa
+    bits, still within the e4m3 rounding bound ``2^-10 * s`` of the subnormal range).
     """
-    amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axis)
-    return jnp.where(amax > 0, amax / FP8_MAX, jnp.ones_like(amax))
+    amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axis, initial=0.0)
+    # NOTES: 448 * 2^-126 and its quotient by 448 are exact, so the floor is exactly MIN_SCALE.
+    return jnp.maximum(amax, FP8_MAX * MIN_SCALE) / FP8_MAX
 
 
 def quantize(x: jax.Array, scale: jax.Array) -> jax.Array:
@@ -89,3 +102,14 @@ def inference_only(fn: Callable[..., Any], layer: str) -> Callable[..., Any]:
 
     wrapped.defjvp(raise_on_jvp)
     return wrapped
+
+
+def positive_int(layer: str, name: str, value: Any) -> int:
+    """``value`` as a plain Python int, or a TypeError / ValueError naming the layer and the rule.
+
+    Accepts Python and NumPy integers (``operator.index``); rejects bools, floats and traced values
+    (shapes must be static).
+    """
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"jax_dgpt.nn.{layer}: {name} must be a static Python int, got a traced value")
+    return static_int(f"jax_dgpt.nn.{layer}", name, value, positive=True)
