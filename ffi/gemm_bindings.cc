@@ -42,6 +42,7 @@ GemmConfig make_config(const std::string& kind, int64_t m, int64_t n, int64_t k,
 void bind_gemm(nb::module_& m) {
   m.attr("MAX_SMEM_BYTES") = layout::kMaxSmemBytes;
   m.attr("BLOCK_K") = layout::kBlockK;
+  m.attr("MAX_BLOCK_N") = kMaxBlockN;
 
   m.def("registrations", []() {
     nb::dict d;
@@ -62,7 +63,9 @@ void bind_gemm(nb::module_& m) {
   }, "FFI state types for jax.ffi.register_ffi_type(platform='CUDA').");
 
   m.def("smem_size", [](int64_t block_m, int64_t block_n, int64_t num_stages) {
-    if (block_m <= 0 || block_n <= 0 || num_stages <= 0) throw nb::value_error("block sizes and stages must be positive");
+    if (block_m <= 0 || block_n <= 0 || num_stages <= 0 || block_m > 256 || block_n > 256 || num_stages > 64) {
+      throw nb::value_error("smem_size: block_m and block_n must be in [1, 256] and num_stages in [1, 64]");
+    }
     return layout::smem_size(block_m, block_n, num_stages);
   }, nb::arg("block_m"), nb::arg("block_n"), nb::arg("num_stages"),
   "Bytes of dynamic shared memory the kernel needs for this tile and stage count.");

@@ -38,6 +38,8 @@ ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(int64_t m, int64_t n, int
                                                        int64_t num_sms) {
   try {
     const GemmConfig config = GemmConfig::make(kType, m, n, k, num_groups, block_m, block_n, num_stages, num_sms);
+    const Status valid = validate(config);
+    if (!valid.ok()) return ffi::Unexpected(ffi::Error::InvalidArgument("jax_dgpt instantiate: " + valid.message()));
     GemmKernel* kernel = nullptr;
     const Status status = GemmKernel::create(config, &kernel);
     if (!status.ok()) return ffi::Unexpected(to_ffi(status, "jax_dgpt instantiate"));
@@ -46,6 +48,8 @@ ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(int64_t m, int64_t n, int
     return state;
   } catch (const std::exception& e) {
     return ffi::Unexpected(ffi::Error::Internal(std::string("jax_dgpt instantiate: ") + e.what()));
+  } catch (...) {
+    return ffi::Unexpected(ffi::Error::Internal("jax_dgpt instantiate: unknown exception"));
   }
 }
 
@@ -54,6 +58,17 @@ ffi::Error initialize(KernelState* state, int32_t device_ordinal) {
     return to_ffi(state->kernel->prepare(device_ordinal), "jax_dgpt initialize");
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("jax_dgpt initialize: ") + e.what());
+  } catch (...) {
+    return ffi::Error::Internal("jax_dgpt initialize: unknown exception");
+  }
+}
+
+const char* dtype_name(ffi::DataType dtype) {
+  switch (dtype) {
+    case ffi::F8E4M3FN: return "f8e4m3fn";
+    case ffi::BF16: return "bf16";
+    case ffi::S32: return "s32";
+    default: return "another dtype";
   }
 }
 
@@ -70,9 +85,9 @@ ffi::Error check_buffer(const char* name, const ffi::AnyBuffer& buffer, ffi::Dat
   for (size_t i = 0; same && i < dims.size(); ++i) same = actual[i] == dims.begin()[i];
   if (same) return ffi::Error::Success();
   return ffi::Error::InvalidArgument(std::string("jax_dgpt: operand ") + name + " does not match the compiled kernel: expected dims " +
-                                     render(dims.begin(), dims.end()) + " of type " + std::to_string(static_cast<int>(dtype)) +
-                                     ", got " + render(actual.begin(), actual.end()) + " of type " +
-                                     std::to_string(static_cast<int>(buffer.element_type())));
+                                     render(dims.begin(), dims.end()) + " of type " + dtype_name(dtype) + ", got " +
+                                     render(actual.begin(), actual.end()) + " of type " +
+                                     dtype_name(buffer.element_type()));
 }
 
 #define DGPT_RETURN_IF_FFI_ERROR(expr)    \
@@ -123,6 +138,8 @@ ffi::Error guarded(ffi::Error (*fn)(Args...), Args... args) {
     return fn(args...);
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("jax_dgpt execute: ") + e.what());
+  } catch (...) {
+    return ffi::Error::Internal("jax_dgpt execute: unknown exception");
   }
 }
 
@@ -166,25 +183,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     dgpt_gemm_execute,
     [](CUstream s, h::KernelState* st, xla::ffi::AnyBuffer a, xla::ffi::AnyBuffer b,
        xla::ffi::Result<xla::ffi::AnyBuffer> d) { return h::guarded(h::execute_normal, s, st, a, b, d); },
-    h::execute_binding().Arg<xla::ffi::AnyBuffer>().Arg<xla::ffi::AnyBuffer>().Ret<xla::ffi::AnyBuffer>(),
+    h::execute_binding()
+        .Arg<xla::ffi::AnyBuffer>()   // a [M, K] f8e4m3fn
+        .Arg<xla::ffi::AnyBuffer>()   // b [N, K] f8e4m3fn
+        .Ret<xla::ffi::AnyBuffer>(),  // out [M, N] bf16
     {xla::ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     dgpt_contiguous_execute,
     [](CUstream s, h::KernelState* st, xla::ffi::AnyBuffer a, xla::ffi::AnyBuffer b, xla::ffi::AnyBuffer idx,
        xla::ffi::Result<xla::ffi::AnyBuffer> d) { return h::guarded(h::execute_contiguous, s, st, a, b, idx, d); },
     h::execute_binding()
-        .Arg<xla::ffi::AnyBuffer>()
-        .Arg<xla::ffi::AnyBuffer>()
-        .Arg<xla::ffi::AnyBuffer>()
-        .Ret<xla::ffi::AnyBuffer>(),
+        .Arg<xla::ffi::AnyBuffer>()   // a [M, K] f8e4m3fn
+        .Arg<xla::ffi::AnyBuffer>()   // b [G, N, K] f8e4m3fn
+        .Arg<xla::ffi::AnyBuffer>()   // m_indices [M] s32
+        .Ret<xla::ffi::AnyBuffer>(),  // out [M, N] bf16
     {xla::ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     dgpt_masked_execute,
     [](CUstream s, h::KernelState* st, xla::ffi::AnyBuffer a, xla::ffi::AnyBuffer b, xla::ffi::AnyBuffer mm,
        xla::ffi::Result<xla::ffi::AnyBuffer> d) { return h::guarded(h::execute_masked, s, st, a, b, mm, d); },
     h::execute_binding()
-        .Arg<xla::ffi::AnyBuffer>()
-        .Arg<xla::ffi::AnyBuffer>()
-        .Arg<xla::ffi::AnyBuffer>()
-        .Ret<xla::ffi::AnyBuffer>(),
+        .Arg<xla::ffi::AnyBuffer>()   // a [G, Mmax, K] f8e4m3fn
+        .Arg<xla::ffi::AnyBuffer>()   // b [G, N, K] f8e4m3fn
+        .Arg<xla::ffi::AnyBuffer>()   // masked_m [G] s32
+        .Ret<xla::ffi::AnyBuffer>(),  // out [G, Mmax, N] bf16
     {xla::ffi::Traits::kCmdBufferCompatible});

@@ -38,7 +38,10 @@ std::string GemmConfig::describe() const {
 Status validate(const GemmConfig& c) {
   auto fail = [&](const std::string& rule) { return Status::Error("invalid GEMM config (" + c.describe() + "): " + rule); };
   if (c.block_m != 64 && c.block_m != 128) return fail("block_m must be 64 or 128");
-  if (c.block_n < 16 || c.block_n > 256 || c.block_n % 16 != 0) return fail("block_n must be a multiple of 16 in [16, 256]");
+  // NOTES: wider tiles compile but spill (two fp32 accumulators per thread; -Xptxas -v, nvcc 13.0).
+  if (c.block_n < 16 || c.block_n > kMaxBlockN || c.block_n % 16 != 0) {
+    return fail("block_n must be a multiple of 16 in [16, " + std::to_string(kMaxBlockN) + "]");
+  }
   if (c.num_stages < 2 || c.num_stages > 32) return fail("num_stages must be in [2, 32]");
   if (c.n <= 0 || c.n % 8 != 0 || c.n > (1ll << 31)) return fail("n must be a positive multiple of 8");
   if (c.k <= 0 || c.k % 16 != 0 || c.k > (1ll << 31)) return fail("k must be a positive multiple of 16");
@@ -97,8 +100,9 @@ Status GemmKernel::prepare(int device_ordinal) {
   CUresult r = cu->cuDeviceGet(&device, device_ordinal);
   if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuDeviceGet", r));
   int major = 0, minor = 0;
-  cu->cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device);
-  cu->cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device);
+  r = cu->cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device);
+  if (r == CUDA_SUCCESS) r = cu->cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device);
+  if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuDeviceGetAttribute(compute capability)", r));
   if (major != 9 || minor != 0) {
     return Status::Error("jax_dgpt kernels need an sm_90a (Hopper) GPU; device " + std::to_string(device_ordinal) +
                          " has compute capability " + std::to_string(major) + "." + std::to_string(minor));
@@ -120,13 +124,13 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   const uint32_t swizzle_d = layout::swizzle_d_bytes(c.block_n);
 
   GemmParams params;
-  DGPT_RETURN_IF_ERROR(tma::encode({const_cast<void*>(a), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
+  DGPT_RETURN_IF_ERROR(tma::encode({"a", const_cast<void*>(a), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
                                     (uint64_t)c.m, groups_a},
                                    layout::kBlockK, c.block_m, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
-  DGPT_RETURN_IF_ERROR(tma::encode({const_cast<void*>(b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
+  DGPT_RETURN_IF_ERROR(tma::encode({"b", const_cast<void*>(b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
                                     (uint64_t)c.n, groups_b},
                                    layout::kBlockK, c.block_n, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
-  DGPT_RETURN_IF_ERROR(tma::encode({d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (uint64_t)c.n, (uint64_t)c.m, groups_a},
+  DGPT_RETURN_IF_ERROR(tma::encode({"out", d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (uint64_t)c.n, (uint64_t)c.m, groups_a},
                                    swizzle_d / 2, layout::kWgmmaM, tma::swizzle_for_bytes(swizzle_d), &params.tma_d));
   params.grouped_layout = grouped_layout;
   params.shape_m = static_cast<uint32_t>(c.m);

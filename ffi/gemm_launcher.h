@@ -39,6 +39,9 @@ struct GemmConfig {
 const char* gemm_type_name(GemmType type);  // "normal", "contiguous", "masked"
 Status parse_gemm_type(const std::string& name, GemmType* out);
 
+// The widest BLOCK_N that compiles without register spills for every layout.
+constexpr int64_t kMaxBlockN = 208;
+
 // Checks a configuration against the kernel's compile-time rules.
 Status validate(const GemmConfig& config);
 

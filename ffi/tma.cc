@@ -1,5 +1,6 @@
 #include "tma.h"
 
+#include <cstddef>
 #include <cstring>
 #include <string>
 
@@ -10,6 +11,10 @@ namespace dgpt::tma {
 // NOTES: CUDA 13 declares CUtensorMap 128-byte aligned; TMA itself needs 64, which the kernel
 // parameter gets from TmaDescriptor, so only the size has to match.
 static_assert(sizeof(TmaDescriptor) == sizeof(CUtensorMap), "TmaDescriptor must mirror CUtensorMap");
+// The kernel parameter's layout, as the device compiler sees it too (one header, same rules).
+static_assert(sizeof(GemmParams) == 448 && offsetof(GemmParams, tma_b) == 128 && offsetof(GemmParams, tma_d) == 256 &&
+                  offsetof(GemmParams, grouped_layout) == 384 && alignof(GemmParams) == 64,
+              "GemmParams layout changed: check the kernel side");
 
 CUtensorMapSwizzle swizzle_for_bytes(uint32_t bytes) {
   switch (bytes) {
@@ -23,14 +28,16 @@ CUtensorMapSwizzle swizzle_for_bytes(uint32_t bytes) {
 Status encode(const Tensor3d& t, uint32_t box_inner, uint32_t box_rows, CUtensorMapSwizzle swizzle,
               TmaDescriptor* out) {
   const uint64_t row_bytes = t.inner * t.element_bytes;
+  const std::string operand = std::string("operand ") + t.operand + ": ";
   if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) {
-    return Status::Error("TMA needs a 16-byte aligned buffer; got address " +
+    return Status::Error(operand + "TMA needs a 16-byte aligned buffer; got address " +
                          std::to_string(reinterpret_cast<uintptr_t>(t.data)));
   }
   if (row_bytes % 16 != 0) {
-    return Status::Error("TMA needs row strides that are multiples of 16 bytes; got " + std::to_string(row_bytes));
+    return Status::Error(operand + "TMA needs row strides that are multiples of 16 bytes; got " +
+                         std::to_string(row_bytes));
   }
-  if (t.inner == 0 || t.rows == 0 || t.groups == 0) return Status::Error("TMA cannot describe an empty tensor");
+  if (t.inner == 0 || t.rows == 0 || t.groups == 0) return Status::Error(operand + "TMA cannot describe an empty tensor");
   Status status;
   const driver::Api* cu = driver::get(&status);
   if (cu == nullptr) return status;
@@ -44,7 +51,7 @@ Status encode(const Tensor3d& t, uint32_t box_inner, uint32_t box_rows, CUtensor
                                                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuTensorMapEncodeTiled", r));
+  if (r != CUDA_SUCCESS) return Status::Error(operand + driver::describe("cuTensorMapEncodeTiled", r));
   std::memcpy(out, &map, sizeof(map));
   return Status::Ok();
 }

@@ -11,6 +11,7 @@
 namespace dgpt::tma {
 
 struct Tensor3d {
+  const char* operand;  // for messages: "a", "b", "out"
   void* data;
   CUtensorMapDataType dtype;
   uint32_t element_bytes;

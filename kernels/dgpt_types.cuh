@@ -23,7 +23,8 @@ enum class GemmType : u32 {
   kMasked = 2,      // D[g,m,N] = A[g,m,K] * B[g,N,K]^T for m < masked_m[g]
 };
 
-// Same size and alignment as CUtensorMap, so the kernel needs no driver header (NVRTC).
+// Same size as CUtensorMap (128 bytes) and the 64-byte alignment TMA needs, so the kernel needs no
+// driver header (NVRTC). CUDA 13 declares CUtensorMap 128-byte aligned; the host copies it bytewise.
 struct alignas(64) TmaDescriptor {
   u64 opaque[16];
 };

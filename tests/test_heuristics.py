@@ -227,3 +227,8 @@ def test_contiguous_row_blocks_start_on_the_alignment(m):
     # alignment block (see heuristics.select_block_m) for the reference's rule to hold.
     cfg = heuristics.select_config("contiguous", m, 4096, 7168, 8, 132)
     assert cfg.block_m == 128 or m <= 64
+
+
+def test_block_n_limits_agree_with_the_launcher():
+    # The C++ launcher rejects configurations that would spill; the heuristics never pick them.
+    assert max(heuristics.MAX_BLOCK_N.values()) <= _C.MAX_BLOCK_N

@@ -1,8 +1,10 @@
 // Disk cache entries: verified reads, atomic writes, one warning per unwritable root.
 #include "jit/disk_cache.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -37,9 +39,25 @@ std::string cache_root() {
   std::string root = env_string("DG_JIT_CACHE_DIR");
   if (!root.empty()) return root;
   std::string home = env_string("HOME");
-  // NOTES: without HOME (some daemons) fall back to a per-user directory in the temp root.
-  if (home.empty()) return fs::temp_root() + "/jax_dgpt-" + std::to_string(::getuid());
-  return home + "/.jax_dgpt";
+  if (!home.empty()) return home + "/.jax_dgpt";
+  // NOTES: without HOME (some daemons) fall back to a per-user directory in the shared temp root;
+  // another user could have created that path first, so only a private directory of our own is
+  // trusted (a cubin planted there would run on the GPU).
+  const std::string dir = fs::temp_root() + "/jax_dgpt-" + std::to_string(::getuid());
+  ::mkdir(dir.c_str(), 0700);
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == ::getuid() &&
+      (st.st_mode & 077) == 0) {
+    return dir;
+  }
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true)) {
+    std::fprintf(stderr,
+                 "jax_dgpt: warning: HOME is unset and %s is not a private directory of this user; "
+                 "the disk cache is off (set DG_JIT_CACHE_DIR)\n",
+                 dir.c_str());
+  }
+  return "";
 }
 
 std::string entry_dir(const std::string& root, const std::string& name, const std::string& key) {

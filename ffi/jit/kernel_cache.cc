@@ -32,11 +32,20 @@ KernelsDir& kernels_dir_state() {
 struct MemoryCache {
   std::mutex mutex;
   std::unordered_map<std::string, std::shared_ptr<const CubinEntry>> entries;  // key -> entry
+  // One lock per key: the first thread to miss compiles, the others wait and then hit memory.
+  std::unordered_map<std::string, std::shared_ptr<std::mutex>> key_locks;
 };
 
 MemoryCache& memory_cache() {
   static auto* cache = new MemoryCache();  // never destroyed: handlers may run during exit
   return *cache;
+}
+
+std::shared_ptr<std::mutex> key_lock(MemoryCache& cache, const std::string& key) {
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  std::shared_ptr<std::mutex>& slot = cache.key_locks[key];
+  if (!slot) slot = std::make_shared<std::mutex>();
+  return slot;
 }
 
 // Digest of every regular file under `dir`: relative path and contents, sorted by path.
@@ -112,6 +121,10 @@ Status get_or_compile(const std::string& name, const std::string& source, bool p
   const std::string key = cache_key(name, source, compiler->signature(), verbose);
   MemoryCache& memory = memory_cache();
 
+  // NOTES: XLA may instantiate one kernel from several threads (one per GPU, or several
+  // executables); without this lock each would start its own nvcc.
+  const std::shared_ptr<std::mutex> compiling = key_lock(memory, key);
+  std::lock_guard<std::mutex> compiling_lock(*compiling);
   // NOTES: a verbose request skips both caches so the caller always gets ptxas's report.
   if (!verbose) {
     // Memory first.

@@ -30,24 +30,27 @@ Status load_kernel(const CubinEntry& entry, const char* symbol, LoadedKernel* ou
   const driver::Api* api = driver::get(&status);
   if (!api) return status;
   if (entry.cubin.empty()) return Status::Error("load_kernel: empty cubin for key " + entry.key);
+  // NOTES: libraries are kept per key for the life of the process; a keyless entry would leak one
+  // library per call.
+  if (entry.key.empty()) return Status::Error("load_kernel: a cubin without a cache key");
   Loaded& state = loaded();
   // NOTES: loading under the lock keeps one library per key; it runs once per kernel at
   // compile time (instantiate/initialize), never in execute.
   std::lock_guard<std::mutex> lock(state.mutex);
   // The library: reuse the one loaded for this key, or load the cubin now.
   CUlibrary library = nullptr;
-  auto known = entry.key.empty() ? state.libraries.end() : state.libraries.find(entry.key);
+  auto known = state.libraries.find(entry.key);
   if (known != state.libraries.end()) {
     library = known->second;
   } else {
     CUresult result = api->cuLibraryLoadData(&library, entry.cubin.data(), nullptr, nullptr, 0,
                                              nullptr, nullptr, 0);
     if (result != CUDA_SUCCESS) return Status::Error(driver::describe("cuLibraryLoadData", result));
-    if (!entry.key.empty()) state.libraries.emplace(entry.key, library);
+    state.libraries.emplace(entry.key, library);
   }
   // The kernel: cached per (key, symbol).
   auto kernel_key = std::make_pair(entry.key, std::string(symbol));
-  auto found = entry.key.empty() ? state.kernels.end() : state.kernels.find(kernel_key);
+  auto found = state.kernels.find(kernel_key);
   CUkernel kernel = nullptr;
   if (found != state.kernels.end()) {
     kernel = found->second;
@@ -57,7 +60,7 @@ Status load_kernel(const CubinEntry& entry, const char* symbol, LoadedKernel* ou
       return Status::Error(driver::describe("cuLibraryGetKernel", result) + " for symbol " +
                            symbol);
     }
-    if (!entry.key.empty()) state.kernels.emplace(kernel_key, kernel);
+    state.kernels.emplace(kernel_key, kernel);
   }
   out->library = library;
   out->kernel = kernel;

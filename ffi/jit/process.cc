@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -53,18 +54,40 @@ Status run_process(const std::vector<std::string>& argv, std::string* output, in
     ::close(fds[0]);
     return Status::Error("cannot run " + argv[0] + ": " + std::strerror(rc));
   }
-  // Parent: read to EOF, then reap the child.
+  // Parent: read to EOF (keeping the head and the tail of a huge output), then reap the child.
+  // NOTES: the output ends up in error messages that XLA passes on; a runaway compiler must not
+  // turn them into megabytes.
+  constexpr size_t kHead = 16 << 10, kTail = 48 << 10;
+  std::string tail;
+  size_t omitted = 0;
   char chunk[4096];
   while (true) {
     ssize_t n = ::read(fds[0], chunk, sizeof(chunk));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
-    output->append(chunk, size_t(n));
+    size_t used = 0;
+    if (output->size() < kHead) {
+      used = std::min(size_t(n), kHead - output->size());
+      output->append(chunk, used);
+    }
+    tail.append(chunk + used, size_t(n) - used);
+    if (tail.size() > 2 * kTail) {
+      omitted += tail.size() - kTail;
+      tail.erase(0, tail.size() - kTail);
+    }
   }
   ::close(fds[0]);
+  if (omitted > 0) output->append("\n[... " + std::to_string(omitted) + " bytes of output omitted ...]\n");
+  output->append(tail);
   int wstatus = 0;
   while (::waitpid(pid, &wstatus, 0) < 0) {
     if (errno == EINTR) continue;
+    if (errno == ECHILD) {
+      // NOTES: with SIGCHLD ignored (some frameworks do that) the kernel reaps the child itself;
+      // the caller then judges by what the program produced.
+      *exit_code = kExitStatusUnknown;
+      return Status::Ok();
+    }
     return Status::Error("waitpid for " + argv[0] + ": " + std::strerror(errno));
   }
   *exit_code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);

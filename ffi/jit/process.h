@@ -8,9 +8,12 @@
 
 namespace dgpt::jit {
 
-// Runs argv[0] (a path) with `argv`, stdout and stderr merged into `*output`. `*exit_code` gets
-// the exit status, or 128 + signal number when the program was killed. An error Status only
-// when the program could not be started.
+// `*exit_code` when the status cannot be known: SIGCHLD is ignored and the kernel reaped the child.
+constexpr int kExitStatusUnknown = -1;
+
+// Runs argv[0] (a path) with `argv`, stdout and stderr merged into `*output` (the first 16 KiB and
+// the last 48 KiB of it). `*exit_code` gets the exit status, 128 + signal number when the program
+// was killed, or kExitStatusUnknown. An error Status only when the program could not be started.
 Status run_process(const std::vector<std::string>& argv, std::string* output, int* exit_code);
 
 // `argv` as one line for messages, single-quoting arguments that hold spaces or quotes.
