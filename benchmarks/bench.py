@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from profiling import Timer
 
 import jax_dgpt
+from jax_dgpt import heuristics
 
 NK_PAIRS = [
     (7168, 576),
@@ -78,7 +79,27 @@ def xla_dot(a, b, precision=None):
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.bfloat16)
 
 
-def bench_normal(timer, shapes, rows):
+def split_k_variants(splits_list):
+    """Fresh jitted gemms with split-K forced (the heuristics don't choose it until it is measured)."""
+    variants = {}
+    for splits in splits_list:
+        with heuristics.force_k_splits(splits):
+            f = jax.jit(lambda a, b: jax_dgpt.gemm(a, b))
+        variants[splits] = (splits, f)
+    return variants
+
+
+def time_split_k(timer, variants, a, b, row):
+    """Adds split{S}_us and split{S}_diff to `row` for each forced split count."""
+    for splits, f in variants.values():
+        with heuristics.force_k_splits(splits):
+            (t,) = timer.time_us(partial(f, a, b))
+            row[f"split{splits}_us"] = t
+            row[f"split{splits}_diff"] = calc_diff(f(a, b), ref_f64(a, b))
+
+
+def bench_normal(timer, shapes, rows, k_splits=()):
+    variants = split_k_variants(k_splits)
     f_dgpt = jax.jit(jax_dgpt.gemm)
     f_default = jax.jit(xla_dot)
     f_highest = jax.jit(lambda a, b: xla_dot(a, b, jax.lax.Precision.HIGHEST))
@@ -109,6 +130,7 @@ def bench_normal(timer, shapes, rows):
                 calc_diff=diff,
             )
         )
+        time_split_k(timer, variants, a, b, rows[-1])
         print_row(rows[-1])
 
 
@@ -218,8 +240,10 @@ def main():
     p.add_argument("--only", default="normal,decode,contiguous,masked")
     p.add_argument("--out", default=".")
     p.add_argument("--quick", action="store_true", help="a few shapes per layout")
+    p.add_argument("--k-splits", default="", help="also time normal shapes with split-K forced, e.g. 2,4")
     args = p.parse_args()
     only = set(args.only.split(","))
+    k_splits = [int(x) for x in args.k_splits.split(",") if x]
     dev = jax.devices()[0]
     meta = dict(
         date=datetime.date.today().isoformat(),
@@ -233,9 +257,9 @@ def main():
     rows = []
     pick = (lambda xs: xs[::4]) if args.quick else (lambda xs: xs)
     if "normal" in only:
-        bench_normal(timer, pick(NORMAL), rows)
+        bench_normal(timer, pick(NORMAL), rows, k_splits)
     if "decode" in only:
-        bench_normal(timer, pick(DECODE), rows)
+        bench_normal(timer, pick(DECODE), rows, k_splits)
         for r in rows[-len(pick(DECODE)) :]:
             r["layout"] = "decode"
     if "contiguous" in only:

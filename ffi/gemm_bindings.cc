@@ -27,11 +27,12 @@ nb::dict stages(XLA_FFI_Handler* instantiate, XLA_FFI_Handler* initialize, XLA_F
 }
 
 GemmConfig make_config(const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
-                       int64_t block_n, int64_t num_stages, int64_t num_sms) {
+                       int64_t block_n, int64_t num_stages, int64_t num_sms, int64_t num_k_splits) {
   GemmType type;
   const Status status = parse_gemm_type(kind, &type);
   if (!status.ok()) throw nb::value_error(status.message().c_str());
-  const GemmConfig c = GemmConfig::make(type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms);
+  const GemmConfig c =
+      GemmConfig::make(type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits);
   const Status valid = validate(c);
   if (!valid.ok()) throw nb::value_error(valid.message().c_str());
   return c;
@@ -43,6 +44,9 @@ void bind_gemm(nb::module_& m) {
   m.attr("MAX_SMEM_BYTES") = layout::kMaxSmemBytes;
   m.attr("BLOCK_K") = layout::kBlockK;
   m.attr("MAX_BLOCK_N") = kMaxBlockN;
+  nb::list attributes;
+  for (const std::string& name : handlers::instantiate_attribute_names()) attributes.append(name);
+  m.attr("INSTANTIATE_ATTRIBUTES") = nb::tuple(attributes);
 
   m.def("registrations", []() {
     nb::dict d;
@@ -62,23 +66,27 @@ void bind_gemm(nb::module_& m) {
     return d;
   }, "FFI state types for jax.ffi.register_ffi_type(platform='CUDA').");
 
-  m.def("smem_size", [](int64_t block_m, int64_t block_n, int64_t num_stages) {
-    if (block_m <= 0 || block_n <= 0 || num_stages <= 0 || block_m > 256 || block_n > 256 || num_stages > 64) {
-      throw nb::value_error("smem_size: block_m and block_n must be in [1, 256] and num_stages in [1, 64]");
+  m.def("smem_size", [](int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_k_splits) {
+    if (block_m <= 0 || block_n <= 0 || num_stages <= 0 || block_m > 256 || block_n > 256 || num_stages > 64 ||
+        num_k_splits <= 0 || num_k_splits > 8) {
+      throw nb::value_error(
+          "smem_size: block_m and block_n must be in [1, 256], num_stages in [1, 64], num_k_splits in [1, 8]");
     }
-    return layout::smem_size(block_m, block_n, num_stages);
-  }, nb::arg("block_m"), nb::arg("block_n"), nb::arg("num_stages"),
+    return layout::smem_size(block_m, block_n, num_stages, num_k_splits);
+  }, nb::arg("block_m"), nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_k_splits") = 1,
   "Bytes of dynamic shared memory the kernel needs for this tile and stage count.");
 
   m.def("generate_source", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
-                              int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms) {
-    return generate_source(make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms));
+                              int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms,
+                              int64_t num_k_splits) {
+    return generate_source(make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits));
   }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
-  nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"));
+  nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("num_k_splits") = 1);
 
   m.def("compile_gemm", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
-                           int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms, bool ptxas_verbose) {
-    const GemmConfig c = make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms);
+                           int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms, bool ptxas_verbose,
+                           int64_t num_k_splits) {
+    const GemmConfig c = make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits);
     jit::CubinEntry entry;
     Status status;
     {
@@ -89,6 +97,7 @@ void bind_gemm(nb::module_& m) {
     return cubin_entry_dict(entry);
   }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
   nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("ptxas_verbose") = false,
+  nb::arg("num_k_splits") = 1,
   "JIT-compiles (or fetches from the cache) the kernel of one configuration; no GPU needed.");
 }
 

@@ -4,8 +4,10 @@
 #include "gemm_handlers.h"
 
 #include <exception>
+#include <iterator>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "gemm_launcher.h"
 
@@ -35,9 +37,10 @@ ffi::Error to_ffi(const Status& status, const char* op) {
 template <GemmType kType>
 ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(int64_t m, int64_t n, int64_t k, int64_t num_groups,
                                                        int64_t block_m, int64_t block_n, int64_t num_stages,
-                                                       int64_t num_sms) {
+                                                       int64_t num_sms, int64_t num_k_splits) {
   try {
-    const GemmConfig config = GemmConfig::make(kType, m, n, k, num_groups, block_m, block_n, num_stages, num_sms);
+    const GemmConfig config = GemmConfig::make(kType, m, n, k, num_groups, block_m, block_n, num_stages, num_sms,
+                                               num_k_splits);
     const Status valid = validate(config);
     if (!valid.ok()) return ffi::Unexpected(ffi::Error::InvalidArgument("jax_dgpt instantiate: " + valid.message()));
     GemmKernel* kernel = nullptr;
@@ -145,16 +148,29 @@ ffi::Error guarded(ffi::Error (*fn)(Args...), Args... args) {
 
 }  // namespace
 
+// The attributes every GEMM custom call carries (jax_dgpt/heuristics.py and primitives.py produce
+// them; a CPU test compares the names with the lowered program).
+constexpr const char* kInstantiateAttributes[] = {"m",       "n",          "k",       "num_groups",  "block_m",
+                                                  "block_n", "num_stages", "num_sms", "num_k_splits"};
+
 auto instantiate_binding() {
+  const auto& a = kInstantiateAttributes;
   return ffi::Ffi::BindInstantiate()
-      .Attr<int64_t>("m")
-      .Attr<int64_t>("n")
-      .Attr<int64_t>("k")
-      .Attr<int64_t>("num_groups")
-      .Attr<int64_t>("block_m")
-      .Attr<int64_t>("block_n")
-      .Attr<int64_t>("num_stages")
-      .Attr<int64_t>("num_sms");
+      .Attr<int64_t>(a[0])
+      .Attr<int64_t>(a[1])
+      .Attr<int64_t>(a[2])
+      .Attr<int64_t>(a[3])
+      .Attr<int64_t>(a[4])
+      .Attr<int64_t>(a[5])
+      .Attr<int64_t>(a[6])
+      .Attr<int64_t>(a[7])
+      .Attr<int64_t>(a[8]);
+}
+static_assert(sizeof(kInstantiateAttributes) / sizeof(kInstantiateAttributes[0]) == 9,
+              "instantiate() and its binding take every attribute");
+
+std::vector<std::string> instantiate_attribute_names() {
+  return std::vector<std::string>(std::begin(kInstantiateAttributes), std::end(kInstantiateAttributes));
 }
 
 auto initialize_binding() {

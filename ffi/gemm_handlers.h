@@ -2,6 +2,9 @@
 // state type they share. Registered from Python through gemm_bindings.cc.
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "xla/ffi/api/c_api.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -11,6 +14,9 @@ namespace dgpt::handlers {
 struct KernelState;
 XLA_FFI_TypeId* kernel_state_type_id();
 const XLA_FFI_TypeInfo* kernel_state_type_info();
+
+// Names of the attributes the instantiate stage binds, in order.
+std::vector<std::string> instantiate_attribute_names();
 
 }  // namespace dgpt::handlers
 

@@ -32,7 +32,7 @@ std::string GemmConfig::describe() const {
   using std::to_string;
   return std::string(gemm_type_name(type)) + " m=" + to_string(m) + " n=" + to_string(n) + " k=" + to_string(k) +
          " groups=" + to_string(num_groups) + " block_m=" + to_string(block_m) + " block_n=" + to_string(block_n) +
-         " stages=" + to_string(num_stages) + " sms=" + to_string(num_sms);
+         " stages=" + to_string(num_stages) + " sms=" + to_string(num_sms) + " k_splits=" + to_string(num_k_splits);
 }
 
 Status validate(const GemmConfig& c) {
@@ -43,14 +43,16 @@ Status validate(const GemmConfig& c) {
     return fail("block_n must be a multiple of 16 in [16, " + std::to_string(kMaxBlockN) + "]");
   }
   if (c.num_stages < 2 || c.num_stages > 32) return fail("num_stages must be in [2, 32]");
+  if (c.num_k_splits < 1 || c.num_k_splits > 8) return fail("num_k_splits must be in [1, 8] (a portable cluster)");
   if (c.n <= 0 || c.n % 8 != 0 || c.n > (1ll << 31)) return fail("n must be a positive multiple of 8");
   if (c.k <= 0 || c.k % 16 != 0 || c.k > (1ll << 31)) return fail("k must be a positive multiple of 16");
   if (c.m <= 0 || c.m > (1ll << 31)) return fail("m must be positive");
   if (c.num_groups <= 0 || c.num_groups > (1ll << 20)) return fail("num_groups must be positive");
   if (c.type == GemmType::kNormal && c.num_groups != 1) return fail("a normal GEMM has one group");
   if (c.num_sms <= 0 || c.num_sms > 4096) return fail("num_sms must be positive");
+  if (c.num_sms % c.num_k_splits != 0) return fail("num_sms must be a multiple of num_k_splits (whole clusters)");
   if (c.type == GemmType::kContiguous && 128 % c.block_m != 0) return fail("contiguous layout needs block_m to divide 128");
-  const uint32_t smem = layout::smem_size(c.block_m, c.block_n, c.num_stages);
+  const uint32_t smem = layout::smem_size(c.block_m, c.block_n, c.num_stages, c.num_k_splits);
   if (smem > layout::kMaxSmemBytes) {
     return fail("needs " + std::to_string(smem) + " bytes of shared memory, more than " +
                 std::to_string(layout::kMaxSmemBytes));
@@ -64,7 +66,8 @@ std::string generate_source(const GemmConfig& c) {
   return "// jax_dgpt generated kernel: " + std::string(gemm_type_name(c.type)) + " n=" + to_string(c.n) +
          " k=" + to_string(c.k) + "\n#include \"sm90_fp8_gemm.cuh\"\nDGPT_DEFINE_SM90_FP8_GEMM(" +
          kTypeEnum[static_cast<int>(c.type)] + ", " + to_string(c.block_m) + ", " + to_string(c.block_n) + ", " +
-         to_string(c.n) + ", " + to_string(c.k) + ", " + to_string(c.num_stages) + ")\n";
+         to_string(c.n) + ", " + to_string(c.k) + ", " + to_string(c.num_stages) + ", " + to_string(c.num_k_splits) +
+         ")\n";
 }
 
 Status compile(const GemmConfig& c, bool ptxas_verbose, jit::CubinEntry* out) {
@@ -78,7 +81,7 @@ Status GemmKernel::create(const GemmConfig& config, GemmKernel** out) {
   DGPT_RETURN_IF_ERROR(compile(config, /*ptxas_verbose=*/false, &entry));
   auto* kernel = new GemmKernel();
   kernel->config_ = config;
-  kernel->smem_bytes_ = layout::smem_size(config.block_m, config.block_n, config.num_stages);
+  kernel->smem_bytes_ = layout::smem_size(config.block_m, config.block_n, config.num_stages, config.num_k_splits);
   Status status = jit::load_kernel(entry, "dgpt_kernel", &kernel->kernel_);
   if (!status.ok()) {
     delete kernel;
@@ -149,8 +152,14 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   launch.blockDimZ = 1;
   launch.sharedMemBytes = smem_bytes_;
   launch.hStream = stream;
-  launch.attrs = nullptr;
-  launch.numAttrs = 0;
+  // Split-K: the CTAs sharing a tile form one cluster (they reduce through each other's shared memory).
+  CUlaunchAttribute cluster = {};
+  cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+  cluster.value.clusterDim.x = static_cast<unsigned>(c.num_k_splits);
+  cluster.value.clusterDim.y = 1;
+  cluster.value.clusterDim.z = 1;
+  launch.attrs = c.num_k_splits > 1 ? &cluster : nullptr;
+  launch.numAttrs = c.num_k_splits > 1 ? 1 : 0;
   void* args[] = {&params};
   const CUresult r = cu->cuLaunchKernelEx(&launch, reinterpret_cast<CUfunction>(kernel_.kernel), args, nullptr);
   if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuLaunchKernelEx", r));

@@ -27,11 +27,12 @@ struct GemmConfig {
   int64_t block_m = 0;
   int64_t block_n = 0;
   int64_t num_stages = 0;
-  int64_t num_sms = 0;     // grid size
+  int64_t num_sms = 0;     // grid size (a multiple of num_k_splits)
+  int64_t num_k_splits = 1;  // CTAs of a cluster sharing one tile, one K slice each
 
   static GemmConfig make(GemmType type, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
-                         int64_t block_n, int64_t num_stages, int64_t num_sms) {
-    return GemmConfig{type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms};
+                         int64_t block_n, int64_t num_stages, int64_t num_sms, int64_t num_k_splits) {
+    return GemmConfig{type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits};
   }
   std::string describe() const;
 };

@@ -19,7 +19,10 @@ Rules (correctness first; tuning comes in a later issue):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 
 from ._ints import static_int
 from ._native import load as _native
@@ -64,6 +67,7 @@ class GemmConfig:
     block_n: int
     num_stages: int
     num_sms: int
+    num_k_splits: int = 1  # CTAs of a cluster sharing one tile, one K slice each (split-K)
 
     def as_attributes(self) -> dict[str, int]:
         """The config as FFI attributes: the names C++ binds, plain ``int`` values (i64)."""
@@ -72,7 +76,36 @@ class GemmConfig:
             "block_n": int(self.block_n),
             "num_stages": int(self.num_stages),
             "num_sms": int(self.num_sms),
+            "num_k_splits": int(self.num_k_splits),
         }
+
+
+# NOTES: split-K (kernels/sm90_fp8_gemm.cuh, reduce_k_splits) compiles without spills but has not
+# run on a GPU yet, so the heuristics never choose it; `force_k_splits` turns it on for the GPU
+# tests and the benchmark until it is measured (benchmarks/KERNEL_LOG.md). The public ops read the
+# forced value when they are called and pass it down as a static parameter (`num_k_splits` below).
+_forced_k_splits: contextvars.ContextVar[int | None] = contextvars.ContextVar("forced_k_splits", default=None)
+
+
+@contextlib.contextmanager
+def force_k_splits(num_k_splits: int) -> Iterator[None]:
+    """Ops lowered inside this context split K over clusters of ``num_k_splits`` CTAs (1 to 8).
+
+    For experiments and tests: functions traced before the context keep their compiled config.
+    """
+    splits = static_int("jax_dgpt.heuristics.force_k_splits", "num_k_splits", num_k_splits, positive=True)
+    if splits > 8:
+        raise ValueError(f"jax_dgpt.heuristics.force_k_splits: num_k_splits must be at most 8, got {splits}")
+    token = _forced_k_splits.set(splits)
+    try:
+        yield
+    finally:
+        _forced_k_splits.reset(token)
+
+
+def forced_k_splits() -> int | None:
+    """The split count `force_k_splits` set for this context, or None."""
+    return _forced_k_splits.get()
 
 
 def ceil_div(x: int, y: int) -> int:
@@ -124,14 +157,14 @@ def last_wave_occupancy(tiles: int, num_sms: int) -> int:
     return tiles - (num_waves(tiles, num_sms) - 1) * num_sms
 
 
-def select_num_stages(block_m: int, block_n: int) -> int:
+def select_num_stages(block_m: int, block_n: int, num_k_splits: int = 1) -> int:
     """The largest stage count whose shared memory (as the kernel lays it out) fits in one SM."""
     native = _native()
     limit = int(native.MAX_SMEM_BYTES)
     for stages in range(MAX_STAGES, MIN_STAGES - 1, -1):
-        if int(native.smem_size(block_m, block_n, stages)) <= limit:
+        if int(native.smem_size(block_m, block_n, stages, num_k_splits)) <= limit:
             return stages
-    needed = int(native.smem_size(block_m, block_n, MIN_STAGES))
+    needed = int(native.smem_size(block_m, block_n, MIN_STAGES, num_k_splits))
     raise ValueError(
         f"jax_dgpt.heuristics: block_m={block_m} block_n={block_n} does not fit in shared memory "
         f"with {MIN_STAGES} stages ({needed} > {limit} bytes)"
@@ -139,7 +172,14 @@ def select_num_stages(block_m: int, block_n: int) -> int:
 
 
 def select_config(
-    kind: str, m: int, n: int, k: int, num_groups: int, num_sms: int, expected_m: int | None = None
+    kind: str,
+    m: int,
+    n: int,
+    k: int,
+    num_groups: int,
+    num_sms: int,
+    expected_m: int | None = None,
+    num_k_splits: int | None = None,
 ) -> GemmConfig:
     """Picks the kernel configuration for one static problem.
 
@@ -151,6 +191,8 @@ def select_config(
       num_groups: 1 for "normal", G for the grouped layouts.
       num_sms: SMs the persistent grid may use.
       expected_m: "masked" only: the expected rows per group (the static hint).
+      num_k_splits: split K over clusters of this many CTAs (1 to 8); None lets the heuristics
+        choose (today always 1: split-K is not yet measured).
 
     Returns:
       A :class:`GemmConfig`.
@@ -168,22 +210,28 @@ def select_config(
         m_eff = m
 
     block_m = select_block_m(m_eff)
+    splits = 1 if num_k_splits is None else _positive_int("num_k_splits", num_k_splits)
+    if splits > 8:
+        raise ValueError(f"jax_dgpt.heuristics: num_k_splits must be at most 8, got {splits}")
+    units = max(1, num_sms // splits)  # tiles in flight at once: CTAs, or clusters with split-K
     best: tuple[int, int, int] | None = None  # (waves, -occupancy, -block_n): smaller is better
     for block_n in block_n_candidates(block_m, n):
         tiles = num_tiles(kind, m_eff, n, num_groups, block_m, block_n)
-        key = (num_waves(tiles, num_sms), -last_wave_occupancy(tiles, num_sms), -block_n)
+        key = (num_waves(tiles, units), -last_wave_occupancy(tiles, units), -block_n)
         if best is None or key < best:
             best = key
     assert best is not None  # n >= 1 gives at least one candidate
     block_n = -best[2]
 
     tiles = num_tiles(kind, m_eff, n, num_groups, block_m, block_n)
-    grid = num_sms if kind == "masked" else min(num_sms, tiles)
+    # Whole clusters of `splits` CTAs; each cluster walks tiles like one CTA does without split-K.
+    clusters = units if kind == "masked" else min(units, tiles)
     return GemmConfig(
         block_m=block_m,
         block_n=block_n,
-        num_stages=select_num_stages(block_m, block_n),
-        num_sms=int(grid),
+        num_stages=select_num_stages(block_m, block_n, splits),
+        num_sms=int(clusters * splits),
+        num_k_splits=int(splits),
     )
 
 
@@ -205,4 +253,5 @@ def describe(
     return (
         f"jax_dgpt: {op} {shape} -> block_m={config.block_m} block_n={config.block_n} "
         f"stages={config.num_stages} sms={config.num_sms}"
+        + (f" k_splits={config.num_k_splits}" if config.num_k_splits > 1 else "")
     )

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import device
+from . import device, heuristics
 from ._ints import static_int
 from .primitives import (
     BF16,
@@ -110,32 +110,36 @@ def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int) -> tuple[jax.Array,
     return a, _pad_to(b, b_n_axis, N_ALIGNMENT)
 
 
-# --- jitted bodies (static: num_sms, expected_m) --------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("num_sms",))
-def _gemm(a: jax.Array, b: jax.Array, *, num_sms: int) -> jax.Array:
+# --- jitted bodies (static: num_sms, k_splits, expected_m) ------------------------------------------
+# NOTES: everything the CUDA lowering's heuristics read besides shapes is a static argument here and a
+# primitive parameter below, so the jit caches keep configs apart.
+@functools.partial(jax.jit, static_argnames=("num_sms", "k_splits"))
+def _gemm(a: jax.Array, b: jax.Array, *, num_sms: int, k_splits: int | None) -> jax.Array:
     (m, k), n = a.shape, b.shape[0]
     if m == 0 or n == 0 or k == 0:
         return jnp.zeros((m, n), BF16)
     a, b = _pad_operands(a, b, b_n_axis=0)
-    return _slice_n(gemm_p.bind(a, b, num_sms=num_sms), n)
+    return _slice_n(gemm_p.bind(a, b, num_sms=num_sms, k_splits=k_splits), n)
 
 
-@functools.partial(jax.jit, static_argnames=("num_sms",))
-def _contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array, *, num_sms: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("num_sms", "k_splits"))
+def _contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array, *, num_sms: int, k_splits: int | None) -> jax.Array:
     (m, k), (g, n) = a.shape, b.shape[:2]
     if m == 0 or n == 0 or k == 0 or g == 0:
         return jnp.zeros((m, n), BF16)  # K = 0: empty sums; G = 0: every row is padding
     a, b = _pad_operands(a, b, b_n_axis=1)
-    return _slice_n(contiguous_p.bind(a, b, m_indices, num_sms=num_sms), n)
+    return _slice_n(contiguous_p.bind(a, b, m_indices, num_sms=num_sms, k_splits=k_splits), n)
 
 
-@functools.partial(jax.jit, static_argnames=("expected_m", "num_sms"))
-def _masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, *, expected_m: int, num_sms: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("expected_m", "num_sms", "k_splits"))
+def _masked(
+    a: jax.Array, b: jax.Array, masked_m: jax.Array, *, expected_m: int, num_sms: int, k_splits: int | None
+) -> jax.Array:
     (g, m, k), n = a.shape, b.shape[1]
     if g == 0 or m == 0 or n == 0 or k == 0:
         return jnp.zeros((g, m, n), BF16)
     a, b = _pad_operands(a, b, b_n_axis=1)
-    return _slice_n(masked_p.bind(a, b, masked_m, expected_m=expected_m, num_sms=num_sms), n)
+    return _slice_n(masked_p.bind(a, b, masked_m, expected_m=expected_m, num_sms=num_sms, k_splits=k_splits), n)
 
 
 # --- public ops -----------------------------------------------------------------------------------
@@ -164,7 +168,7 @@ def gemm(a: jax.Array, b: jax.Array) -> jax.Array:
     _, k = _check_array(op, "a", a, FP8, "M, K")
     _, b_k = _check_array(op, "b", b, FP8, "N, K")
     _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
-    return _gemm(a, b, num_sms=device.get_num_sms())
+    return _gemm(a, b, num_sms=device.get_num_sms(), k_splits=heuristics.forced_k_splits())
 
 
 def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) -> jax.Array:
@@ -199,7 +203,7 @@ def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) ->
     (i_m,) = _check_array(op, "m_indices", m_indices, INT32, "M")
     _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
     _check_equal(op, "M (rows)", ("a", m), ("m_indices", i_m))
-    return _contiguous(a, b, m_indices, num_sms=device.get_num_sms())
+    return _contiguous(a, b, m_indices, num_sms=device.get_num_sms(), k_splits=heuristics.forced_k_splits())
 
 
 def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, expected_m: int) -> jax.Array:
@@ -236,7 +240,9 @@ def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, expecte
     _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
     _check_equal(op, "G (groups)", ("a", g), ("masked_m", mask_g))
     expected = _check_expected_m(op, expected_m)
-    return _masked(a, b, masked_m, expected_m=expected, num_sms=device.get_num_sms())
+    return _masked(
+        a, b, masked_m, expected_m=expected, num_sms=device.get_num_sms(), k_splits=heuristics.forced_k_splits()
+    )
 
 
 # --- the reference library's names (they return the output: JAX has no out= arguments) ------------

@@ -57,15 +57,21 @@ DGPT_HOST_DEVICE constexpr u32 swizzle_d_bytes(u32 block_n) {
   return (block_n * 2) % 128 == 0 ? 128 : ((block_n * 2) % 64 == 0 ? 64 : 32);
 }
 
-// Shared memory: [D tile][A stages][B stages][full barriers][empty barriers], base aligned to
-// 1024 bytes (the 128B swizzle period); the extra 1024 covers aligning the dynamic base.
+// Shared memory: [D tile][A stages][B stages][split-K partials][full barriers][empty barriers]
+// [split-K barriers], base aligned to 1024 bytes (the 128B swizzle period); the extra 1024 covers
+// aligning the dynamic base.
 DGPT_HOST_DEVICE constexpr u32 smem_d_bytes(u32 block_m, u32 block_n) { return align_up(block_m * block_n * 2, 1024); }
 DGPT_HOST_DEVICE constexpr u32 smem_a_stage_bytes(u32 block_m) { return block_m * kBlockK; }
 DGPT_HOST_DEVICE constexpr u32 smem_b_stage_bytes(u32 block_n) { return block_n * kBlockK; }
-DGPT_HOST_DEVICE constexpr u32 smem_size(u32 block_m, u32 block_n, u32 num_stages) {
+// Split-K (the CTAs of a cluster share a tile, one K slice each): a fp32 tile of partial sums.
+DGPT_HOST_DEVICE constexpr u32 smem_split_bytes(u32 block_m, u32 block_n, u32 num_k_splits) {
+  return num_k_splits > 1 ? block_m * block_n * 4 : 0;
+}
+DGPT_HOST_DEVICE constexpr u32 smem_size(u32 block_m, u32 block_n, u32 num_stages, u32 num_k_splits = 1) {
   return smem_d_bytes(block_m, block_n) +
          num_stages * (smem_a_stage_bytes(block_m) + smem_b_stage_bytes(block_n)) +
-         num_stages * 2 * 8 + 1024;
+         smem_split_bytes(block_m, block_n, num_k_splits) + num_stages * 2 * 8 +
+         (num_k_splits > 1 ? 2 * 8 : 0) + 1024;
 }
 
 }  // namespace layout

@@ -77,6 +77,50 @@ __device__ __forceinline__ void tma_store_wait_read() {
 // Waits until committed stores are complete.
 __device__ __forceinline__ void tma_store_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 
+// ---- clusters (split-K reduction through distributed shared memory) --------------------------
+__device__ __forceinline__ u32 cluster_ctarank() {
+  u32 rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  return rank;
+}
+
+// All threads of every CTA of the cluster; orders shared-memory writes (barrier init) cluster-wide.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The shared::cluster address of `smem_ptr`'s counterpart in CTA `rank` of this cluster.
+__device__ __forceinline__ u32 map_to_rank(const void* smem_ptr, u32 rank) {
+  u32 remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(smem_ptr)), "r"(rank));
+  return remote;
+}
+
+__device__ __forceinline__ void ld_shared_cluster_v4(u32 cluster_addr, float& x, float& y, float& z, float& w) {
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(x), "=f"(y), "=f"(z), "=f"(w)
+               : "r"(cluster_addr)
+               : "memory");
+}
+
+// Arrives on an mbarrier of another CTA of the cluster, releasing this thread's prior writes.
+__device__ __forceinline__ void mbarrier_arrive_remote(u32 cluster_addr) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
+}
+
+// Like mbarrier_wait, acquiring at cluster scope (the arrivals came from other CTAs).
+__device__ __forceinline__ void mbarrier_wait_cluster(u64* bar, u32 phase) {
+  u32 done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(phase)
+        : "memory");
+  } while (!done);
+}
+
 // ---- barriers, registers -------------------------------------------------------------------
 __device__ __forceinline__ void named_barrier_sync(u32 id, u32 num_threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(num_threads) : "memory");

@@ -20,18 +20,21 @@
 
 namespace dgpt {
 
-template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumStages>
+template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumStages, u32 kNumKSplits>
 struct Sm90Fp8Gemm {
   static_assert(kBlockM == 64 || kBlockM == 128, "BLOCK_M must be 64 or 128");
   static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "BLOCK_N must be a multiple of 16 in [16, 256]");
   static_assert(kK % 16 == 0 && kN % 8 == 0, "TMA needs 16-byte row strides: K % 16 == 0, N % 8 == 0");
   static_assert(kNumStages >= 2, "need at least two pipeline stages");
+  static_assert(kNumKSplits >= 1 && kNumKSplits <= 8, "split-K over a cluster of 1 to 8 CTAs");
 
   static constexpr u32 kBlockK = layout::kBlockK;
   static constexpr u32 kNumMathWarpgroups = layout::num_math_warpgroups(kBlockM);
   static constexpr u32 kNumMathThreads = 128 * kNumMathWarpgroups;
   static constexpr u32 kNumThreads = layout::num_threads(kBlockM);
   static constexpr u32 kNumKBlocks = layout::ceil_div(kK, kBlockK);
+  static constexpr u32 kKBlocksPerSplit = layout::ceil_div(kNumKBlocks, kNumKSplits);
+  static constexpr u32 kSmemSplit = layout::smem_split_bytes(kBlockM, kBlockN, kNumKSplits);
   static constexpr u32 kNumAccum = kBlockN / 2;  // fp32 per thread for 64 x BLOCK_N
   static constexpr u32 kSmemD = layout::smem_d_bytes(kBlockM, kBlockN);
   static constexpr u32 kSmemA = layout::smem_a_stage_bytes(kBlockM);
@@ -46,7 +49,7 @@ struct Sm90Fp8Gemm {
   static constexpr u32 kNumNBlocksPerBand = 8;
 
   using Mma = mma::WgmmaFp8<kBlockN>;
-  using Scheduler = sched::TileScheduler<kType, kBlockM, kBlockN, kN, kNumNBlocksPerBand>;
+  using Scheduler = sched::TileScheduler<kType, kBlockM, kBlockN, kN, kNumNBlocksPerBand, kNumKSplits>;
 
   struct Smem {
     u8* d;
@@ -54,6 +57,12 @@ struct Sm90Fp8Gemm {
     u8* b;  // stage s at b + s * kSmemB
     u64* full;
     u64* empty;
+    // Split-K only, behind the stages: the fp32 partial tile that rank 0 of the cluster reads,
+    // and after `empty` two barriers: split_ready (rank 0: the other ranks' partials are written)
+    // and split_free (other ranks: rank 0 has read this CTA's partials).
+    __device__ float* split() const { return reinterpret_cast<float*>(b + kNumStages * kSmemB); }
+    __device__ u64* split_ready() const { return empty + kNumStages; }
+    __device__ u64* split_free() const { return empty + kNumStages + 1; }
   };
 
   __device__ static Smem carve(u8* raw) {
@@ -64,7 +73,7 @@ struct Sm90Fp8Gemm {
     s.d = p;
     s.a = p + kSmemD;
     s.b = s.a + kNumStages * kSmemA;
-    s.full = reinterpret_cast<u64*>(s.b + kNumStages * kSmemB);
+    s.full = reinterpret_cast<u64*>(s.b + kNumStages * kSmemB + kSmemSplit);
     s.empty = s.full + kNumStages;
     return s;
   }
@@ -81,9 +90,15 @@ struct Sm90Fp8Gemm {
         ptx::mbarrier_init(&smem.full[s], 1);
         ptx::mbarrier_init(&smem.empty[s], kNumMathThreads / 32);  // one arrival per math warp
       }
+      if constexpr (kNumKSplits > 1) {
+        ptx::mbarrier_init(smem.split_ready(), (kNumKSplits - 1) * (kNumMathThreads / 32));
+        ptx::mbarrier_init(smem.split_free(), kNumMathThreads / 32);
+      }
       ptx::fence_barrier_init();
     }
     __syncthreads();
+    // Other CTAs of the cluster arrive on this CTA's barriers: all must be initialised first.
+    if constexpr (kNumKSplits > 1) ptx::cluster_sync();
 
     if (warpgroup == kNumMathWarpgroups) {
       ptx::setmaxnreg_dec<kProducerRegs>();
@@ -94,16 +109,31 @@ struct Sm90Fp8Gemm {
     }
   }
 
+  // This CTA's K blocks: all of them, or with split-K the slice of its rank in the cluster.
+  __device__ static u32 first_k_block() {
+    if constexpr (kNumKSplits == 1) {
+      return 0;
+    } else {
+      const u32 first = ptx::cluster_ctarank() * kKBlocksPerSplit;
+      return first < kNumKBlocks ? first : kNumKBlocks;
+    }
+  }
+  __device__ static u32 end_k_block() {
+    const u32 end = first_k_block() + kKBlocksPerSplit;
+    return end < kNumKBlocks ? end : kNumKBlocks;
+  }
+
   // Producer: stream A and B tiles of every K block through the stage ring.
   __device__ static void produce(const GemmParams& params, const Smem& smem) {
     Scheduler scheduler(params);
     sched::Tile tile;
     u32 iter = 0;
+    const u32 kb_begin = first_k_block(), kb_end = end_k_block();
     while (scheduler.next_tile(tile)) {
       if (!tile.compute) continue;
       const i32 m = static_cast<i32>(tile.m_block * kBlockM);
       const i32 n = static_cast<i32>(tile.n_block * kBlockN);
-      for (u32 kb = 0; kb < kNumKBlocks; ++kb, ++iter) {
+      for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
         const u32 stage = iter % kNumStages;
         ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
         // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
@@ -126,12 +156,14 @@ struct Sm90Fp8Gemm {
     Scheduler scheduler(params);
     sched::Tile tile;
     u32 iter = 0;
+    u32 handshakes = 0;  // split-K reductions done (the phase of the split barriers)
+    const u32 kb_begin = first_k_block(), kb_end = end_k_block();
     while (scheduler.next_tile(tile)) {
 #pragma unroll
       for (u32 i = 0; i < kNumAccum; ++i) result[i] = 0.0f;
 
       if (tile.compute) {
-        for (u32 kb = 0; kb < kNumKBlocks; ++kb, ++iter) {
+        for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
           const u32 stage = iter % kNumStages;
           ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
           const u8* a_tile = smem.a + stage * kSmemA + warpgroup * layout::kWgmmaM * kBlockK;
@@ -157,9 +189,57 @@ struct Sm90Fp8Gemm {
           for (u32 i = 0; i < kNumAccum; ++i) result[i] += accum[i];
         }
       }
+      if constexpr (kNumKSplits > 1) {
+        // Rank 0 of the cluster sums the K slices in rank order and stores the tile.
+        if (tile.compute) reduce_k_splits(smem, lane, handshakes++, result);
+        if (ptx::cluster_ctarank() != 0) continue;
+      }
       store_tile(params, smem, tile, warpgroup, warp, lane, result);
     }
+    if constexpr (kNumKSplits > 1) {
+      // NOTES: rank 0 reads this CTA's shared memory: stay alive until it has read the last tile.
+      if (ptx::cluster_ctarank() != 0) ptx::mbarrier_wait_cluster(smem.split_free(), (handshakes & 1) ^ 1);
+    }
     if (thread == 0) ptx::tma_store_wait_all();
+  }
+
+  // Split-K: ranks 1.. write their fp32 partial tile to their own shared memory and signal rank 0;
+  // rank 0 adds them to its own in rank order (bitwise reproducible) and frees their buffers.
+  // Partials are laid out [accumulator quad][math thread][4] so every access is a conflict-free
+  // 16-byte vector and rank 0's threads read exactly the fragments they hold.
+  __device__ static void reduce_k_splits(const Smem& smem, u32 lane, u32 handshake, float (&result)[kNumAccum]) {
+    static_assert(kNumAccum % 4 == 0, "partials move in float4 quads");
+    const u32 rank = ptx::cluster_ctarank();
+    float4* mine = reinterpret_cast<float4*>(smem.split()) + threadIdx.x;
+    if (rank != 0) {
+      // The buffer is free once rank 0 has read the previous tile's partials.
+      ptx::mbarrier_wait_cluster(smem.split_free(), (handshake & 1) ^ 1);
+#pragma unroll
+      for (u32 q = 0; q < kNumAccum / 4; ++q) {
+        mine[q * kNumMathThreads] = make_float4(result[4 * q], result[4 * q + 1], result[4 * q + 2], result[4 * q + 3]);
+      }
+      __syncwarp();
+      if (lane == 0) ptx::mbarrier_arrive_remote(ptx::map_to_rank(smem.split_ready(), 0));
+      return;
+    }
+    ptx::mbarrier_wait_cluster(smem.split_ready(), handshake & 1);
+#pragma unroll 1
+    for (u32 r = 1; r < kNumKSplits; ++r) {
+      const u32 remote = ptx::map_to_rank(mine, r);
+#pragma unroll
+      for (u32 q = 0; q < kNumAccum / 4; ++q) {
+        float x, y, z, w;
+        ptx::ld_shared_cluster_v4(remote + q * kNumMathThreads * 16, x, y, z, w);
+        result[4 * q] += x;
+        result[4 * q + 1] += y;
+        result[4 * q + 2] += z;
+        result[4 * q + 3] += w;
+      }
+    }
+    __syncwarp();
+    if (lane == 0) {
+      for (u32 r = 1; r < kNumKSplits; ++r) ptx::mbarrier_arrive_remote(ptx::map_to_rank(smem.split_free(), r));
+    }
   }
 
   // Epilogue: bf16 rows through stmatrix into the swizzled D tile, then TMA stores per atom.
@@ -216,9 +296,9 @@ struct Sm90Fp8Gemm {
 }  // namespace dgpt
 
 // Defines the kernel entry point `dgpt_kernel` for one configuration (used by generated sources).
-#define DGPT_DEFINE_SM90_FP8_GEMM(TYPE, BLOCK_M, BLOCK_N, N, K, STAGES)                                  \
-  extern "C" __global__ void __launch_bounds__(::dgpt::layout::num_threads(BLOCK_M), 1)                \
-      dgpt_kernel(const __grid_constant__ ::dgpt::GemmParams params) {                                 \
-    extern __shared__ __align__(1024) ::dgpt::u8 dgpt_smem[];                                          \
-    ::dgpt::Sm90Fp8Gemm<::dgpt::GemmType::TYPE, BLOCK_M, BLOCK_N, N, K, STAGES>::run(params, dgpt_smem); \
+#define DGPT_DEFINE_SM90_FP8_GEMM(TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS)                              \
+  extern "C" __global__ void __launch_bounds__(::dgpt::layout::num_threads(BLOCK_M), 1)                      \
+      dgpt_kernel(const __grid_constant__ ::dgpt::GemmParams params) {                                       \
+    extern __shared__ __align__(1024) ::dgpt::u8 dgpt_smem[];                                                \
+    ::dgpt::Sm90Fp8Gemm<::dgpt::GemmType::TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS>::run(params, dgpt_smem); \
   }

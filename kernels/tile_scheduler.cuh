@@ -15,7 +15,8 @@ struct Tile {
   bool compute;  // false: every row is padding, write zeros without loading anything
 };
 
-template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kNumNBlocksPerBand>
+// With split-K, the kNumKSplits CTAs of a cluster (consecutive blockIdx.x) walk the same tiles.
+template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kNumNBlocksPerBand, u32 kNumKSplits>
 struct TileScheduler {
   static constexpr u32 kNumNBlocks = layout::ceil_div(kN, kBlockN);
 
@@ -25,7 +26,7 @@ struct TileScheduler {
   u32 group_start = 0;   // masked: linear index of that group's first tile
   u32 num_m_blocks = 0;  // normal/contiguous: all rows; masked: rows of `group`
 
-  __device__ explicit TileScheduler(const GemmParams& p) : params(p), next(blockIdx.x) {
+  __device__ explicit TileScheduler(const GemmParams& p) : params(p), next(blockIdx.x / kNumKSplits) {
     if constexpr (kType == GemmType::kMasked) {
       num_m_blocks = masked_m_blocks(0);
     } else {
@@ -56,7 +57,7 @@ struct TileScheduler {
   // Returns false once this CTA has no tiles left.
   __device__ bool next_tile(Tile& tile) {
     const u32 index = next;
-    next += gridDim.x;
+    next += gridDim.x / kNumKSplits;
     if constexpr (kType == GemmType::kMasked) {
       // Advance to the group holding `index` (tile indices of a CTA only grow).
       while (index >= group_start + num_m_blocks * kNumNBlocks) {

@@ -36,9 +36,7 @@ def main() -> int:
         rows = [int(r) for r in rng.integers(0, 300, size=G)]
         m_indices = generate_contiguous_indices(rows)
         a_contig = generate_fp8((len(m_indices), K), key=30 + call)
-        d, dm, dc = step(
-            a, b, a_masked, b_grouped, jnp.asarray(masked_m), a_contig, jnp.asarray(m_indices)
-        )
+        d, dm, dc = step(a, b, a_masked, b_grouped, jnp.asarray(masked_m), a_contig, jnp.asarray(m_indices))
 
         assert calc_diff(to_f64(d), to_f64(a) @ to_f64(b).T) <= 3e-6, f"call {call}: gemm"
         am, dm64 = to_f64(a_masked), to_f64(dm)
@@ -54,9 +52,7 @@ def main() -> int:
             valid = m_indices[block] >= 0
             if e >= 0:
                 ref = ac[block][valid] @ b64[e].T
-                assert calc_diff(dc64[block][valid], ref) <= 3e-6, (
-                    f"call {call}: contiguous block {i0}"
-                )
+                assert calc_diff(dc64[block][valid], ref) <= 3e-6, f"call {call}: contiguous block {i0}"
             assert np.all(dc64[block][~valid] == 0), f"call {call}: padding rows not zero at {i0}"
         print(f"call {call}: masked_m={masked_m.tolist()} rows={rows} ok")
     print("REPLAY OK")

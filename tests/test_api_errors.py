@@ -76,17 +76,13 @@ GEMM_CASES = [
 CONTIGUOUS_CASES = [
     (
         "a_dtype",
-        lambda: jax_dgpt.grouped_gemm_contiguous(
-            arr((4, 32), jnp.bfloat16), arr((2, 8, 32)), arr((4,), jnp.int32)
-        ),
+        lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32), jnp.bfloat16), arr((2, 8, 32)), arr((4,), jnp.int32)),
         TypeError,
         r"jax_dgpt\.grouped_gemm_contiguous: a must have dtype float8_e4m3fn, got bfloat16",
     ),
     (
         "b_dtype",
-        lambda: jax_dgpt.grouped_gemm_contiguous(
-            arr((4, 32)), arr((2, 8, 32), jnp.float32), arr((4,), jnp.int32)
-        ),
+        lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32)), arr((2, 8, 32), jnp.float32), arr((4,), jnp.int32)),
         TypeError,
         r"b must have dtype float8_e4m3fn, got float32",
     ),
@@ -98,49 +94,37 @@ CONTIGUOUS_CASES = [
     ),
     (
         "a_rank",
-        lambda: jax_dgpt.grouped_gemm_contiguous(
-            arr((1, 4, 32)), arr((2, 8, 32)), arr((4,), jnp.int32)
-        ),
+        lambda: jax_dgpt.grouped_gemm_contiguous(arr((1, 4, 32)), arr((2, 8, 32)), arr((4,), jnp.int32)),
         ValueError,
         r"a must have rank 2 \(shape \[M, K\]\)",
     ),
     (
         "k_mismatch",
-        lambda: jax_dgpt.grouped_gemm_contiguous(
-            arr((4, 32)), arr((2, 8, 64)), arr((4,), jnp.int32)
-        ),
+        lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32)), arr((2, 8, 64)), arr((4,), jnp.int32)),
         ValueError,
         r"a and b must have the same K \(last dimension\), got 32 and 64",
     ),
     (
         "indices_dtype",
-        lambda: jax_dgpt.grouped_gemm_contiguous(
-            arr((4, 32)), arr((2, 8, 32)), arr((4,), jnp.float32)
-        ),
+        lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32)), arr((2, 8, 32)), arr((4,), jnp.float32)),
         TypeError,
         r"m_indices must have dtype int32, got float32",
     ),
     (
         "indices_uint",
-        lambda: jax_dgpt.grouped_gemm_contiguous(
-            arr((4, 32)), arr((2, 8, 32)), arr((4,), jnp.uint32)
-        ),
+        lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32)), arr((2, 8, 32)), arr((4,), jnp.uint32)),
         TypeError,
         r"m_indices must have dtype int32, got uint32",
     ),
     (
         "indices_rank",
-        lambda: jax_dgpt.grouped_gemm_contiguous(
-            arr((4, 32)), arr((2, 8, 32)), arr((4, 1), jnp.int32)
-        ),
+        lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32)), arr((2, 8, 32)), arr((4, 1), jnp.int32)),
         ValueError,
         r"m_indices must have rank 1 \(shape \[M\]\), got rank 2",
     ),
     (
         "indices_length",
-        lambda: jax_dgpt.grouped_gemm_contiguous(
-            arr((4, 32)), arr((2, 8, 32)), arr((5,), jnp.int32)
-        ),
+        lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32)), arr((2, 8, 32)), arr((5,), jnp.int32)),
         ValueError,
         r"a and m_indices must have the same M \(rows\), got 4 and 5",
     ),
@@ -156,9 +140,7 @@ CONTIGUOUS_CASES = [
 
 
 def masked(a=(2, 16, 32), b=(2, 8, 32), mask=(2,), mask_dtype=jnp.int32, expected_m=8, a_dtype=F8):
-    return lambda: jax_dgpt.grouped_gemm_masked(
-        arr(a, a_dtype), arr(b), arr(mask, mask_dtype), expected_m
-    )
+    return lambda: jax_dgpt.grouped_gemm_masked(arr(a, a_dtype), arr(b), arr(mask, mask_dtype), expected_m)
 
 
 MASKED_CASES = [
@@ -272,17 +254,13 @@ def test_errors_raise_at_trace_time_under_jit():
 
 def test_traced_expected_m_is_rejected():
     f = jax.jit(lambda a, b, mask, e: jax_dgpt.grouped_gemm_masked(a, b, mask, e))
-    with pytest.raises(
-        TypeError, match=r"expected_m must be a static Python int, got a traced value"
-    ):
+    with pytest.raises(TypeError, match=r"expected_m must be a static Python int, got a traced value"):
         f.trace(arr((2, 16, 32)), arr((2, 8, 32)), arr((2,), jnp.int32), 8)
 
 
 @pytest.mark.parametrize("expected_m", [np.int32(8), np.int64(8), 8])
 def test_numpy_integer_expected_m_is_accepted(expected_m):
-    out = jax_dgpt.grouped_gemm_masked(
-        fp8((2, 16, 32)), fp8((2, 8, 32)), jnp.full((2,), 3, jnp.int32), expected_m
-    )
+    out = jax_dgpt.grouped_gemm_masked(fp8((2, 16, 32)), fp8((2, 8, 32)), jnp.full((2,), 3, jnp.int32), expected_m)
     assert out.shape == (2, 16, 8) and out.dtype == jnp.bfloat16
 
 
@@ -310,13 +288,9 @@ def test_set_num_sms_errors(value, exception, pattern):
 def test_direct_bind_checks_kernel_shape_rules():
     # Kernel-ready operands only (the public wrapper pads): a direct bind must not slip by.
     with pytest.raises(ValueError, match=r"K % 16 == 0 and N % 8 == 0"):
-        jax.jit(lambda a, b: primitives.gemm_p.bind(a, b, num_sms=132)).trace(
-            arr((4, 40)), arr((8, 40))
-        )
+        jax.jit(lambda a, b: primitives.gemm_p.bind(a, b, num_sms=132)).trace(arr((4, 40)), arr((8, 40)))
     with pytest.raises(TypeError, match=r"a must have dtype float8_e4m3fn"):
-        jax.jit(lambda a, b: primitives.gemm_p.bind(a, b, num_sms=132)).trace(
-            arr((4, 32), jnp.int8), arr((8, 32))
-        )
+        jax.jit(lambda a, b: primitives.gemm_p.bind(a, b, num_sms=132)).trace(arr((4, 32), jnp.int8), arr((8, 32)))
 
 
 def test_plain_int_normalises_attribute_types():
@@ -352,6 +326,4 @@ def test_symbolic_shapes_are_rejected_clearly():
 
 def test_sizes_beyond_the_kernel_limits_are_rejected_at_trace_time():
     with pytest.raises(ValueError, match="at most 2\\*\\*31"):
-        jax.eval_shape(
-            jax_dgpt.gemm, jax.ShapeDtypeStruct((2**31 + 16, 64), F8), jax.ShapeDtypeStruct((16, 64), F8)
-        )
+        jax.eval_shape(jax_dgpt.gemm, jax.ShapeDtypeStruct((2**31 + 16, 64), F8), jax.ShapeDtypeStruct((16, 64), F8))

@@ -23,10 +23,6 @@ FLAGS = {
 @pytest.mark.parametrize("mode", sorted(FLAGS))
 def test_replay_with_fresh_device_data(mode):
     env = dict(os.environ, XLA_FLAGS=FLAGS[mode])
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, (
-        f"mode {mode}:\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
-    )
+    result = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"mode {mode}:\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
     assert "REPLAY OK" in result.stdout, result.stdout

@@ -69,9 +69,7 @@ def _effective_m(kind, m, expected_m):
 
 
 @pytest.mark.parametrize("num_sms", SM_COUNTS)
-@pytest.mark.parametrize(
-    "problem", PROBLEMS, ids=[f"{p[0]}-{p[1]}x{p[2]}x{p[3]}-g{p[4]}-e{p[5]}" for p in PROBLEMS]
-)
+@pytest.mark.parametrize("problem", PROBLEMS, ids=[f"{p[0]}-{p[1]}x{p[2]}x{p[3]}-g{p[4]}-e{p[5]}" for p in PROBLEMS])
 def test_config_properties(problem, num_sms):
     kind, m, n, k, g, expected_m = problem
     cfg = heuristics.select_config(kind, m, n, k, g, num_sms, expected_m=expected_m)
@@ -80,18 +78,14 @@ def test_config_properties(problem, num_sms):
 
     # Block sizes are ones the kernel has, and block_m follows the effective M.
     assert cfg.block_m == (64 if m_eff <= 64 else 128), context
-    assert cfg.block_n % 16 == 0 and 16 <= cfg.block_n <= heuristics.MAX_BLOCK_N[cfg.block_m], (
-        context
-    )
+    assert cfg.block_n % 16 == 0 and 16 <= cfg.block_n <= heuristics.MAX_BLOCK_N[cfg.block_m], context
     assert cfg.block_n <= heuristics.round_up(n, 16), context
 
     # Shared memory fits, and no more stages would.
     assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages) <= _C.MAX_SMEM_BYTES, context
     assert 2 <= cfg.num_stages <= 8, context
     if cfg.num_stages < 8:
-        assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages + 1) > _C.MAX_SMEM_BYTES, (
-            context
-        )
+        assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages + 1) > _C.MAX_SMEM_BYTES, context
 
     # No candidate block_n gives fewer waves or wins a tie-break.
     def key(block_n):
@@ -102,9 +96,7 @@ def test_config_properties(problem, num_sms):
             -block_n,
         )
 
-    assert key(cfg.block_n) == min(
-        key(bn) for bn in heuristics.block_n_candidates(cfg.block_m, n)
-    ), context
+    assert key(cfg.block_n) == min(key(bn) for bn in heuristics.block_n_candidates(cfg.block_m, n)), context
 
     # The grid respects the SM budget: all of it for masked, no more than the tiles otherwise.
     tiles = heuristics.num_tiles(kind, m_eff, n, g, cfg.block_m, cfg.block_n)
@@ -113,9 +105,7 @@ def test_config_properties(problem, num_sms):
     # Deterministic, and every attribute a plain int.
     assert heuristics.select_config(kind, m, n, k, g, num_sms, expected_m=expected_m) == cfg
     attributes = cfg.as_attributes()
-    assert attributes == dataclasses.asdict(cfg) and all(
-        type(v) is int for v in attributes.values()
-    )
+    assert attributes == dataclasses.asdict(cfg) and all(type(v) is int for v in attributes.values())
 
 
 @pytest.mark.parametrize(
@@ -184,8 +174,7 @@ def test_print_configs_once_per_distinct_shape(capsys):
     lines = capsys.readouterr().out.splitlines()
     cfg = heuristics.select_config("normal", 4096, 7168, 2048, 1, 132)
     assert lines[0] == (
-        f"jax_dgpt: gemm M=4096 N=7168 K=2048 -> block_m=128 block_n={cfg.block_n} "
-        f"stages={cfg.num_stages} sms=132"
+        f"jax_dgpt: gemm M=4096 N=7168 K=2048 -> block_m=128 block_n={cfg.block_n} stages={cfg.num_stages} sms=132"
     )
     assert len(lines) == 2 and "N=4096" in lines[1]
 

@@ -316,3 +316,23 @@ def test_cpp20_build(jit_env):
         jit_env.delenv("DG_JIT_OVERRIDE_CPP_STANDARD")
     assert "-std=c++20" in signature, signature
     check_compiled(result, f"C++20 ({signature}) {problem.describe()}")
+
+
+# --- split-K (clusters of CTAs sharing a tile; not chosen by the heuristics yet) ---------------------
+@pytest.mark.parametrize("kind", ["normal", "contiguous", "masked"])
+@pytest.mark.parametrize("block_m, block_n, splits", [(64, 128, 2), (64, 64, 4), (128, 128, 2), (64, 208, 8)])
+def test_split_k_configs_compile_without_spills(kind, block_m, block_n, splits, tmp_path, monkeypatch):
+    monkeypatch.setenv("DG_JIT_CACHE_DIR", str(tmp_path))
+    from jax_dgpt import _C, heuristics
+
+    n, k = 2112, 7168
+    stages = heuristics.select_num_stages(block_m, block_n, splits)
+    groups = 1 if kind == "normal" else 4
+    result = _C.compile_gemm(
+        kind, 256, n, k, groups, block_m, block_n, stages, 128, ptxas_verbose=True, num_k_splits=splits
+    )
+    log = result["log"]
+    context = f"{kind} block_m={block_m} block_n={block_n} stages={stages} splits={splits}\n{log}"
+    assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in log, context
+    assert "Potential Performance Loss" not in log, context
+    assert _C.smem_size(block_m, block_n, stages, splits) <= _C.MAX_SMEM_BYTES

@@ -29,10 +29,7 @@ def custom_call_attributes(text, target):
     calls = re.findall(rf"stablehlo\.custom_call @{target}\(.*", text)
     assert len(calls) == 1, f"expected one custom call to {target}, found {len(calls)}:\n{text}"
     config = re.search(r"mhlo\.backend_config = \{([^}]*)\}", calls[0]).group(1)
-    return {
-        name: (int(value), type_)
-        for name, value, type_ in re.findall(r"(\w+) = (-?\d+) : (\w+)", config)
-    }
+    return {name: (int(value), type_) for name, value, type_ in re.findall(r"(\w+) = (-?\d+) : (\w+)", config)}
 
 
 def expected_attributes(kind, m, n, k, num_groups, expected_m=None, num_sms=132):
@@ -57,9 +54,7 @@ def test_gemm_custom_call(m, n, k):
 
 
 def test_gemm_attribute_values_are_pinned():
-    attributes = custom_call_attributes(
-        lower(jax_dgpt.gemm, spec((4096, 2048)), spec((7168, 2048))), "dgpt_gemm"
-    )
+    attributes = custom_call_attributes(lower(jax_dgpt.gemm, spec((4096, 2048)), spec((7168, 2048))), "dgpt_gemm")
     assert attributes["block_m"] == (128, "i64") and attributes["num_sms"] == (132, "i64")
     assert "block_m = 128 : i64" in lower(jax_dgpt.gemm, spec((4096, 2048)), spec((7168, 2048)))
 
@@ -71,15 +66,10 @@ def test_gemm_operand_and_result_types():
         r"tensor<384x512xf8E4M3FN>\) -> tensor<256x384xbf16>",
         text,
     )
-    assert (
-        "operand_layouts = [dense<[1, 0]> : tensor<2xindex>, dense<[1, 0]> : tensor<2xindex>]"
-        in text
-    )
+    assert "operand_layouts = [dense<[1, 0]> : tensor<2xindex>, dense<[1, 0]> : tensor<2xindex>]" in text
 
 
-@pytest.mark.parametrize(
-    "m, n, k, padded_n, padded_k", [(7, 13, 40, 16, 48), (65, 8, 17, 8, 32), (64, 13, 16, 16, 16)]
-)
+@pytest.mark.parametrize("m, n, k, padded_n, padded_k", [(7, 13, 40, 16, 48), (65, 8, 17, 8, 32), (64, 13, 16, 16, 16)])
 def test_padding_reaches_the_kernel_shape(m, n, k, padded_n, padded_k):
     text = lower(jax_dgpt.gemm, spec((m, k)), spec((n, k)))
     attributes = custom_call_attributes(text, "dgpt_gemm")
@@ -90,12 +80,8 @@ def test_padding_reaches_the_kernel_shape(m, n, k, padded_n, padded_k):
 
 def test_contiguous_custom_call():
     m, n, k, g = 1024, 4096, 7168, 4
-    text = lower(
-        jax_dgpt.grouped_gemm_contiguous, spec((m, k)), spec((g, n, k)), spec((m,), jnp.int32)
-    )
-    assert custom_call_attributes(text, "dgpt_m_grouped_contiguous") == expected_attributes(
-        "contiguous", m, n, k, g
-    )
+    text = lower(jax_dgpt.grouped_gemm_contiguous, spec((m, k)), spec((g, n, k)), spec((m,), jnp.int32))
+    assert custom_call_attributes(text, "dgpt_m_grouped_contiguous") == expected_attributes("contiguous", m, n, k, g)
     assert re.search(
         r"tensor<1024x7168xf8E4M3FN>, tensor<4x4096x7168xf8E4M3FN>, tensor<1024xi32>\) -> "
         r"tensor<1024x4096xbf16>",
@@ -124,9 +110,7 @@ def test_masked_int32_and_int_hints_lower_alike_in_one_process():
     # NOTES: 256 == np.int32(256) hash equal; a cached lowering must never carry an i32 attribute.
     args = spec((2, 128, 64)), spec((2, 32, 64)), spec((2,), jnp.int32)
     for hint in (np.int32(64), 64, np.int32(64)):
-        text = lower(
-            lambda a, b, mm, hint=hint: jax_dgpt.grouped_gemm_masked(a, b, mm, hint), *args
-        )
+        text = lower(lambda a, b, mm, hint=hint: jax_dgpt.grouped_gemm_masked(a, b, mm, hint), *args)
         assert ": i32" not in re.search(r"mhlo\.backend_config = \{[^}]*\}", text).group(0)
 
 
@@ -150,9 +134,7 @@ def test_empty_problems_have_no_custom_call():
     def fn(a, b, mm):
         return jax_dgpt.grouped_gemm_masked(a, b, mm, 4)
 
-    assert "custom_call" not in lower(
-        fn, spec((2, 0, 32)), spec((2, 16, 32)), spec((2,), jnp.int32)
-    )
+    assert "custom_call" not in lower(fn, spec((2, 0, 32)), spec((2, 16, 32)), spec((2,), jnp.int32))
 
 
 def test_num_sms_default_and_override():
@@ -164,9 +146,7 @@ def test_num_sms_default_and_override():
     def fresh(a, b):
         return jax_dgpt.gemm(a, b)
 
-    attributes = custom_call_attributes(
-        lower(fresh, spec((4096, 2048)), spec((7168, 2048))), "dgpt_gemm"
-    )
+    attributes = custom_call_attributes(lower(fresh, spec((4096, 2048)), spec((7168, 2048))), "dgpt_gemm")
     assert attributes == expected_attributes("normal", 4096, 7168, 2048, 1, num_sms=100)
     assert attributes["num_sms"] == (100, "i64")
 
@@ -179,9 +159,7 @@ def test_non_hopper_gpu_is_rejected(monkeypatch):
         __str__=lambda self: "cuda:0",
     )
     monkeypatch.setattr(device, "cuda_devices", lambda: (ampere,))
-    with pytest.raises(
-        RuntimeError, match=r"need an sm_90a \(Hopper\) GPU; device .* has compute capability 8\.0"
-    ):
+    with pytest.raises(RuntimeError, match=r"need an sm_90a \(Hopper\) GPU; device .* has compute capability 8\.0"):
         lower(jax_dgpt.gemm, spec((64, 32)), spec((16, 32)))
     assert jax_dgpt.get_num_sms() == 108
     with pytest.raises(ValueError, match=r"at most the device's 108 SMs, got 132"):
@@ -197,3 +175,35 @@ def test_vmap_folds_into_one_launch():
     assert attributes["num_groups"] == (6, "i64") and attributes["m"] == (64, "i64")
     text = lower(jax.vmap(jax_dgpt.gemm, in_axes=(0, None)), spec((3, 7, 32)), spec((16, 32)))
     assert custom_call_attributes(text, "dgpt_gemm")["m"] == (21, "i64")
+
+
+def test_attribute_names_match_the_handlers():
+    # The instantiate handlers bind exactly these names; a mismatch would only fail on a GPU.
+    from jax_dgpt import _C
+
+    calls = {
+        "dgpt_gemm": (jax_dgpt.gemm, (spec((64, 128)), spec((32, 128)))),
+        "dgpt_m_grouped_contiguous": (
+            jax_dgpt.grouped_gemm_contiguous,
+            (spec((128, 128)), spec((2, 32, 128)), spec((128,), jnp.int32)),
+        ),
+        "dgpt_m_grouped_masked": (
+            lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 16),
+            (spec((2, 64, 128)), spec((2, 32, 128)), spec((2,), jnp.int32)),
+        ),
+    }
+    for target, (fn, args) in calls.items():
+        names = set(custom_call_attributes(lower(fn, *args), target))
+        assert names == set(_C.INSTANTIATE_ATTRIBUTES), (target, names)
+
+
+@pytest.mark.parametrize("splits", [2, 4])
+def test_forced_k_splits_reach_the_kernel(splits):
+    # Fresh functions: like set_num_sms, the setting is read when a function is traced.
+    with heuristics.force_k_splits(splits):
+        forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((64, 7168)), spec((2112, 7168)))
+    attributes = custom_call_attributes(forced, "dgpt_gemm")
+    assert attributes["num_k_splits"] == (splits, "i64")
+    assert attributes["num_sms"][0] % splits == 0 and attributes["num_sms"][0] <= 132
+    default = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((64, 7168)), spec((2112, 7168)))
+    assert custom_call_attributes(default, "dgpt_gemm")["num_k_splits"] == (1, "i64")

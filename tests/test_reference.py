@@ -37,9 +37,7 @@ def test_gemm_eager_alias_and_disable_jit_agree():
     a, b = generate_fp8((9, 48), key=1), generate_fp8((24, 48), key=2)
     jitted = np.asarray(jax.jit(jax_dgpt.gemm)(a, b))
     np.testing.assert_array_equal(np.asarray(jax_dgpt.gemm(a, b)), jitted)
-    np.testing.assert_array_equal(
-        np.asarray(jax_dgpt.gemm_per_tensor_fp8_fp8_bf16_nt(a, b)), jitted
-    )
+    np.testing.assert_array_equal(np.asarray(jax_dgpt.gemm_per_tensor_fp8_fp8_bf16_nt(a, b)), jitted)
     with jax.disable_jit():
         np.testing.assert_array_equal(np.asarray(jax_dgpt.gemm(a, b)), jitted)
 
@@ -53,9 +51,7 @@ def test_gemm_empty_dimensions(m, n, k):
     assert "dgpt_gemm" not in jax.jit(jax_dgpt.gemm).trace(a, b).jaxpr.pretty_print()
 
 
-@pytest.mark.parametrize(
-    "group_rows, n, k", [([100, 0, 128, 3], 24, 64), ([1], 13, 40), ([7, 130], 8, 16)]
-)
+@pytest.mark.parametrize("group_rows, n, k", [([100, 0, 128, 3], 24, 64), ([1], 13, 40), ([7, 130], 8, 16)])
 def test_contiguous_matches_f64_and_zeroes_padding(group_rows, n, k):
     num_groups = len(group_rows)
     indices = generate_contiguous_indices(group_rows)
@@ -65,9 +61,7 @@ def test_contiguous_matches_f64_and_zeroes_padding(group_rows, n, k):
     assert out.shape == (m, n) and out.dtype == jnp.bfloat16
     for g in range(num_groups):
         rows = np.nonzero(indices == g)[0]
-        assert_close_to_f64(
-            out[rows], a[rows], b[g], context=f"contiguous group {g} of {group_rows}"
-        )
+        assert_close_to_f64(out[rows], a[rows], b[g], context=f"contiguous group {g} of {group_rows}")
     padding = indices == -1
     assert np.all(np.asarray(out[padding], np.float32) == 0.0)
 
@@ -77,26 +71,20 @@ def test_contiguous_out_of_range_indices_are_padding():
     indices = np.full(m, 1, np.int32)
     indices[:128] = [0] * 122 + [3, 7, -2, -100, 2**31 - 1, -(2**31)]  # padding after expert 0's rows
     a, b = generate_fp8((m, k), key=5), generate_fp8((num_groups, n, k), key=6)
-    out = np.asarray(
-        jax_dgpt.m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous(a, b, jnp.asarray(indices))
-    )
+    out = np.asarray(jax_dgpt.m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous(a, b, jnp.asarray(indices)))
     assert np.all(np.asarray(out[122:128], np.float32) == 0.0)
     assert_close_to_f64(out[:122], a[:122], b[0], context="contiguous expert 0")
     assert_close_to_f64(out[128:], a[128:], b[1], context="contiguous expert 1")
 
 
-@pytest.mark.parametrize(
-    "m, n, k, num_groups", [(0, 16, 32, 2), (128, 0, 32, 2), (128, 16, 0, 2), (128, 16, 32, 0)]
-)
+@pytest.mark.parametrize("m, n, k, num_groups", [(0, 16, 32, 2), (128, 0, 32, 2), (128, 16, 0, 2), (128, 16, 32, 0)])
 def test_contiguous_empty_dimensions(m, n, k, num_groups):
     a, b = jnp.ones((m, k), jnp.float8_e4m3fn), jnp.ones((num_groups, n, k), jnp.float8_e4m3fn)
     out = jax_dgpt.grouped_gemm_contiguous(a, b, jnp.zeros((m,), jnp.int32))
     assert out.shape == (m, n) and not np.any(np.asarray(out, np.float32))
 
 
-@pytest.mark.parametrize(
-    "num_groups, m_max, n, k", [(3, 65, 24, 64), (1, 7, 13, 40), (4, 128, 8, 16)]
-)
+@pytest.mark.parametrize("num_groups, m_max, n, k", [(3, 65, 24, 64), (1, 7, 13, 40), (4, 128, 8, 16)])
 def test_masked_matches_f64_on_valid_rows(num_groups, m_max, n, k):
     masked_m = np.array([m_max, 0, -5, m_max + 100, 1, 3][:num_groups], np.int32)
     a = generate_fp8((num_groups, m_max, k), key=m_max + k)
@@ -111,9 +99,7 @@ def test_masked_matches_f64_on_valid_rows(num_groups, m_max, n, k):
 
 def test_masked_same_program_for_any_mask_values():
     a, b = generate_fp8((2, 16, 32), key=1), generate_fp8((2, 8, 32), key=2)
-    f = jax.jit(
-        lambda a, b, mm: jax_dgpt.m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked(a, b, mm, 16)
-    )
+    f = jax.jit(lambda a, b, mm: jax_dgpt.m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked(a, b, mm, 16))
     first = np.asarray(f(a, b, jnp.array([16, 0], jnp.int32)))
     second = np.asarray(f(a, b, jnp.array([3, 16], jnp.int32)))
     assert f._cache_size() == 1
@@ -121,9 +107,7 @@ def test_masked_same_program_for_any_mask_values():
     np.testing.assert_array_equal(first[1, :0], second[1, :0])
 
 
-@pytest.mark.parametrize(
-    "num_groups, m_max, n, k", [(0, 16, 8, 32), (2, 0, 8, 32), (2, 16, 0, 32), (2, 16, 8, 0)]
-)
+@pytest.mark.parametrize("num_groups, m_max, n, k", [(0, 16, 8, 32), (2, 0, 8, 32), (2, 16, 0, 32), (2, 16, 8, 0)])
 def test_masked_empty_dimensions(num_groups, m_max, n, k):
     a = jnp.ones((num_groups, m_max, k), jnp.float8_e4m3fn)
     b = jnp.ones((num_groups, n, k), jnp.float8_e4m3fn)
@@ -162,17 +146,13 @@ def test_vmap_grouped():
     masked = jax.vmap(lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 64))(
         a.reshape(2, 2, 64, 32), b, jnp.full((2, 2), 64, jnp.int32)
     )
-    shared_b = jax.vmap(
-        lambda a: jax_dgpt.grouped_gemm_masked(a, b[0], jnp.full((2,), 64, jnp.int32), 64)
-    )(a.reshape(2, 2, 64, 32))
+    shared_b = jax.vmap(lambda a: jax_dgpt.grouped_gemm_masked(a, b[0], jnp.full((2,), 64, jnp.int32), 64))(
+        a.reshape(2, 2, 64, 32)
+    )
     for i in range(2):
         np.testing.assert_array_equal(
             np.asarray(out[i]),
-            np.asarray(
-                jax_dgpt.grouped_gemm_contiguous(
-                    jnp.concatenate([a, a], axis=1)[i], b[i], indices[i]
-                )
-            ),
+            np.asarray(jax_dgpt.grouped_gemm_contiguous(jnp.concatenate([a, a], axis=1)[i], b[i], indices[i])),
         )
         assert_close_to_f64(masked[i], a[i].reshape(2, 64, 32), b[i], context=f"vmap masked {i}")
         assert_close_to_f64(shared_b[i], a[i].reshape(2, 64, 32), b[0], context=f"vmap a only {i}")
