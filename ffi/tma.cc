@@ -28,16 +28,17 @@ CUtensorMapSwizzle swizzle_for_bytes(uint32_t bytes) {
 Status encode(const Tensor3d& t, uint32_t box_inner, uint32_t box_rows, CUtensorMapSwizzle swizzle,
               TmaDescriptor* out) {
   const uint64_t row_bytes = t.inner * t.element_bytes;
-  const std::string operand = std::string("operand ") + t.operand + ": ";
+  // NOTES: built only on failure; this runs in the execute stage of every call.
+  auto operand = [&t]() { return std::string("operand ") + t.operand + ": "; };
   if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) {
-    return Status::Error(operand + "TMA needs a 16-byte aligned buffer; got address " +
+    return Status::Error(operand() + "TMA needs a 16-byte aligned buffer; got address " +
                          std::to_string(reinterpret_cast<uintptr_t>(t.data)));
   }
   if (row_bytes % 16 != 0) {
-    return Status::Error(operand + "TMA needs row strides that are multiples of 16 bytes; got " +
+    return Status::Error(operand() + "TMA needs row strides that are multiples of 16 bytes; got " +
                          std::to_string(row_bytes));
   }
-  if (t.inner == 0 || t.rows == 0 || t.groups == 0) return Status::Error(operand + "TMA cannot describe an empty tensor");
+  if (t.inner == 0 || t.rows == 0 || t.groups == 0) return Status::Error(operand() + "TMA cannot describe an empty tensor");
   Status status;
   const driver::Api* cu = driver::get(&status);
   if (cu == nullptr) return status;
@@ -51,7 +52,7 @@ Status encode(const Tensor3d& t, uint32_t box_inner, uint32_t box_rows, CUtensor
                                                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) return Status::Error(operand + driver::describe("cuTensorMapEncodeTiled", r));
+  if (r != CUDA_SUCCESS) return Status::Error(operand() + driver::describe("cuTensorMapEncodeTiled", r));
   std::memcpy(out, &map, sizeof(map));
   return Status::Ok();
 }
