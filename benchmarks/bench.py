@@ -22,39 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
 from profiling import Timer
+from shapes import CONTIGUOUS_ANCHORS, DECODE_M, MASKED_ANCHORS, MASKED_MMAX, NK_PAIRS, NORMAL_ANCHORS
 
 import jax_dgpt
 from jax_dgpt import heuristics
 
-NK_PAIRS = [
-    (7168, 576),
-    (2112, 7168),
-    (24576, 1536),
-    (32768, 512),
-    (7168, 16384),
-    (4096, 7168),
-    (7168, 2048),
-]
-NORMAL = [(m, n, k) for m in (64, 128, 4096) for n, k in NK_PAIRS] + [(8192, 8192, 8192)]
-DECODE = [(m, n, k) for m in (1, 16, 32) for n, k in NK_PAIRS]
-CONTIGUOUS = [
-    (4, 8192, 4096, 7168),
-    (4, 8192, 7168, 2048),
-    (8, 4096, 4096, 7168),
-    (8, 4096, 7168, 2048),
-    (32, 256, 4096, 7168),
-    (32, 256, 7168, 2048),
-]
-MASKED = [
-    (1, 1024, 4096, 7168),
-    (1, 1024, 7168, 2048),
-    (2, 512, 4096, 7168),
-    (2, 512, 7168, 2048),
-    (4, 256, 4096, 7168),
-    (4, 256, 7168, 2048),
-]
-MASKED_MMAX = 4096
+NORMAL = NORMAL_ANCHORS
+DECODE = [(m, n, k) for m in DECODE_M for n, k in NK_PAIRS]
+CONTIGUOUS = CONTIGUOUS_ANCHORS
+MASKED = MASKED_ANCHORS
 # Reference library (DeepGEMMPerTensor) times on the H100, µs (shared/ANCHORS-H100.md).
 SEED_MASKED_US = [45.6, 38.6, 87.8, 41.7, 87.8, 45.3]
 

@@ -19,31 +19,18 @@ from conftest import (
     run_into_poison,
     to_f64,
 )
+from shapes import NORMAL_ANCHORS, ODD_M
 
 import jax_dgpt
 
 pytestmark = pytest.mark.gpu
 
-# The 22 normal shapes of ANCHORS-H100.md, (M, N, K).
-ANCHOR_SHAPES = [
-    (m, n, k)
-    for m in (64, 128, 4096)
-    for n, k in (
-        (7168, 576),
-        (2112, 7168),
-        (24576, 1536),
-        (32768, 512),
-        (7168, 16384),
-        (4096, 7168),
-        (7168, 2048),
-    )
-] + [(8192, 8192, 8192)]
-ODD_M_SHAPES = [(m, n, k) for m in (1, 7, 65, 1000, 4097) for n, k in ((2112, 7168), (7168, 2048))]
+ODD_M_SHAPES = [(m, n, k) for m in ODD_M for n, k in ((2112, 7168), (7168, 2048))]
 PADDED_SHAPES = [(33, 100, 200), (5, 7, 3), (130, 264, 120)]  # N % 8 != 0 or K % 16 != 0
 
 
 def enumerate_normal_shapes():
-    return ANCHOR_SHAPES + ODD_M_SHAPES
+    return NORMAL_ANCHORS + ODD_M_SHAPES
 
 
 @pytest.mark.parametrize("m,n,k", enumerate_normal_shapes())

@@ -12,30 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import calc_diff, generate_fp8, matmul_nt_f64, record_diff, run_into_poison, to_f64
+from shapes import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX
 
 import jax_dgpt
 
 pytestmark = pytest.mark.gpu
 
 ALIGN = 128
-# (G, expected_m, N, K) of ANCHORS-H100.md.
-CONTIGUOUS_ANCHORS = [
-    (4, 8192, 4096, 7168),
-    (4, 8192, 7168, 2048),
-    (8, 4096, 4096, 7168),
-    (8, 4096, 7168, 2048),
-    (32, 256, 4096, 7168),
-    (32, 256, 7168, 2048),
-]
-MASKED_ANCHORS = [
-    (1, 1024, 4096, 7168),
-    (1, 1024, 7168, 2048),
-    (2, 512, 4096, 7168),
-    (2, 512, 7168, 2048),
-    (4, 256, 4096, 7168),
-    (4, 256, 7168, 2048),
-]
-MASKED_MMAX = 4096
 
 
 def generate_group_rows(groups, expected_m, seed):

@@ -8,29 +8,16 @@ import itertools
 import jax
 import jax.numpy as jnp
 import pytest
+from shapes import NORMAL_ANCHORS, ODD_M
 
 from jax_dgpt import _C, config, heuristics, primitives
 
-# The 22 normal shapes of shared/ANCHORS-H100.md (M, N, K).
-ANCHOR_SHAPES = [
-    (m, n, k)
-    for m in (64, 128, 4096)
-    for n, k in (
-        (7168, 576),
-        (2112, 7168),
-        (24576, 1536),
-        (32768, 512),
-        (7168, 16384),
-        (4096, 7168),
-        (7168, 2048),
-    )
-] + [(8192, 8192, 8192)]
-ODD_M = (1, 7, 65, 1000, 4097)
-NK_PAIRS = sorted({(n, k) for _, n, k in ANCHOR_SHAPES})
+# Every (N, K) of the anchors, 8192 x 8192 included.
+NK_PAIRS = sorted({(n, k) for _, n, k in NORMAL_ANCHORS})
 
 
 def enumerate_normal_shapes():
-    yield from ANCHOR_SHAPES
+    yield from NORMAL_ANCHORS
     yield from ((m, n, k) for m, (n, k) in itertools.product(ODD_M, NK_PAIRS))
 
 

@@ -20,6 +20,7 @@ import re
 import struct
 
 import pytest
+from shapes import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX, NORMAL_ANCHORS, ODD_M
 
 import jax_dgpt  # noqa: F401  (loads the extension and points it at kernels/)
 from jax_dgpt import _native, device, heuristics
@@ -33,27 +34,6 @@ K_ALIGNMENT, N_ALIGNMENT = 16, 8  # what the public ops pad K and N to before th
 
 
 # --- shape enumeration -----------------------------------------------------------------------------
-# The 22 normal GEMM shapes (M, N, K) of ANCHORS-H100.md.
-ANCHOR_NORMAL_SHAPES = [
-    (64, 7168, 576), (64, 2112, 7168), (64, 24576, 1536), (64, 32768, 512),
-    (64, 7168, 16384), (64, 4096, 7168), (64, 7168, 2048),
-    (128, 7168, 576), (128, 2112, 7168), (128, 24576, 1536), (128, 32768, 512),
-    (128, 7168, 16384), (128, 4096, 7168), (128, 7168, 2048),
-    (4096, 7168, 576), (4096, 2112, 7168), (4096, 24576, 1536), (4096, 32768, 512),
-    (4096, 7168, 16384), (4096, 4096, 7168), (4096, 7168, 2048),
-    (8192, 8192, 8192),
-]  # fmt: skip
-ODD_M = (1, 7, 65, 1000, 4097)
-# (G, expected_m, N, K) of the contiguous and masked tables of ANCHORS-H100.md.
-ANCHOR_CONTIGUOUS = [
-    (4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168),
-    (8, 4096, 7168, 2048), (32, 256, 4096, 7168), (32, 256, 7168, 2048),
-]  # fmt: skip
-ANCHOR_MASKED = [
-    (1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168),
-    (2, 512, 7168, 2048), (4, 256, 4096, 7168), (4, 256, 7168, 2048),
-]  # fmt: skip
-MASKED_MAX_M = 4096
 CONTIGUOUS_ALIGNMENT = 128
 CONTIGUOUS_SKEW = 1.3  # groups are sized expected_m x U(0.7, 1.3): an upper bound on every group
 
@@ -90,8 +70,8 @@ def make_problem(kind, m, n, k, num_groups=1, expected_m=None) -> Problem:
 
 
 def enumerate_normal_shapes():
-    yield from ANCHOR_NORMAL_SHAPES
-    pairs = [(n, k) for m, n, k in ANCHOR_NORMAL_SHAPES if m == 64]  # the 7 (N, K) of the table
+    yield from NORMAL_ANCHORS
+    pairs = [(n, k) for m, n, k in NORMAL_ANCHORS if m == 64]  # the 7 (N, K) of the table
     for m in ODD_M:
         for n, k in pairs:
             yield m, n, k
@@ -100,11 +80,11 @@ def enumerate_normal_shapes():
 def enumerate_problems():
     for m, n, k in enumerate_normal_shapes():
         yield make_problem("normal", m, n, k)
-    for groups, expected_m, n, k in ANCHOR_CONTIGUOUS:
+    for groups, expected_m, n, k in CONTIGUOUS_ANCHORS:
         rows = heuristics.round_up(math.ceil(expected_m * CONTIGUOUS_SKEW), CONTIGUOUS_ALIGNMENT)
         yield make_problem("contiguous", groups * rows, n, k, groups)
-    for groups, expected_m, n, k in ANCHOR_MASKED:
-        yield make_problem("masked", MASKED_MAX_M, n, k, groups, expected_m)
+    for groups, expected_m, n, k in MASKED_ANCHORS:
+        yield make_problem("masked", MASKED_MMAX, n, k, groups, expected_m)
 
 
 PROBLEMS = list(enumerate_problems())
@@ -254,7 +234,7 @@ def compiled(request, jit_env):
 
 # --- tests ---------------------------------------------------------------------------------------------
 def test_enumeration_covers_the_issue_tables():
-    assert len(ANCHOR_NORMAL_SHAPES) == 22
+    assert len(NORMAL_ANCHORS) == 22
     kinds = [p.kind for p in PROBLEMS]
     assert kinds.count("normal") == 22 + len(ODD_M) * 7
     assert kinds.count("contiguous") == 6 and kinds.count("masked") == 6
@@ -307,7 +287,7 @@ def test_nvrtc_build(jit_env):
 def test_cpp20_build(jit_env):
     """DG_JIT_OVERRIDE_CPP_STANDARD=20 compiles the kernel as C++20."""
     _skip_without_compiler()
-    problem = make_problem("masked", MASKED_MAX_M, 7168, 2048, 2, expected_m=512)
+    problem = make_problem("masked", MASKED_MMAX, 7168, 2048, 2, expected_m=512)
     jit_env.setenv("DG_JIT_OVERRIDE_CPP_STANDARD", "20")
     try:
         signature = C.compiler_signature()
