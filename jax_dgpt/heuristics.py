@@ -49,6 +49,7 @@ __all__ = [
 
 KINDS = ("normal", "contiguous", "masked")
 BLOCK_M_CHOICES = (64, 128)
+BLOCK_K = 128  # K per pipeline stage (the kernel's layout::kBlockK)
 # NOTES: the consumer warpgroups keep a 64 x block_n fp32 accumulator plus the promoted copy in
 # registers; 208 columns is the widest that ptxas fits without spilling for every layout (224 spills
 # in the masked kernel, 256 in all; measured with -Xptxas -v, nvcc 13.0).
@@ -157,6 +158,12 @@ def last_wave_occupancy(tiles: int, num_sms: int) -> int:
     return tiles - (num_waves(tiles, num_sms) - 1) * num_sms
 
 
+def fits_in_shared_memory(block_m: int, block_n: int, num_k_splits: int = 1) -> bool:
+    """Whether the tile fits with the minimum stage count (split-K adds an fp32 partial tile)."""
+    native = _native()
+    return int(native.smem_size(block_m, block_n, MIN_STAGES, num_k_splits)) <= int(native.MAX_SMEM_BYTES)
+
+
 def select_num_stages(block_m: int, block_n: int, num_k_splits: int = 1) -> int:
     """The largest stage count whose shared memory (as the kernel lays it out) fits in one SM."""
     native = _native()
@@ -213,14 +220,17 @@ def select_config(
     splits = 1 if num_k_splits is None else _positive_int("num_k_splits", num_k_splits)
     if splits > 8:
         raise ValueError(f"jax_dgpt.heuristics: num_k_splits must be at most 8, got {splits}")
+    splits = min(splits, ceil_div(k, BLOCK_K))  # every CTA of a cluster gets at least one K block
     units = max(1, num_sms // splits)  # tiles in flight at once: CTAs, or clusters with split-K
     best: tuple[int, int, int] | None = None  # (waves, -occupancy, -block_n): smaller is better
     for block_n in block_n_candidates(block_m, n):
+        if not fits_in_shared_memory(block_m, block_n, splits):
+            continue
         tiles = num_tiles(kind, m_eff, n, num_groups, block_m, block_n)
         key = (num_waves(tiles, units), -last_wave_occupancy(tiles, units), -block_n)
         if best is None or key < best:
             best = key
-    assert best is not None  # n >= 1 gives at least one candidate
+    assert best is not None  # block_n = 16 always fits
     block_n = -best[2]
 
     tiles = num_tiles(kind, m_eff, n, num_groups, block_m, block_n)

@@ -84,6 +84,12 @@ __device__ __forceinline__ u32 cluster_ctarank() {
   return rank;
 }
 
+__device__ __forceinline__ u32 cluster_size() {
+  u32 size;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(size));
+  return size;
+}
+
 // All threads of every CTA of the cluster; orders shared-memory writes (barrier init) cluster-wide.
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");

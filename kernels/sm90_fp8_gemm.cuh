@@ -98,7 +98,11 @@ struct Sm90Fp8Gemm {
     }
     __syncthreads();
     // Other CTAs of the cluster arrive on this CTA's barriers: all must be initialised first.
-    if constexpr (kNumKSplits > 1) ptx::cluster_sync();
+    if constexpr (kNumKSplits > 1) {
+      // NOTES: launched without the matching cluster, every CTA would be rank 0 and wait forever.
+      if (ptx::cluster_size() != kNumKSplits) __trap();
+      ptx::cluster_sync();
+    }
 
     if (warpgroup == kNumMathWarpgroups) {
       ptx::setmaxnreg_dec<kProducerRegs>();

@@ -208,3 +208,13 @@ def test_contiguous_row_blocks_start_on_the_alignment(m):
 def test_block_n_limits_agree_with_the_launcher():
     # The C++ launcher rejects configurations that would spill; the heuristics never pick them.
     assert max(heuristics.MAX_BLOCK_N.values()) <= _C.MAX_BLOCK_N
+
+
+@pytest.mark.parametrize("splits", [2, 3, 4, 8])
+def test_forced_k_splits_always_fit(splits):
+    # The fp32 partial tile of split-K takes shared memory: every choice must still fit, and no CTA
+    # of a cluster may be left without a K block.
+    for m, n, k in list(enumerate_normal_shapes()) + [(256, 4096, 384), (64, 512, 128)]:
+        cfg = heuristics.select_config("normal", m, n, k, 1, 132, num_k_splits=splits)
+        assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages, cfg.num_k_splits) <= _C.MAX_SMEM_BYTES
+        assert cfg.num_k_splits <= -(-k // 128) and cfg.num_sms % cfg.num_k_splits == 0, (m, n, k, cfg)
