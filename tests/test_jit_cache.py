@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -502,3 +503,27 @@ def test_huge_compiler_output_is_truncated_in_errors(cache_root, tmp_path, monke
         C.compile_source(name, source)
     message = str(info.value)
     assert "bytes of output omitted" in message and len(message) < 100_000, len(message)
+
+
+def test_a_hung_compiler_is_stopped(cache_root, tmp_path, monkeypatch):
+    fake = tmp_path / "nvcc"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--version" ]; then echo "Cuda compilation tools, release 13.0, V13.0.88"; exit 0; fi\n'
+        "echo compiling; sleep 60\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("DG_JIT_NVCC_COMPILER", str(fake))
+    monkeypatch.setenv("DG_JIT_COMPILE_TIMEOUT", "1")
+    name, source = generate_probe()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"did not finish within 1 s and was stopped \(DG_JIT_COMPILE_TIMEOUT\)"):
+        C.compile_source(name, source)
+    assert time.monotonic() - started < 30
+
+
+def test_invalid_compile_timeout_is_reported(cache_root, monkeypatch):
+    monkeypatch.setenv("DG_JIT_COMPILE_TIMEOUT", "soon")
+    name, source = generate_probe()
+    with pytest.raises(RuntimeError, match="DG_JIT_COMPILE_TIMEOUT=soon is not a positive number of seconds"):
+        C.compile_source(name, source)

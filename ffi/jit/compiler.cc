@@ -54,12 +54,27 @@ Status find_nvcc(std::string* path) {
       "DG_JIT_USE_NVRTC=1 with NVRTC installed (pip install nvidia-cuda-nvrtc)");
 }
 
+// Seconds one nvcc run may take: DG_JIT_COMPILE_TIMEOUT, default 600. NOTES: a hung compiler would
+// otherwise block XLA's compilation (and the program) forever.
+Status compile_timeout(double* seconds) {
+  const std::string text = env_string("DG_JIT_COMPILE_TIMEOUT");
+  *seconds = 600;
+  if (text.empty()) return Status::Ok();
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || *end != '\0' || !(value > 0)) {
+    return Status::Error("DG_JIT_COMPILE_TIMEOUT=" + text + " is not a positive number of seconds");
+  }
+  *seconds = value;
+  return Status::Ok();
+}
+
 // "X.Y" from `nvcc --version` ("... release 13.0, V13.0.88").
 Status query_nvcc_version(const std::string& path, std::string* version) {
   std::vector<std::string> argv = {path, "--version"};
   std::string output;
   int exit_code = 0;
-  DGPT_RETURN_IF_ERROR(run_process(argv, &output, &exit_code));
+  DGPT_RETURN_IF_ERROR(run_process(argv, &output, &exit_code, /*timeout_seconds=*/60));
   size_t at = output.find("release ");
   if ((exit_code != 0 && exit_code != kExitStatusUnknown) || at == std::string::npos) {
     return Status::Error("cannot read the version of " + path + " (exit code " +
@@ -123,7 +138,9 @@ class NvccCompiler : public Compiler {
     // Run it; a nonzero exit is an error carrying the command and everything nvcc printed.
     auto start = std::chrono::steady_clock::now();
     int exit_code = 0;
-    DGPT_RETURN_IF_ERROR(run_process(argv, &out->log, &exit_code));
+    double timeout = 0;
+    DGPT_RETURN_IF_ERROR(compile_timeout(&timeout));
+    DGPT_RETURN_IF_ERROR(run_process(argv, &out->log, &exit_code, timeout));
     double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     // With an unknown exit status, a missing cubin below reports the failure.

@@ -2,11 +2,15 @@
 #include "jit/process.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdint>
 #include <cerrno>
 #include <cstring>
 
@@ -30,7 +34,8 @@ std::string command_line(const std::vector<std::string>& argv) {
   return line;
 }
 
-Status run_process(const std::vector<std::string>& argv, std::string* output, int* exit_code) {
+Status run_process(const std::vector<std::string>& argv, std::string* output, int* exit_code,
+                   double timeout_seconds) {
   output->clear();
   // NOTES: O_CLOEXEC keeps the pipe out of processes other threads spawn meanwhile; otherwise
   // their copy of the write end would delay our EOF until they exit.
@@ -43,12 +48,18 @@ Status run_process(const std::vector<std::string>& argv, std::string* output, in
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+  // Its own process group, so a timeout can stop nvcc's children (cicc, ptxas) too.
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attributes, 0);
   std::vector<char*> args;
   for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
+  int rc = posix_spawn(&pid, argv[0].c_str(), &actions, &attributes, args.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attributes);
   ::close(fds[1]);
   if (rc != 0) {
     ::close(fds[0]);
@@ -60,8 +71,23 @@ Status run_process(const std::vector<std::string>& argv, std::string* output, in
   constexpr size_t kHead = 16 << 10, kTail = 48 << 10;
   std::string tail;
   size_t omitted = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
   char chunk[4096];
   while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd readable = {fds[0], POLLIN, 0};
+    const int ready = left.count() > 0 ? ::poll(&readable, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30))) : 0;
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready == 0) {
+      // Out of time: stop the whole process group and report it.
+      ::kill(-pid, SIGKILL);
+      ::close(fds[0]);
+      int ignored = 0;
+      while (::waitpid(pid, &ignored, 0) < 0 && errno == EINTR) {
+      }
+      return Status::Error(argv[0] + " did not finish within " + std::to_string(static_cast<int>(timeout_seconds)) +
+                           " s and was stopped (DG_JIT_COMPILE_TIMEOUT); output so far:\n" + *output + tail);
+    }
     ssize_t n = ::read(fds[0], chunk, sizeof(chunk));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
