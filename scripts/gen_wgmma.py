@@ -45,11 +45,7 @@ def render() -> str:
         regs = n // 2
         dlist = ", ".join(f"%{i}" for i in range(regs))
         outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
-        parts.append(
-            SPECIALIZATION.format(
-                n=n, regs=regs, dlist=dlist, outs=outs, da=regs, db=regs + 1, pred=regs + 2
-            )
-        )
+        parts.append(SPECIALIZATION.format(n=n, regs=regs, dlist=dlist, outs=outs, da=regs, db=regs + 1, pred=regs + 2))
     parts.append("\n}  // namespace dgpt::mma\n")
     return "".join(parts)
 

@@ -6,17 +6,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from smoke import diff, fp8  # same folder: scripts/ is on sys.path when run as a script
 
 import jax_dgpt
-
-
-def fp8(shape, seed):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(jnp.float8_e4m3fn))
-
-
-def diff(x, y):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return 1 - 2 * np.sum(x * y) / (np.sum(x * x) + np.sum(y * y))
 
 
 def main():

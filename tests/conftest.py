@@ -143,3 +143,15 @@ def run_into_poison(fn, *args, out_shape):
     out = jitted(*args, poison)
     assert out.unsafe_buffer_pointer() == pointer, "XLA did not write the result into the poisoned buffer"
     return out
+
+
+# --- JIT environment ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def jit_env(tmp_path_factory):
+    """A private cache directory and no inherited DG_JIT_* settings, for the whole module."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("DG_JIT_"):
+                mp.delenv(name)
+        mp.setenv("DG_JIT_CACHE_DIR", str(tmp_path_factory.mktemp("jit-cache")))
+        yield mp

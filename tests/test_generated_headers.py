@@ -63,16 +63,6 @@ def test_kernels_dir_is_the_repository_headers():
 
 
 # --- each header compiles alone ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def jit_env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("DG_JIT_"):
-                mp.delenv(name)
-        mp.setenv("DG_JIT_CACHE_DIR", str(tmp_path_factory.mktemp("header-cache")))
-        yield mp
-
-
 def standalone_source(header: str) -> tuple[str, str]:
     # NOTES: a unique comment makes every run a real compile (the caches would otherwise answer).
     tag = uuid.uuid4().hex[:12]

@@ -196,17 +196,6 @@ def _skip_without_compiler() -> None:
 
 
 @pytest.fixture(scope="module")
-def jit_env(tmp_path_factory):
-    """A private cache directory and no inherited DG_JIT_* settings, for the whole module."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("DG_JIT_"):
-                mp.delenv(name)
-        mp.setenv("DG_JIT_CACHE_DIR", str(tmp_path_factory.mktemp("kernel-compile-cache")))
-        yield mp
-
-
-@pytest.fixture(scope="module")
 def compiled(request, jit_env):
     """Generated source -> compile result (or the exception), for the problems selected to run.
 
