@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one script the H100/H200 runs: build, GPU tests, sanitizers, benchmark. Logs go to $OUT.
-# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] ...
+# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [example] ...
 #   (default: build smoke tests); `compat` needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
 #   PYTEST_ARGS="-k masked" narrows the test run; BENCH_ARGS is passed to the benchmark.
 set -uo pipefail
@@ -38,7 +38,9 @@ for what in "$@"; do
       timeout 300 python3 scripts/smoke.py 2>&1 | tee "$OUT/smoke.log" || status=1 ;;
     tests)
       step "gpu tests"
-      timeout ${TEST_TIMEOUT:-480} python3 -m pytest tests -m gpu -q -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+      # Several pytest workers (PYTEST_ARGS="-n 4", pytest-xdist) share the GPU: no preallocation.
+      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-480} \
+        python3 -m pytest tests -m gpu -q -rs --durations=12 ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     cputests)
       step "cpu tests (on the GPU machine: lowering, heuristics, compile checks)"
@@ -56,6 +58,10 @@ for what in "$@"; do
     e2e)
       step "end to end: host overhead, cold compile, warm-cache first call"
       python3 benchmarks/end_to_end.py --out "$OUT" 2>&1 | tee "$OUT/end_to_end.log" | tail -20 ;;
+    example)
+      step "examples/moe_layer.py"
+      timeout 300 python3 examples/moe_layer.py 2>&1 | tee "$OUT/moe_layer.log" | tail -25
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done
