@@ -1,5 +1,6 @@
 #include "gemm_launcher.h"
 
+#include <algorithm>
 #include <string>
 
 #include "jit/driver.h"
@@ -127,9 +128,14 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   const uint32_t swizzle_d = layout::swizzle_d_bytes(c.block_n);
 
   GemmParams params;
+  // NOTES: when all of A's rows fit in one block (small M, or a small Mmax), load only those rows:
+  // the TMA unit spends time on zero-filled out-of-bounds rows too (M = 1 ran 1.4x slower than M = 64
+  // on the same tiles, benchmarks/KERNEL_LOG.md).
+  const uint32_t a_box_rows = static_cast<uint32_t>(std::min<int64_t>(c.block_m, (c.m + 7) / 8 * 8));
+  params.a_box_rows = a_box_rows;
   DGPT_RETURN_IF_ERROR(tma::encode({"a", const_cast<void*>(a), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
                                     (uint64_t)c.m, groups_a},
-                                   layout::kBlockK, c.block_m, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
+                                   layout::kBlockK, a_box_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
   DGPT_RETURN_IF_ERROR(tma::encode({"b", const_cast<void*>(b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
                                     (uint64_t)c.n, groups_b},
                                    layout::kBlockK, c.block_n, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));

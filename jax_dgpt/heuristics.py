@@ -13,6 +13,8 @@ Rules (correctness first; tuning comes in a later issue):
   chosen to minimise the number of waves ``ceil(tiles / num_sms)``; ties go to the larger
   last-wave occupancy, then to the larger ``block_n``.
 - ``num_stages`` is the largest ``s`` in ``[MIN_STAGES, MAX_STAGES]`` whose shared memory fits.
+- ``num_k_splits`` is 2 for normal GEMMs with M <= 64, K >= 4096 and N <= 4096 (:func:`auto_k_splits`),
+  else 1; with splits, whole clusters of ``num_k_splits`` CTAs count as one unit below.
 - ``num_sms`` (the persistent grid size) is ``min(num_sms, tiles)`` for "normal" and
   "contiguous"; "masked" keeps ``num_sms`` because its tile count depends on device data.
 """
@@ -35,6 +37,7 @@ __all__ = [
     "MAX_STAGES",
     "MIN_STAGES",
     "GemmConfig",
+    "auto_k_splits",
     "block_n_candidates",
     "ceil_div",
     "describe",
@@ -81,10 +84,10 @@ class GemmConfig:
         }
 
 
-# NOTES: split-K (kernels/sm90_fp8_gemm.cuh, reduce_k_splits) compiles without spills but has not
-# run on a GPU yet, so the heuristics never choose it; `force_k_splits` turns it on for the GPU
-# tests and the benchmark until it is measured (benchmarks/KERNEL_LOG.md). The public ops read the
-# forced value when they are called and pass it down as a static parameter (`num_k_splits` below).
+# NOTES: split-K (kernels/sm90_fp8_gemm.cuh, reduce_k_splits) is chosen by `auto_k_splits` only
+# where the H200 benchmark measured a gain (benchmarks/KERNEL_LOG.md, v2); `force_k_splits` sets it
+# for tests and the benchmark. The public ops read the forced value when they are called and pass it
+# down as a static parameter (`num_k_splits` below).
 _forced_k_splits: contextvars.ContextVar[int | None] = contextvars.ContextVar("forced_k_splits", default=None)
 
 
@@ -178,6 +181,18 @@ def select_num_stages(block_m: int, block_n: int, num_k_splits: int = 1) -> int:
     )
 
 
+def auto_k_splits(kind: str, m_eff: int, n: int, k: int) -> int:
+    """Split count the heuristics choose when none is forced: 2 or 1.
+
+    NOTES: with M <= 64 and a long K, each CTA's chain of K blocks (wait, wgmma, promote, release)
+    is the critical path, not HBM: two CTAs per tile halve it. Measured on the H200 (KERNEL_LOG.md
+    v2): 1.1-1.4x faster for M <= 64, K = 7168, N in {2112, 4096}; even at N = 7168, K = 16384,
+    M = 64; slower for K <= 2048 and for 4 splits everywhere. Normal GEMMs only: the grouped
+    layouts have enough tiles.
+    """
+    return 2 if kind == "normal" and m_eff <= 64 and k >= 4096 and n <= 4096 else 1
+
+
 def select_config(
     kind: str,
     m: int,
@@ -199,7 +214,7 @@ def select_config(
       num_sms: SMs the persistent grid may use.
       expected_m: "masked" only: the expected rows per group (the static hint).
       num_k_splits: split K over clusters of this many CTAs (1 to 8); None lets the heuristics
-        choose (today always 1: split-K is not yet measured).
+        choose (:func:`auto_k_splits`).
 
     Returns:
       A :class:`GemmConfig`.
@@ -217,7 +232,10 @@ def select_config(
         m_eff = m
 
     block_m = select_block_m(m_eff)
-    splits = 1 if num_k_splits is None else _positive_int("num_k_splits", num_k_splits)
+    if num_k_splits is None:
+        splits = auto_k_splits(kind, m_eff, n, k)
+    else:
+        splits = _positive_int("num_k_splits", num_k_splits)
     if splits > 8:
         raise ValueError(f"jax_dgpt.heuristics: num_k_splits must be at most 8, got {splits}")
     splits = min(splits, ceil_div(k, BLOCK_K))  # every CTA of a cluster gets at least one K block

@@ -37,6 +37,10 @@ struct GemmParams {
   const i32* grouped_layout;  // m_indices [M] (contiguous) or masked_m [G] (masked); else null
   u32 shape_m;     // rows of A: M (normal, contiguous) or Mmax per group (masked)
   u32 num_groups;  // G (1 for normal)
+  // Rows of A per TMA box: BLOCK_M, or round_up(rows of A, 8) when every row fits in one block (small
+  // M). Out-of-bounds box rows are zero-filled but cost TMA time as if loaded; the kernel zeroes the
+  // rows it no longer loads once.
+  u32 a_box_rows;
 };
 
 namespace layout {

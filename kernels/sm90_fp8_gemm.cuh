@@ -96,6 +96,7 @@ struct Sm90Fp8Gemm {
       }
       ptx::fence_barrier_init();
     }
+    if (params.a_box_rows < kBlockM) zero_unloaded_a_rows(smem, params.a_box_rows);
     __syncthreads();
     // Other CTAs of the cluster arrive on this CTA's barriers: all must be initialised first.
     if constexpr (kNumKSplits > 1) {
@@ -111,6 +112,18 @@ struct Sm90Fp8Gemm {
       ptx::setmaxnreg_inc<kMathRegs>();
       consume(params, smem, warpgroup);
     }
+  }
+
+  // With a trimmed A box, rows [a_box_rows, BLOCK_M) of every stage are never loaded: zero them once
+  // so wgmma multiplies zeros there (those output rows are outside A and never stored anyway).
+  __device__ static void zero_unloaded_a_rows(const Smem& smem, u32 a_box_rows) {
+    const u32 begin = a_box_rows * kBlockK / 16, end = kSmemA / 16;  // 16-byte words of one stage
+    for (u32 s = 0; s < kNumStages; ++s) {
+      uint4* stage = reinterpret_cast<uint4*>(smem.a + s * kSmemA);
+      for (u32 i = begin + threadIdx.x; i < end; i += kNumThreads) stage[i] = make_uint4(0, 0, 0, 0);
+    }
+    // wgmma reads shared memory through the async proxy.
+    ptx::fence_proxy_async_shared();
   }
 
   // This CTA's K blocks: all of them, or with split-K the slice of its rank in the cluster.
@@ -141,7 +154,7 @@ struct Sm90Fp8Gemm {
         const u32 stage = iter % kNumStages;
         ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
         // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
-        ptx::mbarrier_arrive_expect_tx(&smem.full[stage], kSmemA + kSmemB);
+        ptx::mbarrier_arrive_expect_tx(&smem.full[stage], params.a_box_rows * kBlockK + kSmemB);
         const i32 k = static_cast<i32>(kb * kBlockK);
         ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
         ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, tile.group_b);

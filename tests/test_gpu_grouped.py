@@ -142,6 +142,7 @@ def test_masked_anchor_shapes(groups, expected_m, n, k):
         ([150], 150),  # G = 1, Mmax not a multiple of the block
         ([i % 5 for i in range(256)], 16),  # G = 256, a few rows each
         ([500, -3, 64, 2**31 - 1], 100),  # above Mmax (clamped) and negative (no rows)
+        ([3, 7, 0], 7),  # Mmax below one block: the kernel loads an 8-row A box
     ],
 )
 def test_masked_random_groups(masked_m, mmax):

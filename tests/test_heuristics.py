@@ -68,26 +68,36 @@ def test_config_properties(problem, num_sms):
     assert cfg.block_n % 16 == 0 and 16 <= cfg.block_n <= heuristics.MAX_BLOCK_N[cfg.block_m], context
     assert cfg.block_n <= heuristics.round_up(n, 16), context
 
+    # Split-K follows the rule (never more splits than K blocks); clusters are the scheduling unit.
+    splits = cfg.num_k_splits
+    assert splits == min(heuristics.auto_k_splits(kind, m_eff, n, k), -(-k // 128)), context
+    units = max(1, num_sms // splits)
+
     # Shared memory fits, and no more stages would.
-    assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages) <= _C.MAX_SMEM_BYTES, context
+    assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages, splits) <= _C.MAX_SMEM_BYTES, context
     assert 2 <= cfg.num_stages <= 8, context
     if cfg.num_stages < 8:
-        assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages + 1) > _C.MAX_SMEM_BYTES, context
+        assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages + 1, splits) > _C.MAX_SMEM_BYTES, context
 
     # No candidate block_n gives fewer waves or wins a tie-break.
     def key(block_n):
         tiles = heuristics.num_tiles(kind, m_eff, n, g, cfg.block_m, block_n)
         return (
-            heuristics.num_waves(tiles, num_sms),
-            -heuristics.last_wave_occupancy(tiles, num_sms),
+            heuristics.num_waves(tiles, units),
+            -heuristics.last_wave_occupancy(tiles, units),
             -block_n,
         )
 
-    assert key(cfg.block_n) == min(key(bn) for bn in heuristics.block_n_candidates(cfg.block_m, n)), context
+    fitting = [
+        bn
+        for bn in heuristics.block_n_candidates(cfg.block_m, n)
+        if heuristics.fits_in_shared_memory(cfg.block_m, bn, splits)
+    ]
+    assert key(cfg.block_n) == min(key(bn) for bn in fitting), context
 
     # The grid respects the SM budget: all of it for masked, no more than the tiles otherwise.
     tiles = heuristics.num_tiles(kind, m_eff, n, g, cfg.block_m, cfg.block_n)
-    assert cfg.num_sms == (num_sms if kind == "masked" else min(num_sms, tiles)), context
+    assert cfg.num_sms == splits * (units if kind == "masked" else min(units, tiles)), context
 
     # Deterministic, and every attribute a plain int.
     assert heuristics.select_config(kind, m, n, k, g, num_sms, expected_m=expected_m) == cfg
@@ -218,3 +228,28 @@ def test_forced_k_splits_always_fit(splits):
         cfg = heuristics.select_config("normal", m, n, k, 1, 132, num_k_splits=splits)
         assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages, cfg.num_k_splits) <= _C.MAX_SMEM_BYTES
         assert cfg.num_k_splits <= -(-k // 128) and cfg.num_sms % cfg.num_k_splits == 0, (m, n, k, cfg)
+
+
+@pytest.mark.parametrize(
+    "kind,m,n,k,expected",
+    [
+        ("normal", 1, 2112, 7168, 2),
+        ("normal", 64, 4096, 7168, 2),
+        ("normal", 65, 4096, 7168, 1),  # 128-row blocks: measured no gain
+        ("normal", 16, 7168, 16384, 1),  # wide N: enough tiles without it
+        ("normal", 32, 4096, 2048, 1),  # short K: the reduction costs more than it saves
+        ("contiguous", 64, 2112, 7168, 1),
+        ("masked", 64, 2112, 7168, 1),
+    ],
+)
+def test_auto_k_splits_rule(kind, m, n, k, expected):
+    assert heuristics.auto_k_splits(kind, m, n, k) == expected
+    groups = 1 if kind == "normal" else 4
+    cfg = heuristics.select_config(kind, m, n, k, groups, 132, expected_m=m if kind == "masked" else None)
+    assert cfg.num_k_splits == expected
+    assert cfg.num_sms % cfg.num_k_splits == 0 and cfg.num_sms <= 132
+
+
+def test_forced_k_splits_override_the_rule():
+    assert heuristics.select_config("normal", 64, 2112, 7168, 1, 132, num_k_splits=1).num_k_splits == 1
+    assert heuristics.select_config("normal", 4096, 2112, 7168, 1, 132, num_k_splits=4).num_k_splits == 4

@@ -55,12 +55,27 @@ class Problem:
         c = self.config
         return (
             f"{self.kind} m={self.m} n={self.n} k={self.k} groups={self.num_groups}{hint} -> "
-            f"block_m={c.block_m} block_n={c.block_n} stages={c.num_stages} sms={c.num_sms}"
+            f"block_m={c.block_m} block_n={c.block_n} stages={c.num_stages} sms={c.num_sms} k_splits={c.num_k_splits}"
         )
 
     def compile_args(self) -> tuple:
         c = self.config
-        return (self.kind, self.m, self.n, self.k, self.num_groups, c.block_m, c.block_n, c.num_stages, c.num_sms)
+        return (
+            self.kind,
+            self.m,
+            self.n,
+            self.k,
+            self.num_groups,
+            c.block_m,
+            c.block_n,
+            c.num_stages,
+            c.num_sms,
+            c.num_k_splits,
+        )
+
+    def compile(self, **kwargs) -> dict:
+        *args, splits = self.compile_args()
+        return C.compile_gemm(*args, num_k_splits=splits, **kwargs)
 
 
 def make_problem(kind, m, n, k, num_groups=1, expected_m=None) -> Problem:
@@ -212,7 +227,7 @@ def compiled(request, jit_env):
 
     def build(problem: Problem):
         try:
-            return C.compile_gemm(*problem.compile_args(), ptxas_verbose=True)
+            return problem.compile(ptxas_verbose=True)
         except Exception as error:  # reported by every test of this source
             return error
 
@@ -232,7 +247,7 @@ def test_enumeration_covers_the_issue_tables():
 @pytest.mark.parametrize("problem", PROBLEMS, ids=problem_id)
 def test_config_fits_shared_memory(problem):
     c = problem.config
-    smem = C.smem_size(c.block_m, c.block_n, c.num_stages)
+    smem = C.smem_size(c.block_m, c.block_n, c.num_stages, c.num_k_splits)
     assert smem <= C.MAX_SMEM_BYTES, f"{problem.describe()}: {smem} > {C.MAX_SMEM_BYTES} bytes"
     assert 1 <= c.num_sms <= NUM_SMS, problem.describe()
 
@@ -267,7 +282,7 @@ def test_nvrtc_build(jit_env):
     problem = make_problem("normal", 4096, 7168, 2048)
     jit_env.setenv("DG_JIT_USE_NVRTC", "1")
     try:
-        result = C.compile_gemm(*problem.compile_args(), ptxas_verbose=True)
+        result = problem.compile(ptxas_verbose=True)
     finally:
         jit_env.delenv("DG_JIT_USE_NVRTC")
     check_compiled(result, f"NVRTC ({signature}) {problem.describe()}")
@@ -280,7 +295,7 @@ def test_cpp20_build(jit_env):
     jit_env.setenv("DG_JIT_OVERRIDE_CPP_STANDARD", "20")
     try:
         signature = C.compiler_signature()
-        result = C.compile_gemm(*problem.compile_args(), ptxas_verbose=True)
+        result = problem.compile(ptxas_verbose=True)
     finally:
         jit_env.delenv("DG_JIT_OVERRIDE_CPP_STANDARD")
     assert "-std=c++20" in signature, signature
