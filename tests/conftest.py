@@ -94,6 +94,20 @@ def record_diff(value: float, context: str) -> float:
     return value
 
 
+def pytest_sessionfinish(session, exitstatus) -> None:
+    # A pytest-xdist worker hands its values to the controller, which prints the summary.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["dgpt_recorded_diffs"] = [[float(v), str(c)] for v, c in RECORDED_DIFFS]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist controller: collect a finished worker's calc_diff values."""
+    for value, context in getattr(node, "workeroutput", {}).get("dgpt_recorded_diffs", []):
+        RECORDED_DIFFS.append((float(value), str(context)))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if RECORDED_DIFFS:
         value, context = max(RECORDED_DIFFS)
