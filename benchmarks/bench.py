@@ -57,27 +57,28 @@ def xla_dot(a, b, precision=None):
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.bfloat16)
 
 
-def split_k_variants(splits_list):
-    """Fresh jitted gemms with split-K forced (the heuristics don't choose it until it is measured)."""
-    variants = {}
-    for splits in splits_list:
-        with heuristics.force_k_splits(splits):
-            f = jax.jit(lambda a, b: jax_dgpt.gemm(a, b))
-        variants[splits] = (splits, f)
-    return variants
+def forced_variants(k_splits=(), multicast=False):
+    """Fresh jitted gemms with a kernel option forced (options the heuristics don't choose, or not always).
+
+    Returns {label: (context manager factory, jitted gemm)}; a function is traced at its first call,
+    so every call of it runs inside its context.
+    """
+    forces = {f"split{s}": partial(heuristics.force_k_splits, s) for s in k_splits}
+    if multicast:
+        forces["mc2"] = partial(heuristics.force_multicast, 2)
+    return {label: (force, jax.jit(lambda a, b: jax_dgpt.gemm(a, b))) for label, force in forces.items()}
 
 
-def time_split_k(timer, variants, a, b, row):
-    """Adds split{S}_us and split{S}_diff to `row` for each forced split count."""
-    for splits, f in variants.values():
-        with heuristics.force_k_splits(splits):
+def time_forced(timer, variants, a, b, row):
+    """Adds {label}_us and {label}_diff to `row` for each forced variant."""
+    for label, (force, f) in variants.items():
+        with force():
             (t,) = timer.time_us(partial(f, a, b))
-            row[f"split{splits}_us"] = t
-            row[f"split{splits}_diff"] = calc_diff(f(a, b), ref_f64(a, b))
+            row[f"{label}_us"] = t
+            row[f"{label}_diff"] = calc_diff(f(a, b), ref_f64(a, b))
 
 
-def bench_normal(timer, shapes, rows, k_splits=()):
-    variants = split_k_variants(k_splits)
+def bench_normal(timer, shapes, rows, variants):
     f_dgpt = jax.jit(jax_dgpt.gemm)
     f_default = jax.jit(xla_dot)
     f_highest = jax.jit(lambda a, b: xla_dot(a, b, jax.lax.Precision.HIGHEST))
@@ -108,7 +109,7 @@ def bench_normal(timer, shapes, rows, k_splits=()):
                 calc_diff=diff,
             )
         )
-        time_split_k(timer, variants, a, b, rows[-1])
+        time_forced(timer, variants, a, b, rows[-1])
         print_row(rows[-1])
 
 
@@ -219,9 +220,12 @@ def main():
     p.add_argument("--out", default=".")
     p.add_argument("--quick", action="store_true", help="a few shapes per layout")
     p.add_argument("--k-splits", default="", help="also time normal shapes with split-K forced, e.g. 2,4")
+    p.add_argument("--multicast", action="store_true", help="also time normal shapes with B multicast forced")
+    p.add_argument("--shapes", default="", help="normal/decode shapes to run instead of the tables, e.g. 4096x7168x576")
     args = p.parse_args()
     only = set(args.only.split(","))
     k_splits = [int(x) for x in args.k_splits.split(",") if x]
+    variants = forced_variants(k_splits, args.multicast)
     dev = jax.devices()[0]
     meta = dict(
         date=datetime.date.today().isoformat(),
@@ -234,10 +238,14 @@ def main():
     timer = Timer()
     rows = []
     pick = (lambda xs: xs[::4]) if args.quick else (lambda xs: xs)
+    if args.shapes:
+        chosen = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
+        bench_normal(timer, chosen, rows, variants)
+        only -= {"normal", "decode"}
     if "normal" in only:
-        bench_normal(timer, pick(NORMAL), rows, k_splits)
+        bench_normal(timer, pick(NORMAL), rows, variants)
     if "decode" in only:
-        bench_normal(timer, pick(DECODE), rows, k_splits)
+        bench_normal(timer, pick(DECODE), rows, variants)
         for r in rows[-len(pick(DECODE)) :]:
             r["layout"] = "decode"
     if "contiguous" in only:

@@ -37,10 +37,11 @@ ffi::Error to_ffi(const Status& status, const char* op) {
 template <GemmType kType>
 ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(int64_t m, int64_t n, int64_t k, int64_t num_groups,
                                                        int64_t block_m, int64_t block_n, int64_t num_stages,
-                                                       int64_t num_sms, int64_t num_k_splits) {
+                                                       int64_t num_sms, int64_t num_k_splits,
+                                                       int64_t num_multicast) {
   try {
     const GemmConfig config = GemmConfig::make(kType, m, n, k, num_groups, block_m, block_n, num_stages, num_sms,
-                                               num_k_splits);
+                                               num_k_splits, num_multicast);
     const Status valid = validate(config);
     if (!valid.ok()) return ffi::Unexpected(ffi::Error::InvalidArgument("jax_dgpt instantiate: " + valid.message()));
     GemmKernel* kernel = nullptr;
@@ -150,8 +151,9 @@ ffi::Error guarded(ffi::Error (*fn)(Args...), Args... args) {
 
 // The attributes every GEMM custom call carries (jax_dgpt/heuristics.py and primitives.py produce
 // them; a CPU test compares the names with the lowered program).
-constexpr const char* kInstantiateAttributes[] = {"m",       "n",          "k",       "num_groups",  "block_m",
-                                                  "block_n", "num_stages", "num_sms", "num_k_splits"};
+constexpr const char* kInstantiateAttributes[] = {"m",          "n",       "k",            "num_groups",
+                                                  "block_m",    "block_n", "num_stages",   "num_sms",
+                                                  "num_k_splits", "num_multicast"};
 
 auto instantiate_binding() {
   const auto& a = kInstantiateAttributes;
@@ -164,9 +166,10 @@ auto instantiate_binding() {
       .Attr<int64_t>(a[5])
       .Attr<int64_t>(a[6])
       .Attr<int64_t>(a[7])
-      .Attr<int64_t>(a[8]);
+      .Attr<int64_t>(a[8])
+      .Attr<int64_t>(a[9]);
 }
-static_assert(sizeof(kInstantiateAttributes) / sizeof(kInstantiateAttributes[0]) == 9,
+static_assert(sizeof(kInstantiateAttributes) / sizeof(kInstantiateAttributes[0]) == 10,
               "instantiate() and its binding take every attribute");
 
 std::vector<std::string> instantiate_attribute_names() {

@@ -33,7 +33,8 @@ std::string GemmConfig::describe() const {
   using std::to_string;
   return std::string(gemm_type_name(type)) + " m=" + to_string(m) + " n=" + to_string(n) + " k=" + to_string(k) +
          " groups=" + to_string(num_groups) + " block_m=" + to_string(block_m) + " block_n=" + to_string(block_n) +
-         " stages=" + to_string(num_stages) + " sms=" + to_string(num_sms) + " k_splits=" + to_string(num_k_splits);
+         " stages=" + to_string(num_stages) + " sms=" + to_string(num_sms) + " k_splits=" + to_string(num_k_splits) +
+         " multicast=" + to_string(num_multicast);
 }
 
 Status validate(const GemmConfig& c) {
@@ -51,7 +52,13 @@ Status validate(const GemmConfig& c) {
   if (c.num_groups <= 0 || c.num_groups > (1ll << 20)) return fail("num_groups must be positive");
   if (c.type == GemmType::kNormal && c.num_groups != 1) return fail("a normal GEMM has one group");
   if (c.num_sms <= 0 || c.num_sms > 4096) return fail("num_sms must be positive");
-  if (c.num_sms % c.num_k_splits != 0) return fail("num_sms must be a multiple of num_k_splits (whole clusters)");
+  if (c.num_multicast != 1 && c.num_multicast != 2) return fail("num_multicast must be 1 or 2");
+  if (c.num_multicast > 1 && (c.type != GemmType::kNormal || c.num_k_splits != 1)) {
+    return fail("B multicast is for normal GEMMs without split-K");
+  }
+  if (c.num_sms % c.cluster_size() != 0) {
+    return fail("num_sms must be a multiple of num_k_splits * num_multicast (whole clusters)");
+  }
   if (c.type == GemmType::kContiguous && 128 % c.block_m != 0) return fail("contiguous layout needs block_m to divide 128");
   const uint32_t smem = layout::smem_size(c.block_m, c.block_n, c.num_stages, c.num_k_splits);
   if (smem > layout::kMaxSmemBytes) {
@@ -68,7 +75,7 @@ std::string generate_source(const GemmConfig& c) {
          " k=" + to_string(c.k) + "\n#include \"sm90_fp8_gemm.cuh\"\nDGPT_DEFINE_SM90_FP8_GEMM(" +
          kTypeEnum[static_cast<int>(c.type)] + ", " + to_string(c.block_m) + ", " + to_string(c.block_n) + ", " +
          to_string(c.n) + ", " + to_string(c.k) + ", " + to_string(c.num_stages) + ", " + to_string(c.num_k_splits) +
-         ")\n";
+         ", " + to_string(c.num_multicast) + ")\n";
 }
 
 Status compile(const GemmConfig& c, bool ptxas_verbose, jit::CubinEntry* out) {
@@ -136,9 +143,11 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   DGPT_RETURN_IF_ERROR(tma::encode({"a", const_cast<void*>(a), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
                                     (uint64_t)c.m, groups_a},
                                    layout::kBlockK, a_box_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
+  // With B multicast each CTA of a pair loads half of the B tile (for both).
   DGPT_RETURN_IF_ERROR(tma::encode({"b", const_cast<void*>(b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
                                     (uint64_t)c.n, groups_b},
-                                   layout::kBlockK, c.block_n, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
+                                   layout::kBlockK, static_cast<uint32_t>(c.block_n / c.num_multicast),
+                                   CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
   DGPT_RETURN_IF_ERROR(tma::encode({"out", d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (uint64_t)c.n, (uint64_t)c.m, groups_a},
                                    swizzle_d / 2, layout::kWgmmaM, tma::swizzle_for_bytes(swizzle_d), &params.tma_d));
   params.grouped_layout = grouped_layout;
@@ -158,14 +167,15 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   launch.blockDimZ = 1;
   launch.sharedMemBytes = smem_bytes_;
   launch.hStream = stream;
-  // Split-K: the CTAs sharing a tile form one cluster (they reduce through each other's shared memory).
+  // Split-K (the CTAs sharing a tile reduce through each other's shared memory) and B multicast
+  // (a pair of CTAs fills each other's stages) need their CTAs in one cluster.
   CUlaunchAttribute cluster = {};
   cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-  cluster.value.clusterDim.x = static_cast<unsigned>(c.num_k_splits);
+  cluster.value.clusterDim.x = static_cast<unsigned>(c.cluster_size());
   cluster.value.clusterDim.y = 1;
   cluster.value.clusterDim.z = 1;
-  launch.attrs = c.num_k_splits > 1 ? &cluster : nullptr;
-  launch.numAttrs = c.num_k_splits > 1 ? 1 : 0;
+  launch.attrs = c.cluster_size() > 1 ? &cluster : nullptr;
+  launch.numAttrs = c.cluster_size() > 1 ? 1 : 0;
   void* args[] = {&params};
   const CUresult r = cu->cuLaunchKernelEx(&launch, reinterpret_cast<CUfunction>(kernel_.kernel), args, nullptr);
   if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuLaunchKernelEx", r));

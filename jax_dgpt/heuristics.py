@@ -41,6 +41,10 @@ __all__ = [
     "block_n_candidates",
     "ceil_div",
     "describe",
+    "force_k_splits",
+    "force_multicast",
+    "forced_k_splits",
+    "forced_multicast",
     "last_wave_occupancy",
     "num_tiles",
     "num_waves",
@@ -72,6 +76,7 @@ class GemmConfig:
     num_stages: int
     num_sms: int
     num_k_splits: int = 1  # CTAs of a cluster sharing one tile, one K slice each (split-K)
+    num_multicast: int = 1  # normal GEMMs: CTAs of a cluster sharing one B tile (vertically adjacent tiles)
 
     def as_attributes(self) -> dict[str, int]:
         """The config as FFI attributes: the names C++ binds, plain ``int`` values (i64)."""
@@ -81,6 +86,7 @@ class GemmConfig:
             "num_stages": int(self.num_stages),
             "num_sms": int(self.num_sms),
             "num_k_splits": int(self.num_k_splits),
+            "num_multicast": int(self.num_multicast),
         }
 
 
@@ -110,6 +116,34 @@ def force_k_splits(num_k_splits: int) -> Iterator[None]:
 def forced_k_splits() -> int | None:
     """The split count `force_k_splits` set for this context, or None."""
     return _forced_k_splits.get()
+
+
+# NOTES: B multicast (kernels/sm90_fp8_gemm.cuh, produce_multicast) compiles without spills, and with
+# it off the cubins are byte-identical to the GPU-verified v2; it has not run on a GPU yet, so the
+# heuristics never choose it. `force_multicast(2)` turns it on for normal GEMMs in tests and the
+# benchmark (benchmarks/KERNEL_LOG.md, v3 candidate).
+_forced_multicast: contextvars.ContextVar[int | None] = contextvars.ContextVar("forced_multicast", default=None)
+
+
+@contextlib.contextmanager
+def force_multicast(num_multicast: int) -> Iterator[None]:
+    """Normal GEMMs lowered inside this context share B tiles over clusters of ``num_multicast`` CTAs (1 or 2).
+
+    For experiments and tests, like :func:`force_k_splits`; the grouped ops ignore it.
+    """
+    multicast = static_int("jax_dgpt.heuristics.force_multicast", "num_multicast", num_multicast, positive=True)
+    if multicast > 2:
+        raise ValueError(f"jax_dgpt.heuristics.force_multicast: num_multicast must be 1 or 2, got {multicast}")
+    token = _forced_multicast.set(multicast)
+    try:
+        yield
+    finally:
+        _forced_multicast.reset(token)
+
+
+def forced_multicast() -> int | None:
+    """The multicast width `force_multicast` set for this context, or None."""
+    return _forced_multicast.get()
 
 
 def ceil_div(x: int, y: int) -> int:
@@ -202,6 +236,7 @@ def select_config(
     num_sms: int,
     expected_m: int | None = None,
     num_k_splits: int | None = None,
+    num_multicast: int | None = None,
 ) -> GemmConfig:
     """Picks the kernel configuration for one static problem.
 
@@ -215,6 +250,8 @@ def select_config(
       expected_m: "masked" only: the expected rows per group (the static hint).
       num_k_splits: split K over clusters of this many CTAs (1 to 8); None lets the heuristics
         choose (:func:`auto_k_splits`).
+      num_multicast: "normal" only: 2 lets pairs of CTAs (vertically adjacent tiles) share each B
+        tile through TMA multicast; None or 1: no multicast. Excludes split-K.
 
     Returns:
       A :class:`GemmConfig`.
@@ -232,35 +269,51 @@ def select_config(
         m_eff = m
 
     block_m = select_block_m(m_eff)
+    multicast = 1 if num_multicast is None else _positive_int("num_multicast", num_multicast)
+    if multicast > 2:
+        raise ValueError(f"jax_dgpt.heuristics: num_multicast must be 1 or 2, got {multicast}")
+    if multicast > 1 and kind != "normal":
+        raise ValueError(f"jax_dgpt.heuristics: num_multicast=2 is for normal GEMMs, got kind {kind!r}")
+    if multicast > 1 and num_k_splits not in (None, 1):
+        raise ValueError("jax_dgpt.heuristics: num_multicast=2 and split-K exclude each other")
     if num_k_splits is None:
-        splits = auto_k_splits(kind, m_eff, n, k)
+        splits = 1 if multicast > 1 else auto_k_splits(kind, m_eff, n, k)
     else:
         splits = _positive_int("num_k_splits", num_k_splits)
     if splits > 8:
         raise ValueError(f"jax_dgpt.heuristics: num_k_splits must be at most 8, got {splits}")
     splits = min(splits, ceil_div(k, BLOCK_K))  # every CTA of a cluster gets at least one K block
-    units = max(1, num_sms // splits)  # tiles in flight at once: CTAs, or clusters with split-K
+    # Tiles (or multicast tile pairs) in flight at once: CTAs, or clusters.
+    units = max(1, num_sms // (splits * multicast))
     best: tuple[int, int, int] | None = None  # (waves, -occupancy, -block_n): smaller is better
     for block_n in block_n_candidates(block_m, n):
         if not fits_in_shared_memory(block_m, block_n, splits):
             continue
-        tiles = num_tiles(kind, m_eff, n, num_groups, block_m, block_n)
+        tiles = _scheduled_units(kind, m_eff, n, num_groups, block_m, block_n, multicast)
         key = (num_waves(tiles, units), -last_wave_occupancy(tiles, units), -block_n)
         if best is None or key < best:
             best = key
     assert best is not None  # block_n = 16 always fits
     block_n = -best[2]
 
-    tiles = num_tiles(kind, m_eff, n, num_groups, block_m, block_n)
-    # Whole clusters of `splits` CTAs; each cluster walks tiles like one CTA does without split-K.
+    tiles = _scheduled_units(kind, m_eff, n, num_groups, block_m, block_n, multicast)
+    # Whole clusters; each cluster walks its units (tiles, or tile pairs) like one CTA does alone.
     clusters = units if kind == "masked" else min(units, tiles)
     return GemmConfig(
         block_m=block_m,
         block_n=block_n,
         num_stages=select_num_stages(block_m, block_n, splits),
-        num_sms=int(clusters * splits),
+        num_sms=int(clusters * splits * multicast),
         num_k_splits=int(splits),
+        num_multicast=int(multicast),
     )
+
+
+def _scheduled_units(kind: str, m_eff: int, n: int, num_groups: int, block_m: int, block_n: int, multicast: int) -> int:
+    """What the kernel's scheduler hands out: tiles, or with multicast pairs of vertically adjacent tiles."""
+    if multicast == 1:
+        return num_tiles(kind, m_eff, n, num_groups, block_m, block_n)
+    return ceil_div(ceil_div(m_eff, block_m), multicast) * ceil_div(n, block_n)
 
 
 def describe(
@@ -282,4 +335,5 @@ def describe(
         f"jax_dgpt: {op} {shape} -> block_m={config.block_m} block_n={config.block_n} "
         f"stages={config.num_stages} sms={config.num_sms}"
         + (f" k_splits={config.num_k_splits}" if config.num_k_splits > 1 else "")
+        + (f" multicast={config.num_multicast}" if config.num_multicast > 1 else "")
     )

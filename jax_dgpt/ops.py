@@ -110,16 +110,16 @@ def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int) -> tuple[jax.Array,
     return a, _pad_to(b, b_n_axis, N_ALIGNMENT)
 
 
-# --- jitted bodies (static: num_sms, k_splits, expected_m) ------------------------------------------
+# --- jitted bodies (static: num_sms, k_splits, multicast, expected_m) -------------------------------
 # NOTES: everything the CUDA lowering's heuristics read besides shapes is a static argument here and a
 # primitive parameter below, so the jit caches keep configs apart.
-@functools.partial(jax.jit, static_argnames=("num_sms", "k_splits"))
-def _gemm(a: jax.Array, b: jax.Array, *, num_sms: int, k_splits: int | None) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("num_sms", "k_splits", "multicast"))
+def _gemm(a: jax.Array, b: jax.Array, *, num_sms: int, k_splits: int | None, multicast: int | None) -> jax.Array:
     (m, k), n = a.shape, b.shape[0]
     if m == 0 or n == 0 or k == 0:
         return jnp.zeros((m, n), BF16)
     a, b = _pad_operands(a, b, b_n_axis=0)
-    return _slice_n(gemm_p.bind(a, b, num_sms=num_sms, k_splits=k_splits), n)
+    return _slice_n(gemm_p.bind(a, b, num_sms=num_sms, k_splits=k_splits, multicast=multicast), n)
 
 
 @functools.partial(jax.jit, static_argnames=("num_sms", "k_splits"))
@@ -168,7 +168,13 @@ def gemm(a: jax.Array, b: jax.Array) -> jax.Array:
     _, k = _check_array(op, "a", a, FP8, "M, K")
     _, b_k = _check_array(op, "b", b, FP8, "N, K")
     _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
-    return _gemm(a, b, num_sms=device.get_num_sms(), k_splits=heuristics.forced_k_splits())
+    return _gemm(
+        a,
+        b,
+        num_sms=device.get_num_sms(),
+        k_splits=heuristics.forced_k_splits(),
+        multicast=heuristics.forced_multicast(),
+    )
 
 
 def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) -> jax.Array:

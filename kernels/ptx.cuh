@@ -60,6 +60,18 @@ __device__ __forceinline__ void tma_load_3d(const TmaDescriptor* desc, u64* bar,
       : "memory");
 }
 
+// Like tma_load_3d, but the box lands at the same shared-memory offset in every CTA of `cta_mask`
+// (bit i: cluster rank i), and each destination's mbarrier at `bar`'s offset receives the bytes.
+__device__ __forceinline__ void tma_load_3d_multicast(const TmaDescriptor* desc, u64* bar, void* smem_dst, i32 c0,
+                                                      i32 c1, i32 c2, u16 cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%3, %4, %5}], [%2], %6;"
+      ::"r"(smem_addr(smem_dst)), "l"(reinterpret_cast<u64>(desc)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2),
+      "h"(cta_mask)
+      : "memory");
+}
+
 // Shared -> global copy of one box at (c0, c1, c2); out-of-bounds parts of the box are not written.
 __device__ __forceinline__ void tma_store_3d(const TmaDescriptor* desc, const void* smem_src, i32 c0, i32 c1, i32 c2) {
   asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];"
@@ -77,7 +89,7 @@ __device__ __forceinline__ void tma_store_wait_read() {
 // Waits until committed stores are complete.
 __device__ __forceinline__ void tma_store_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 
-// ---- clusters (split-K reduction through distributed shared memory) --------------------------
+// ---- clusters (split-K reduction through distributed shared memory, multicast stage release) ------
 __device__ __forceinline__ u32 cluster_ctarank() {
   u32 rank;
   asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));

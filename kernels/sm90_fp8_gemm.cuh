@@ -7,6 +7,9 @@
 //   - one or two math warpgroups (64 rows each) issue wgmma over each 128-wide K block, then add
 //     the block's result into fp32 registers ("promotion": the tensor core's FP8 accumulator is
 //     narrower than fp32), and finally write bf16 through stmatrix + TMA store.
+// Clusters (optional, never both): split-K (kNumKSplits CTAs share a tile, one K slice each) or
+// B multicast (normal GEMMs: 2 CTAs take vertically adjacent tiles; each loads half of the shared
+// B tile into both CTAs, halving B's L2 -> SM traffic).
 #pragma once
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ != 900 || !defined(__CUDA_ARCH_FEAT_SM90_ALL))
@@ -20,13 +23,19 @@
 
 namespace dgpt {
 
-template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumStages, u32 kNumKSplits>
+template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumStages, u32 kNumKSplits,
+          u32 kMulticast>
 struct Sm90Fp8Gemm {
   static_assert(kBlockM == 64 || kBlockM == 128, "BLOCK_M must be 64 or 128");
   static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "BLOCK_N must be a multiple of 16 in [16, 256]");
   static_assert(kK % 16 == 0 && kN % 8 == 0, "TMA needs 16-byte row strides: K % 16 == 0, N % 8 == 0");
   static_assert(kNumStages >= 2, "need at least two pipeline stages");
   static_assert(kNumKSplits >= 1 && kNumKSplits <= 8, "split-K over a cluster of 1 to 8 CTAs");
+  static_assert(kMulticast == 1 || kMulticast == 2, "B multicast over 1 or 2 CTAs");
+  static_assert(kMulticast == 1 || (kType == GemmType::kNormal && kNumKSplits == 1),
+                "B multicast: normal GEMMs only (grouped row blocks may use different B), without split-K");
+  // Each CTA's half of a multicast B box must start on a 128B-swizzle period (8 rows of 128 bytes).
+  static_assert(kBlockN % (8 * kMulticast) == 0, "BLOCK_N must split into whole swizzle periods");
 
   static constexpr u32 kBlockK = layout::kBlockK;
   static constexpr u32 kNumMathWarpgroups = layout::num_math_warpgroups(kBlockM);
@@ -34,6 +43,7 @@ struct Sm90Fp8Gemm {
   static constexpr u32 kNumThreads = layout::num_threads(kBlockM);
   static constexpr u32 kNumKBlocks = layout::ceil_div(kK, kBlockK);
   static constexpr u32 kKBlocksPerSplit = layout::ceil_div(kNumKBlocks, kNumKSplits);
+  static constexpr u32 kClusterSize = kNumKSplits * kMulticast;
   static constexpr u32 kSmemSplit = layout::smem_split_bytes(kBlockM, kBlockN, kNumKSplits);
   static constexpr u32 kNumAccum = kBlockN / 2;  // fp32 per thread for 64 x BLOCK_N
   static constexpr u32 kSmemD = layout::smem_d_bytes(kBlockM, kBlockN);
@@ -49,7 +59,7 @@ struct Sm90Fp8Gemm {
   static constexpr u32 kNumNBlocksPerBand = 8;
 
   using Mma = mma::WgmmaFp8<kBlockN>;
-  using Scheduler = sched::TileScheduler<kType, kBlockM, kBlockN, kN, kNumNBlocksPerBand, kNumKSplits>;
+  using Scheduler = sched::TileScheduler<kType, kBlockM, kBlockN, kN, kNumNBlocksPerBand, kNumKSplits, kMulticast>;
 
   struct Smem {
     u8* d;
@@ -88,7 +98,8 @@ struct Sm90Fp8Gemm {
       ptx::tma_prefetch_descriptor(&params.tma_d);
       for (u32 s = 0; s < kNumStages; ++s) {
         ptx::mbarrier_init(&smem.full[s], 1);
-        ptx::mbarrier_init(&smem.empty[s], kNumMathThreads / 32);  // one arrival per math warp
+        // One arrival per math warp; with multicast, of both CTAs (either one's TMA refills the stage).
+        ptx::mbarrier_init(&smem.empty[s], kMulticast * kNumMathThreads / 32);
       }
       if constexpr (kNumKSplits > 1) {
         ptx::mbarrier_init(smem.split_ready(), (kNumKSplits - 1) * (kNumMathThreads / 32));
@@ -99,9 +110,9 @@ struct Sm90Fp8Gemm {
     if (params.a_box_rows < kBlockM) zero_unloaded_a_rows(smem, params.a_box_rows);
     __syncthreads();
     // Other CTAs of the cluster arrive on this CTA's barriers: all must be initialised first.
-    if constexpr (kNumKSplits > 1) {
+    if constexpr (kClusterSize > 1) {
       // NOTES: launched without the matching cluster, every CTA would be rank 0 and wait forever.
-      if (ptx::cluster_size() != kNumKSplits) __trap();
+      if (ptx::cluster_size() != kClusterSize) __trap();
       ptx::cluster_sync();
     }
 
@@ -111,6 +122,12 @@ struct Sm90Fp8Gemm {
     } else {
       ptx::setmaxnreg_inc<kMathRegs>();
       consume(params, smem, warpgroup);
+    }
+    // Multicast: the peer still writes into this CTA's stages and arrives on its empty barriers
+    // until it has finished its last tile; stay resident until both CTAs are done.
+    if constexpr (kMulticast > 1) {
+      __syncwarp();  // the producer warp's elected thread rejoins its warp (barrier.cluster is .aligned)
+      ptx::cluster_sync();
     }
   }
 
@@ -150,15 +167,41 @@ struct Sm90Fp8Gemm {
       if (!tile.compute) continue;
       const i32 m = static_cast<i32>(tile.m_block * kBlockM);
       const i32 n = static_cast<i32>(tile.n_block * kBlockN);
-      for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
-        const u32 stage = iter % kNumStages;
-        ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
-        // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
-        ptx::mbarrier_arrive_expect_tx(&smem.full[stage], params.a_box_rows * kBlockK + kSmemB);
-        const i32 k = static_cast<i32>(kb * kBlockK);
-        ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
-        ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, tile.group_b);
+      if constexpr (kMulticast == 1) {
+        for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
+          const u32 stage = iter % kNumStages;
+          ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
+          // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
+          ptx::mbarrier_arrive_expect_tx(&smem.full[stage], params.a_box_rows * kBlockK + kSmemB);
+          const i32 k = static_cast<i32>(kb * kBlockK);
+          ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
+          ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, tile.group_b);
+        }
+      } else {
+        produce_multicast(params, smem, tile, m, n, kb_begin, kb_end, iter);
       }
+    }
+  }
+
+  // Producer with B multicast: this CTA loads its half of the B tile into both CTAs' stages, so a
+  // stage is refilled only once both CTAs' math warps released it. A row block past M (odd block
+  // count) loads no A: its result is never stored, but the CTA still feeds the peer its half of B.
+  __device__ static void produce_multicast(const GemmParams& params, const Smem& smem, const sched::Tile& tile, i32 m,
+                                           i32 n, u32 kb_begin, u32 kb_end, u32& iter) {
+    constexpr u32 kHalf = kBlockN / kMulticast;  // B rows each CTA loads for both
+    const u32 rank = ptx::cluster_ctarank();
+    const bool load_a = static_cast<u32>(m) < params.shape_m;
+    // The peer's half of B lands here too and counts towards this CTA's barrier.
+    const u32 bytes = (load_a ? params.a_box_rows * kBlockK : 0u) + kSmemB;
+    for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
+      const u32 stage = iter % kNumStages;
+      ptx::mbarrier_wait_cluster(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
+      ptx::mbarrier_arrive_expect_tx(&smem.full[stage], bytes);
+      const i32 k = static_cast<i32>(kb * kBlockK);
+      if (load_a) ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
+      ptx::tma_load_3d_multicast(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB + rank * kHalf * kBlockK, k,
+                                 n + static_cast<i32>(rank * kHalf), tile.group_b,
+                                 static_cast<u16>((1u << kMulticast) - 1));
     }
   }
 
@@ -200,8 +243,16 @@ struct Sm90Fp8Gemm {
 #pragma unroll
           for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
           ptx::wgmma_wait<0>();
-          // The stage can be refilled as soon as this warp's wgmmas have read it.
-          if (lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
+          // The stage can be refilled as soon as this warp's wgmmas have read it (with multicast,
+          // both CTAs' producers write it: tell both).
+          if (lane == 0) {
+            if constexpr (kMulticast == 1) {
+              ptx::mbarrier_arrive(&smem.empty[stage]);
+            } else {
+#pragma unroll
+              for (u32 r = 0; r < kMulticast; ++r) ptx::mbarrier_arrive_remote(ptx::map_to_rank(&smem.empty[stage], r));
+            }
+          }
 #pragma unroll
           for (u32 i = 0; i < kNumAccum; ++i) result[i] += accum[i];
         }
@@ -211,6 +262,8 @@ struct Sm90Fp8Gemm {
         if (tile.compute) reduce_k_splits(smem, lane, handshakes++, result);
         if (ptx::cluster_ctarank() != 0) continue;
       }
+      // Multicast: the row block past M of an odd block count has nothing to store.
+      if (kMulticast > 1 && tile.m_block * kBlockM >= params.shape_m) continue;
       store_tile(params, smem, tile, warpgroup, warp, lane, result);
     }
     if constexpr (kNumKSplits > 1) {
@@ -313,9 +366,10 @@ struct Sm90Fp8Gemm {
 }  // namespace dgpt
 
 // Defines the kernel entry point `dgpt_kernel` for one configuration (used by generated sources).
-#define DGPT_DEFINE_SM90_FP8_GEMM(TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS)                              \
+#define DGPT_DEFINE_SM90_FP8_GEMM(TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST)                   \
   extern "C" __global__ void __launch_bounds__(::dgpt::layout::num_threads(BLOCK_M), 1)                      \
       dgpt_kernel(const __grid_constant__ ::dgpt::GemmParams params) {                                       \
     extern __shared__ __align__(1024) ::dgpt::u8 dgpt_smem[];                                                \
-    ::dgpt::Sm90Fp8Gemm<::dgpt::GemmType::TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS>::run(params, dgpt_smem); \
+    ::dgpt::Sm90Fp8Gemm<::dgpt::GemmType::TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST>::run(       \
+        params, dgpt_smem);                                                                                   \
   }

@@ -15,22 +15,26 @@ struct Tile {
   bool compute;  // false: every row is padding, write zeros without loading anything
 };
 
-// With split-K, the kNumKSplits CTAs of a cluster (consecutive blockIdx.x) walk the same tiles.
-template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kNumNBlocksPerBand, u32 kNumKSplits>
+// A cluster (consecutive blockIdx.x) walks tiles as one unit. With split-K its kNumKSplits CTAs take
+// the same tile; with B multicast (normal GEMMs) a unit is kMulticast vertically adjacent row blocks
+// sharing one column block, and cluster rank r takes row block kMulticast * unit_row + r.
+template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kNumNBlocksPerBand, u32 kNumKSplits, u32 kMulticast>
 struct TileScheduler {
   static constexpr u32 kNumNBlocks = layout::ceil_div(kN, kBlockN);
+  static constexpr u32 kClusterSize = kNumKSplits * kMulticast;
+  static_assert(kMulticast == 1 || kType == GemmType::kNormal, "multicast units: normal GEMMs only");
 
   const GemmParams& params;
   u32 next;              // next linear tile index of this CTA
   u32 group = 0;         // masked: group holding `next`
   u32 group_start = 0;   // masked: linear index of that group's first tile
-  u32 num_m_blocks = 0;  // normal/contiguous: all rows; masked: rows of `group`
+  u32 num_m_blocks = 0;  // normal/contiguous: all rows (in units of kMulticast blocks); masked: rows of `group`
 
-  __device__ explicit TileScheduler(const GemmParams& p) : params(p), next(blockIdx.x / kNumKSplits) {
+  __device__ explicit TileScheduler(const GemmParams& p) : params(p), next(blockIdx.x / kClusterSize) {
     if constexpr (kType == GemmType::kMasked) {
       num_m_blocks = masked_m_blocks(0);
     } else {
-      num_m_blocks = layout::ceil_div(p.shape_m, kBlockM);
+      num_m_blocks = layout::ceil_div(layout::ceil_div(p.shape_m, kBlockM), kMulticast);
     }
   }
 
@@ -57,7 +61,7 @@ struct TileScheduler {
   // Returns false once this CTA has no tiles left.
   __device__ bool next_tile(Tile& tile) {
     const u32 index = next;
-    next += gridDim.x / kNumKSplits;
+    next += gridDim.x / kClusterSize;
     if constexpr (kType == GemmType::kMasked) {
       // Advance to the group holding `index` (tile indices of a CTA only grow).
       while (index >= group_start + num_m_blocks * kNumNBlocks) {
@@ -73,6 +77,8 @@ struct TileScheduler {
     } else {
       if (index >= num_m_blocks * kNumNBlocks) return false;
       rasterize(index, num_m_blocks, tile.m_block, tile.n_block);
+      // The rank's row block inside its unit; with an odd block count the last one may lie past M.
+      if constexpr (kMulticast > 1) tile.m_block = tile.m_block * kMulticast + ptx::cluster_ctarank();
       tile.group_a = 0;
       tile.group_b = 0;
       tile.compute = true;

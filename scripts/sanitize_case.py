@@ -22,6 +22,14 @@ def main():
     d1 = jax.jit(jax_dgpt.gemm)(a1, b1)
     ok &= diff(d1, np.asarray(a1, np.float64) @ np.asarray(b1, np.float64).T) <= 3e-6
 
+    # B multicast (forced): 3 row blocks of 128, so the last pair's second CTA loads no A and stores nothing.
+    from jax_dgpt import heuristics
+
+    am2, bm2 = fp8((384, 256), 7), fp8((272, 256), 8)
+    with heuristics.force_multicast(2):
+        dm2 = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(am2, bm2)
+    ok &= diff(dm2, np.asarray(am2, np.float64) @ np.asarray(bm2, np.float64).T) <= 3e-6
+
     bg = fp8((3, 272, 256), 2)
     am = fp8((3, 130, 256), 3)
     masked_m = jnp.asarray([130, 5, 0], jnp.int32)

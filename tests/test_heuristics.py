@@ -253,3 +253,29 @@ def test_auto_k_splits_rule(kind, m, n, k, expected):
 def test_forced_k_splits_override_the_rule():
     assert heuristics.select_config("normal", 64, 2112, 7168, 1, 132, num_k_splits=1).num_k_splits == 1
     assert heuristics.select_config("normal", 4096, 2112, 7168, 1, 132, num_k_splits=4).num_k_splits == 4
+
+
+@pytest.mark.parametrize("m,n,k", [(4096, 7168, 2048), (4096, 32768, 512), (384, 272, 256), (1, 256, 128)])
+def test_forced_multicast_config(m, n, k):
+    cfg = heuristics.select_config("normal", m, n, k, 1, 132, num_multicast=2)
+    assert cfg.num_multicast == 2 and cfg.num_k_splits == 1, cfg
+    # Whole pairs of CTAs, no more pairs than pairs of vertically adjacent tiles.
+    cd = heuristics.ceil_div
+    pairs = cd(cd(m, cfg.block_m), 2) * cd(n, cfg.block_n)
+    assert cfg.num_sms % 2 == 0 and cfg.num_sms // 2 == min(66, pairs), cfg
+    assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages) <= _C.MAX_SMEM_BYTES
+
+
+def test_multicast_is_off_unless_forced_and_checked():
+    assert heuristics.select_config("normal", 4096, 7168, 2048, 1, 132).num_multicast == 1
+    with pytest.raises(ValueError, match="for normal GEMMs"):
+        heuristics.select_config("masked", 256, 512, 256, 2, 132, expected_m=64, num_multicast=2)
+    with pytest.raises(ValueError, match="exclude each other"):
+        heuristics.select_config("normal", 256, 512, 256, 1, 132, num_k_splits=2, num_multicast=2)
+    with pytest.raises(ValueError, match="must be 1 or 2"):
+        heuristics.select_config("normal", 256, 512, 256, 1, 132, num_multicast=4)
+    with pytest.raises(ValueError, match="must be 1 or 2"), heuristics.force_multicast(3):
+        pass
+    with heuristics.force_multicast(2):
+        assert heuristics.forced_multicast() == 2
+    assert heuristics.forced_multicast() is None

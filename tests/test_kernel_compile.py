@@ -320,3 +320,36 @@ def test_split_k_configs_compile_without_spills(kind, block_m, block_n, splits, 
     assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in log, context
     assert "Potential Performance Loss" not in log, context
     assert _C.smem_size(block_m, block_n, stages, splits) <= _C.MAX_SMEM_BYTES
+
+
+# --- B multicast (pairs of CTAs sharing B tiles; not chosen by the heuristics yet) ------------------
+@pytest.mark.parametrize("block_m, block_n", [(128, 208), (128, 128), (64, 16), (64, 208)])
+def test_multicast_configs_compile_without_spills(block_m, block_n, tmp_path, monkeypatch):
+    monkeypatch.setenv("DG_JIT_CACHE_DIR", str(tmp_path))
+    from jax_dgpt import _C, heuristics
+
+    stages = heuristics.select_num_stages(block_m, block_n)
+    result = _C.compile_gemm(
+        "normal", 4096, 7168, 2048, 1, block_m, block_n, stages, 132, ptxas_verbose=True, num_multicast=2
+    )
+    log = result["log"]
+    context = f"multicast block_m={block_m} block_n={block_n} stages={stages}\n{log}"
+    assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in log, context
+    assert "Potential Performance Loss" not in log, context
+
+
+@pytest.mark.parametrize(
+    "kind, splits, multicast, sms, rule",
+    [
+        ("masked", 1, 2, 132, "B multicast is for normal GEMMs without split-K"),
+        ("normal", 2, 2, 132, "B multicast is for normal GEMMs without split-K"),
+        ("normal", 1, 3, 132, "num_multicast must be 1 or 2"),
+        ("normal", 1, 2, 131, "whole clusters"),
+    ],
+)
+def test_multicast_configs_are_validated(kind, splits, multicast, sms, rule):
+    from jax_dgpt import _C
+
+    groups = 1 if kind == "normal" else 2
+    with pytest.raises(ValueError, match=rule):
+        _C.generate_source(kind, 256, 512, 256, groups, 128, 128, 4, sms, splits, multicast)

@@ -210,3 +210,21 @@ def test_forced_k_splits_reach_the_kernel(splits):
     assert custom_call_attributes(auto, "dgpt_gemm")["num_k_splits"] == (2, "i64")
     default = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((128, 7168)), spec((2112, 7168)))
     assert custom_call_attributes(default, "dgpt_gemm")["num_k_splits"] == (1, "i64")
+
+
+def test_forced_multicast_reaches_the_kernel():
+    with heuristics.force_multicast(2):
+        forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
+        # The grouped ops ignore it.
+        grouped = lower(
+            lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 16),
+            spec((2, 64, 128)),
+            spec((2, 32, 128)),
+            spec((2,), jnp.int32),
+        )
+    attributes = custom_call_attributes(forced, "dgpt_gemm")
+    assert attributes["num_multicast"] == (2, "i64") and attributes["num_k_splits"] == (1, "i64")
+    assert attributes["num_sms"][0] % 2 == 0
+    assert custom_call_attributes(grouped, "dgpt_m_grouped_masked")["num_multicast"] == (1, "i64")
+    default = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
+    assert custom_call_attributes(default, "dgpt_gemm")["num_multicast"] == (1, "i64")
