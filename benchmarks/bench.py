@@ -110,7 +110,7 @@ def bench_normal(timer, shapes, rows, variants):
             )
         )
         time_forced(timer, variants, a, b, rows[-1])
-        print_row(rows[-1])
+        rows.report()
 
 
 def contiguous_layout(groups, expected_m, seed):
@@ -164,7 +164,7 @@ def bench_contiguous(timer, shapes, rows):
                 calc_diff=diff,
             )
         )
-        print_row(rows[-1])
+        rows.report()
 
 
 def bench_masked(timer, shapes, rows):
@@ -193,7 +193,24 @@ def bench_masked(timer, shapes, rows):
                 calc_diff=diff,
             )
         )
-        print_row(rows[-1])
+        rows.report()
+
+
+class Rows(list):
+    """The result rows; `report()` prints the newest and rewrites results.json, so a run stopped by a
+    time limit still leaves every finished shape on disk."""
+
+    def __init__(self, path: str, meta: dict):
+        super().__init__()
+        self.path, self.meta = path, meta
+
+    def report(self) -> None:
+        print_row(self[-1])
+        self.save()
+
+    def save(self) -> None:
+        with open(self.path, "w") as f:
+            json.dump(dict(meta=self.meta, rows=list(self)), f, indent=1)
 
 
 def print_row(r):
@@ -236,7 +253,7 @@ def main():
     )
     print(json.dumps(meta))
     timer = Timer()
-    rows = []
+    rows = Rows(os.path.join(args.out, "results.json"), meta)
     pick = (lambda xs: xs[::4]) if args.quick else (lambda xs: xs)
     if args.shapes:
         chosen = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
@@ -259,8 +276,7 @@ def main():
                 f"geomean speedup {layout}: {geomean([r['speedup'] for r in sel]):.3f} "
                 f"(min {min(r['speedup'] for r in sel):.3f}), max calc_diff {max(r['calc_diff'] for r in sel):.2g}"
             )
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    rows.save()
 
 
 if __name__ == "__main__":
