@@ -276,8 +276,11 @@ def select_config(
         raise ValueError(f"jax_dgpt.heuristics: num_multicast=2 is for normal GEMMs, got kind {kind!r}")
     if multicast > 1 and num_k_splits not in (None, 1):
         raise ValueError("jax_dgpt.heuristics: num_multicast=2 and split-K exclude each other")
+    if multicast > num_sms:
+        raise ValueError(f"jax_dgpt.heuristics: num_multicast={multicast} needs at least as many SMs, got {num_sms}")
     if num_k_splits is None:
-        splits = 1 if multicast > 1 else auto_k_splits(kind, m_eff, n, k)
+        # Never more CTAs than the SMs the caller allows (set_num_sms).
+        splits = 1 if multicast > 1 else min(auto_k_splits(kind, m_eff, n, k), num_sms)
     else:
         splits = _positive_int("num_k_splits", num_k_splits)
     if splits > 8:

@@ -70,7 +70,8 @@ def test_config_properties(problem, num_sms):
 
     # Split-K follows the rule (never more splits than K blocks); clusters are the scheduling unit.
     splits = cfg.num_k_splits
-    assert splits == min(heuristics.auto_k_splits(kind, m_eff, n, k), -(-k // 128)), context
+    assert splits == min(heuristics.auto_k_splits(kind, m_eff, n, k), -(-k // 128), num_sms), context
+    assert cfg.num_sms <= num_sms, context
     units = max(1, num_sms // splits)
 
     # Shared memory fits, and no more stages would.
