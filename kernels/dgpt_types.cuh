@@ -32,7 +32,7 @@ struct alignas(64) TmaDescriptor {
 // The kernel's only parameter, passed as a __grid_constant__ so TMA can use the descriptors in place.
 struct GemmParams {
   TmaDescriptor tma_a;  // A as (K, M, G_a), fp8, box (BLOCK_K, BLOCK_M, 1), 128B swizzle
-  TmaDescriptor tma_b;  // B as (K, N, G), fp8, box (BLOCK_K, BLOCK_N, 1), 128B swizzle
+  TmaDescriptor tma_b;  // B as (K, N, G), fp8, box (BLOCK_K, BLOCK_N / num_multicast, 1), 128B swizzle
   TmaDescriptor tma_d;  // D as (N, M, G_a), bf16, box (swizzle atom width, 64 rows, 1)
   const i32* grouped_layout;  // m_indices [M] (contiguous) or masked_m [G] (masked); else null
   u32 shape_m;     // rows of A: M (normal, contiguous) or Mmax per group (masked)

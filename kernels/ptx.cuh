@@ -107,6 +107,11 @@ __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
+// Like cluster_sync, for threads that may have diverged (the non-.aligned form).
+__device__ __forceinline__ void cluster_sync_unaligned() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+}
+
 // The shared::cluster address of `smem_ptr`'s counterpart in CTA `rank` of this cluster.
 __device__ __forceinline__ u32 map_to_rank(const void* smem_ptr, u32 rank) {
   u32 remote;

@@ -125,10 +125,7 @@ struct Sm90Fp8Gemm {
     }
     // Multicast: the peer still writes into this CTA's stages and arrives on its empty barriers
     // until it has finished its last tile; stay resident until both CTAs are done.
-    if constexpr (kMulticast > 1) {
-      __syncwarp();  // the producer warp's elected thread rejoins its warp (barrier.cluster is .aligned)
-      ptx::cluster_sync();
-    }
+    if constexpr (kMulticast > 1) ptx::cluster_sync_unaligned();
   }
 
   // With a trimmed A box, rows [a_box_rows, BLOCK_M) of every stage are never loaded: zero them once
@@ -222,6 +219,12 @@ struct Sm90Fp8Gemm {
 #pragma unroll
       for (u32 i = 0; i < kNumAccum; ++i) result[i] = 0.0f;
 
+      if (kMulticast > 1 && tile.m_block * kBlockM >= params.shape_m) {
+        // Multicast, a row block past M: nothing to compute or store, but the peer's producer needs
+        // this CTA's stages back; pass them through.
+        release_stages_unused(smem, lane, kb_begin, kb_end, iter);
+        continue;
+      }
       if (tile.compute) {
         for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
           const u32 stage = iter % kNumStages;
@@ -245,14 +248,7 @@ struct Sm90Fp8Gemm {
           ptx::wgmma_wait<0>();
           // The stage can be refilled as soon as this warp's wgmmas have read it (with multicast,
           // both CTAs' producers write it: tell both).
-          if (lane == 0) {
-            if constexpr (kMulticast == 1) {
-              ptx::mbarrier_arrive(&smem.empty[stage]);
-            } else {
-#pragma unroll
-              for (u32 r = 0; r < kMulticast; ++r) ptx::mbarrier_arrive_remote(ptx::map_to_rank(&smem.empty[stage], r));
-            }
-          }
+          release_stage(smem, lane, stage);
 #pragma unroll
           for (u32 i = 0; i < kNumAccum; ++i) result[i] += accum[i];
         }
@@ -262,8 +258,6 @@ struct Sm90Fp8Gemm {
         if (tile.compute) reduce_k_splits(smem, lane, handshakes++, result);
         if (ptx::cluster_ctarank() != 0) continue;
       }
-      // Multicast: the row block past M of an odd block count has nothing to store.
-      if (kMulticast > 1 && tile.m_block * kBlockM >= params.shape_m) continue;
       store_tile(params, smem, tile, warpgroup, warp, lane, result);
     }
     if constexpr (kNumKSplits > 1) {
@@ -271,6 +265,24 @@ struct Sm90Fp8Gemm {
       if (ptx::cluster_ctarank() != 0) ptx::mbarrier_wait_cluster(smem.split_free(), (handshakes & 1) ^ 1);
     }
     if (thread == 0) ptx::tma_store_wait_all();
+  }
+
+  // One arrival per warp on the stage's empty barrier; with multicast on both CTAs' (lane r tells rank r).
+  __device__ static void release_stage(const Smem& smem, u32 lane, u32 stage) {
+    if constexpr (kMulticast == 1) {
+      if (lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
+    } else {
+      if (lane < kMulticast) ptx::mbarrier_arrive_remote(ptx::map_to_rank(&smem.empty[stage], lane));
+    }
+  }
+
+  // Waits for each stage of a tile and hands it back without reading it.
+  __device__ static void release_stages_unused(const Smem& smem, u32 lane, u32 kb_begin, u32 kb_end, u32& iter) {
+    for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
+      const u32 stage = iter % kNumStages;
+      ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
+      release_stage(smem, lane, stage);
+    }
   }
 
   // Split-K: ranks 1.. write their fp32 partial tile to their own shared memory and signal rank 0;
