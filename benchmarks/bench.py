@@ -57,7 +57,7 @@ def xla_dot(a, b, precision=None):
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.bfloat16)
 
 
-def forced_variants(k_splits=(), multicast=False):
+def forced_variants(k_splits=(), multicast=False, block_ns=(), stages=()):
     """Fresh jitted gemms with a kernel option forced (options the heuristics don't choose, or not always).
 
     Returns {label: (context manager factory, jitted gemm)}; a function is traced at its first call,
@@ -66,6 +66,8 @@ def forced_variants(k_splits=(), multicast=False):
     forces = {f"split{s}": partial(heuristics.force_k_splits, s) for s in k_splits}
     if multicast:
         forces["mc2"] = partial(heuristics.force_multicast, 2)
+    forces.update({f"bn{bn}": partial(heuristics.force_tile, block_n=bn) for bn in block_ns})
+    forces.update({f"st{st}": partial(heuristics.force_tile, num_stages=st) for st in stages})
     return {label: (force, jax.jit(lambda a, b: jax_dgpt.gemm(a, b))) for label, force in forces.items()}
 
 
@@ -73,7 +75,11 @@ def time_forced(timer, variants, a, b, row):
     """Adds {label}_us and {label}_diff to `row` for each forced variant."""
     for label, (force, f) in variants.items():
         with force():
-            (t,) = timer.time_us(partial(f, a, b))
+            try:
+                (t,) = timer.time_us(partial(f, a, b))
+            except ValueError as error:  # a forced value this shape cannot take (e.g. too many stages)
+                row[f"{label}_us"] = f"n/a ({error})".replace(" ", "_")[:80]
+                continue
             row[f"{label}_us"] = t
             row[f"{label}_diff"] = calc_diff(f(a, b), ref_f64(a, b))
 
@@ -238,11 +244,14 @@ def main():
     p.add_argument("--quick", action="store_true", help="a few shapes per layout")
     p.add_argument("--k-splits", default="", help="also time normal shapes with split-K forced, e.g. 2,4")
     p.add_argument("--multicast", action="store_true", help="also time normal shapes with B multicast forced")
+    p.add_argument("--block-n", default="", help="also time normal shapes with these BLOCK_N forced, e.g. 128,160")
+    p.add_argument("--stages", default="", help="also time normal shapes with these stage counts forced, e.g. 3,4")
     p.add_argument("--shapes", default="", help="normal/decode shapes to run instead of the tables, e.g. 4096x7168x576")
     args = p.parse_args()
     only = set(args.only.split(","))
     k_splits = [int(x) for x in args.k_splits.split(",") if x]
-    variants = forced_variants(k_splits, args.multicast)
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    variants = forced_variants(k_splits, args.multicast, ints(args.block_n), ints(args.stages))
     dev = jax.devices()[0]
     meta = dict(
         date=datetime.date.today().isoformat(),

@@ -43,8 +43,10 @@ __all__ = [
     "describe",
     "force_k_splits",
     "force_multicast",
+    "force_tile",
     "forced_k_splits",
     "forced_multicast",
+    "forced_overrides",
     "last_wave_occupancy",
     "num_tiles",
     "num_waves",
@@ -146,6 +148,45 @@ def forced_multicast() -> int | None:
     return _forced_multicast.get()
 
 
+_forced_tile: contextvars.ContextVar[tuple[tuple[str, int], ...]] = contextvars.ContextVar("forced_tile", default=())
+
+
+@contextlib.contextmanager
+def force_tile(
+    *, block_m: int | None = None, block_n: int | None = None, num_stages: int | None = None
+) -> Iterator[None]:
+    """Ops lowered inside this context use these tile parameters instead of the heuristics' choice.
+
+    For tuning experiments (``benchmarks/bench.py --block-n``); values the kernel cannot take raise
+    ValueError when an op is lowered.
+    """
+    given = {"block_m": block_m, "block_n": block_n, "num_stages": num_stages}
+    tile = tuple(
+        (name, static_int("jax_dgpt.heuristics.force_tile", name, value, positive=True))
+        for name, value in given.items()
+        if value is not None
+    )
+    token = _forced_tile.set(tile)
+    try:
+        yield
+    finally:
+        _forced_tile.reset(token)
+
+
+def forced_overrides(kind: str) -> tuple[tuple[str, int], ...]:
+    """Every forced setting of this context that applies to `kind`, as ``select_config`` keywords.
+
+    Hashable, so the ops pass it as a static argument and jit caches keep forced configs apart.
+    """
+    _check_kind(kind)
+    overrides = dict(_forced_tile.get())
+    if _forced_k_splits.get() is not None:
+        overrides["num_k_splits"] = _forced_k_splits.get()
+    if kind == "normal" and _forced_multicast.get() is not None:
+        overrides["num_multicast"] = _forced_multicast.get()
+    return tuple(sorted(overrides.items()))
+
+
 def ceil_div(x: int, y: int) -> int:
     return -(-x // y)
 
@@ -237,6 +278,9 @@ def select_config(
     expected_m: int | None = None,
     num_k_splits: int | None = None,
     num_multicast: int | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_stages: int | None = None,
 ) -> GemmConfig:
     """Picks the kernel configuration for one static problem.
 
@@ -252,6 +296,8 @@ def select_config(
         choose (:func:`auto_k_splits`).
       num_multicast: "normal" only: 2 lets pairs of CTAs (vertically adjacent tiles) share each B
         tile through TMA multicast; None or 1: no multicast. Excludes split-K.
+      block_m, block_n, num_stages: fix these instead of choosing them (experiments, :func:`force_tile`);
+        a value the kernel cannot take raises ValueError.
 
     Returns:
       A :class:`GemmConfig`.
@@ -268,7 +314,13 @@ def select_config(
     else:
         m_eff = m
 
-    block_m = select_block_m(m_eff)
+    forced_block_m, forced_block_n = block_m, block_n
+    block_m = select_block_m(m_eff) if forced_block_m is None else _positive_int("block_m", forced_block_m)
+    if block_m not in BLOCK_M_CHOICES:
+        raise ValueError(f"jax_dgpt.heuristics: block_m must be one of {BLOCK_M_CHOICES}, got {block_m}")
+    if kind == "contiguous" and block_m != select_block_m(m_eff):
+        # The kernel reads each row block's expert from its first row (see select_block_m).
+        raise ValueError(f"jax_dgpt.heuristics: the contiguous layout with M={m} needs block_m={select_block_m(m_eff)}")
     multicast = 1 if num_multicast is None else _positive_int("num_multicast", num_multicast)
     if multicast > 2:
         raise ValueError(f"jax_dgpt.heuristics: num_multicast must be 1 or 2, got {multicast}")
@@ -288,8 +340,19 @@ def select_config(
     splits = min(splits, ceil_div(k, BLOCK_K))  # every CTA of a cluster gets at least one K block
     # Tiles (or multicast tile pairs) in flight at once: CTAs, or clusters.
     units = max(1, num_sms // (splits * multicast))
+    candidates = block_n_candidates(block_m, n)
+    if forced_block_n is not None:
+        forced = _positive_int("block_n", forced_block_n)
+        if forced % BLOCK_N_STEP or not BLOCK_N_STEP <= forced <= MAX_BLOCK_N[block_m]:
+            raise ValueError(
+                f"jax_dgpt.heuristics: block_n must be a multiple of {BLOCK_N_STEP} in "
+                f"[{BLOCK_N_STEP}, {MAX_BLOCK_N[block_m]}], got {forced}"
+            )
+        if not fits_in_shared_memory(block_m, forced, splits):
+            raise ValueError(f"jax_dgpt.heuristics: block_m={block_m} block_n={forced} does not fit in shared memory")
+        candidates = (forced,)
     best: tuple[int, int, int] | None = None  # (waves, -occupancy, -block_n): smaller is better
-    for block_n in block_n_candidates(block_m, n):
+    for block_n in candidates:
         if not fits_in_shared_memory(block_m, block_n, splits):
             continue
         tiles = _scheduled_units(kind, m_eff, n, num_groups, block_m, block_n, multicast)
@@ -302,10 +365,19 @@ def select_config(
     tiles = _scheduled_units(kind, m_eff, n, num_groups, block_m, block_n, multicast)
     # Whole clusters; each cluster walks its units (tiles, or tile pairs) like one CTA does alone.
     clusters = units if kind == "masked" else min(units, tiles)
+    stages = select_num_stages(block_m, block_n, splits)
+    if num_stages is not None:
+        forced = _positive_int("num_stages", num_stages)
+        if not MIN_STAGES <= forced <= stages:
+            raise ValueError(
+                f"jax_dgpt.heuristics: num_stages must be in [{MIN_STAGES}, {stages}] for block_m={block_m} "
+                f"block_n={block_n} (shared memory), got {forced}"
+            )
+        stages = forced
     return GemmConfig(
         block_m=block_m,
         block_n=block_n,
-        num_stages=select_num_stages(block_m, block_n, splits),
+        num_stages=stages,
         num_sms=int(clusters * splits * multicast),
         num_k_splits=int(splits),
         num_multicast=int(multicast),

@@ -110,36 +110,39 @@ def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int) -> tuple[jax.Array,
     return a, _pad_to(b, b_n_axis, N_ALIGNMENT)
 
 
-# --- jitted bodies (static: num_sms, k_splits, multicast, expected_m) -------------------------------
+# --- jitted bodies (static: num_sms, overrides, expected_m) -----------------------------------------
 # NOTES: everything the CUDA lowering's heuristics read besides shapes is a static argument here and a
 # primitive parameter below, so the jit caches keep configs apart.
-@functools.partial(jax.jit, static_argnames=("num_sms", "k_splits", "multicast"))
-def _gemm(a: jax.Array, b: jax.Array, *, num_sms: int, k_splits: int | None, multicast: int | None) -> jax.Array:
+Overrides = tuple[tuple[str, int], ...]  # heuristics.forced_overrides(): settings forced by a context
+
+
+@functools.partial(jax.jit, static_argnames=("num_sms", "overrides"))
+def _gemm(a: jax.Array, b: jax.Array, *, num_sms: int, overrides: Overrides) -> jax.Array:
     (m, k), n = a.shape, b.shape[0]
     if m == 0 or n == 0 or k == 0:
         return jnp.zeros((m, n), BF16)
     a, b = _pad_operands(a, b, b_n_axis=0)
-    return _slice_n(gemm_p.bind(a, b, num_sms=num_sms, k_splits=k_splits, multicast=multicast), n)
+    return _slice_n(gemm_p.bind(a, b, num_sms=num_sms, overrides=overrides), n)
 
 
-@functools.partial(jax.jit, static_argnames=("num_sms", "k_splits"))
-def _contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array, *, num_sms: int, k_splits: int | None) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("num_sms", "overrides"))
+def _contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array, *, num_sms: int, overrides: Overrides) -> jax.Array:
     (m, k), (g, n) = a.shape, b.shape[:2]
     if m == 0 or n == 0 or k == 0 or g == 0:
         return jnp.zeros((m, n), BF16)  # K = 0: empty sums; G = 0: every row is padding
     a, b = _pad_operands(a, b, b_n_axis=1)
-    return _slice_n(contiguous_p.bind(a, b, m_indices, num_sms=num_sms, k_splits=k_splits), n)
+    return _slice_n(contiguous_p.bind(a, b, m_indices, num_sms=num_sms, overrides=overrides), n)
 
 
-@functools.partial(jax.jit, static_argnames=("expected_m", "num_sms", "k_splits"))
+@functools.partial(jax.jit, static_argnames=("expected_m", "num_sms", "overrides"))
 def _masked(
-    a: jax.Array, b: jax.Array, masked_m: jax.Array, *, expected_m: int, num_sms: int, k_splits: int | None
+    a: jax.Array, b: jax.Array, masked_m: jax.Array, *, expected_m: int, num_sms: int, overrides: Overrides
 ) -> jax.Array:
     (g, m, k), n = a.shape, b.shape[1]
     if g == 0 or m == 0 or n == 0 or k == 0:
         return jnp.zeros((g, m, n), BF16)
     a, b = _pad_operands(a, b, b_n_axis=1)
-    return _slice_n(masked_p.bind(a, b, masked_m, expected_m=expected_m, num_sms=num_sms, k_splits=k_splits), n)
+    return _slice_n(masked_p.bind(a, b, masked_m, expected_m=expected_m, num_sms=num_sms, overrides=overrides), n)
 
 
 # --- public ops -----------------------------------------------------------------------------------
@@ -172,8 +175,7 @@ def gemm(a: jax.Array, b: jax.Array) -> jax.Array:
         a,
         b,
         num_sms=device.get_num_sms(),
-        k_splits=heuristics.forced_k_splits(),
-        multicast=heuristics.forced_multicast(),
+        overrides=heuristics.forced_overrides("normal"),
     )
 
 
@@ -209,7 +211,9 @@ def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) ->
     (i_m,) = _check_array(op, "m_indices", m_indices, INT32, "M")
     _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
     _check_equal(op, "M (rows)", ("a", m), ("m_indices", i_m))
-    return _contiguous(a, b, m_indices, num_sms=device.get_num_sms(), k_splits=heuristics.forced_k_splits())
+    return _contiguous(
+        a, b, m_indices, num_sms=device.get_num_sms(), overrides=heuristics.forced_overrides("contiguous")
+    )
 
 
 def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, expected_m: int) -> jax.Array:
@@ -247,7 +251,12 @@ def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, expecte
     _check_equal(op, "G (groups)", ("a", g), ("masked_m", mask_g))
     expected = _check_expected_m(op, expected_m)
     return _masked(
-        a, b, masked_m, expected_m=expected, num_sms=device.get_num_sms(), k_splits=heuristics.forced_k_splits()
+        a,
+        b,
+        masked_m,
+        expected_m=expected,
+        num_sms=device.get_num_sms(),
+        overrides=heuristics.forced_overrides("masked"),
     )
 
 

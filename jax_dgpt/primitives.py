@@ -141,17 +141,14 @@ def _cuda_lowering(spec: OpSpec) -> Callable[..., Any]:
         ctx: mlir.LoweringRuleContext,
         *operands: Any,
         num_sms: int,
-        k_splits: int | None = None,
-        multicast: int | None = None,
+        overrides: tuple[tuple[str, int], ...] = (),
         expected_m: int | None = None,
     ):
         device.check_cuda_devices()
         m, n, k, g = (plain_int(name, v) for name, v in zip("mnkg", spec.problem(*ctx.avals_in)))
-        cfg = heuristics.select_config(
-            spec.kind, m, n, k, g, num_sms, expected_m=expected_m, num_k_splits=k_splits, num_multicast=multicast
-        )
+        cfg = heuristics.select_config(spec.kind, m, n, k, g, num_sms, expected_m=expected_m, **dict(overrides))
         if config.settings.print_configs:
-            key = (spec.op, m, n, k, g, expected_m, num_sms, k_splits, multicast)
+            key = (spec.op, m, n, k, g, expected_m, num_sms, overrides)
             _print_config_once(key, heuristics.describe(spec.op, m, n, k, g, cfg, expected_m=expected_m))
         attributes = ffi_attributes(m=m, n=n, k=k, num_groups=g, **cfg.as_attributes())
         return jax.ffi.ffi_lowering(spec.target)(ctx, *operands, **attributes)
@@ -163,11 +160,10 @@ def _cpu_lowering(spec: OpSpec) -> Callable[..., Any]:
     def fn(
         *operands: jax.Array,
         num_sms: int,
-        k_splits: int | None = None,
-        multicast: int | None = None,
+        overrides: tuple[tuple[str, int], ...] = (),
         expected_m: int | None = None,
     ) -> jax.Array:
-        del num_sms, k_splits, multicast, expected_m  # heuristic inputs: no effect on the result
+        del num_sms, overrides, expected_m  # heuristic inputs: no effect on the result
         return spec.reference(*operands)
 
     return mlir.lower_fun(fn, multiple_results=False)

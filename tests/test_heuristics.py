@@ -280,3 +280,33 @@ def test_multicast_is_off_unless_forced_and_checked():
     with heuristics.force_multicast(2):
         assert heuristics.forced_multicast() == 2
     assert heuristics.forced_multicast() is None
+
+
+def test_forced_tile_parameters():
+    cfg = heuristics.select_config("normal", 4096, 7168, 576, 1, 132, block_n=128, num_stages=3)
+    assert (cfg.block_m, cfg.block_n, cfg.num_stages) == (128, 128, 3)
+    assert cfg.num_sms == min(132, 32 * 56)
+    cfg = heuristics.select_config("masked", 4096, 4096, 7168, 1, 132, expected_m=1024, block_m=64, block_n=208)
+    assert (cfg.block_m, cfg.block_n) == (64, 208)
+    for kwargs, rule in [
+        (dict(block_n=100), "multiple of 16"),
+        (dict(block_n=224), r"in \[16, 208\]"),
+        (dict(block_m=256), "block_m must be one of"),
+        (dict(num_stages=9), "num_stages must be in"),
+        (dict(block_n=208, num_stages=5), "num_stages must be in"),  # 4 stages fit at 128 x 208
+    ]:
+        with pytest.raises(ValueError, match=rule):
+            heuristics.select_config("normal", 4096, 7168, 2048, 1, 132, **kwargs)
+    with pytest.raises(ValueError, match="contiguous layout with M=4096 needs block_m=128"):
+        heuristics.select_config("contiguous", 4096, 4096, 7168, 8, 132, block_m=64)
+
+
+def test_forced_overrides_collect_every_context():
+    assert heuristics.forced_overrides("normal") == ()
+    with heuristics.force_tile(block_n=128), heuristics.force_k_splits(2):
+        assert heuristics.forced_overrides("masked") == (("block_n", 128), ("num_k_splits", 2))
+    with heuristics.force_multicast(2), heuristics.force_tile(num_stages=3):
+        assert heuristics.forced_overrides("normal") == (("num_multicast", 2), ("num_stages", 3))
+        assert heuristics.forced_overrides("contiguous") == (("num_stages", 3),)  # multicast: normal only
+    with pytest.raises(TypeError), heuristics.force_tile(block_n="wide"):
+        pass

@@ -228,3 +228,17 @@ def test_forced_multicast_reaches_the_kernel():
     assert custom_call_attributes(grouped, "dgpt_m_grouped_masked")["num_multicast"] == (1, "i64")
     default = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
     assert custom_call_attributes(default, "dgpt_gemm")["num_multicast"] == (1, "i64")
+
+
+def test_forced_tile_reaches_every_op():
+    with heuristics.force_tile(block_n=64, num_stages=3):
+        gemm = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((256, 512)), spec((1024, 512)))
+        masked = lower(
+            lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 16),
+            spec((2, 64, 128)),
+            spec((2, 256, 128)),
+            spec((2,), jnp.int32),
+        )
+    for module, target in ((gemm, "dgpt_gemm"), (masked, "dgpt_m_grouped_masked")):
+        attributes = custom_call_attributes(module, target)
+        assert attributes["block_n"] == (64, "i64") and attributes["num_stages"] == (3, "i64"), target
