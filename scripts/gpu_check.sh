@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one script the H100/H200 runs: build, GPU tests, sanitizers, benchmark. Logs go to $OUT.
-# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [example] ...
+# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [example] [ncu] ...
 #   (default: build smoke tests); `compat` needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
 #   PYTEST_ARGS="-k masked" narrows the test run; BENCH_ARGS is passed to the benchmark.
 set -uo pipefail
@@ -58,6 +58,17 @@ for what in "$@"; do
     e2e)
       step "end to end: host overhead, cold compile, warm-cache first call"
       python3 benchmarks/end_to_end.py --out "$OUT" 2>&1 | tee "$OUT/end_to_end.log" | tail -20 ;;
+    ncu)
+      # Nsight Compute on the GEMM kernel only (clocks left alone): NCU_SHAPES="4096x7168x576 64x2112x7168",
+      # NCU_ARGS="--multicast" (profile_case.py's options). One report per run, plus a text summary.
+      step "ncu: ${NCU_SHAPES:=4096x7168x576}"
+      timeout 400 ncu --clock-control none --kernel-name dgpt_kernel \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+        --section LaunchStats --section Occupancy -f -o "$OUT/ncu" \
+        python3 scripts/profile_case.py $NCU_SHAPES ${NCU_ARGS:-} >"$OUT/ncu_run.log" 2>&1 || status=1
+      ncu --import "$OUT/ncu.ncu-rep" --page details >"$OUT/ncu_details.txt" 2>&1 || status=1
+      grep -E "Duration|Throughput|Stall|Issued|Eligible|Registers|Shared Memory Config|Waves" "$OUT/ncu_details.txt" \
+        | head -60 ;;
     example)
       step "examples/moe_layer.py"
       timeout 300 python3 examples/moe_layer.py 2>&1 | tee "$OUT/moe_layer.log" | tail -25

@@ -1,0 +1,37 @@
+"""Runs jitted jax_dgpt GEMMs for Nsight Compute (`scripts/gpu_check.sh ncu`): one call per shape, so the
+report holds one dgpt_kernel launch per shape (ncu flushes the caches before each replay pass).
+
+    python scripts/profile_case.py 4096x7168x576 64x2112x7168 [--multicast] [--block-n 128]
+"""
+
+import argparse
+import contextlib
+
+import jax
+from smoke import fp8  # same folder: scripts/ is on sys.path when run as a script
+
+import jax_dgpt
+from jax_dgpt import heuristics
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("shapes", nargs="+", help="MxNxK of normal GEMMs")
+    p.add_argument("--multicast", action="store_true", help="force B multicast")
+    p.add_argument("--block-n", type=int, default=None, help="force BLOCK_N")
+    args = p.parse_args()
+    with contextlib.ExitStack() as forced:
+        if args.multicast:
+            forced.enter_context(heuristics.force_multicast(2))
+        if args.block_n:
+            forced.enter_context(heuristics.force_tile(block_n=args.block_n))
+        for shape in args.shapes:
+            m, n, k = (int(x) for x in shape.split("x"))
+            a, b = fp8((m, k), 0), fp8((n, k), 1)
+            f = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))  # traced inside the forced context
+            jax.block_until_ready(f(a, b))
+            print(f"profiled {shape}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
