@@ -92,85 +92,79 @@ class GemmConfig:
         }
 
 
-# NOTES: split-K (kernels/sm90_fp8_gemm.cuh, reduce_k_splits) is chosen by `auto_k_splits` only
-# where the H200 benchmark measured a gain (benchmarks/KERNEL_LOG.md, v2); `force_k_splits` sets it
-# for tests and the benchmark. The public ops read the forced value when they are called and pass it
-# down as a static parameter (`num_k_splits` below).
-_forced_k_splits: contextvars.ContextVar[int | None] = contextvars.ContextVar("forced_k_splits", default=None)
+# --- forced settings (tests, benchmarks, tuning) --------------------------------------------------
+# NOTES: split-K is chosen by `auto_k_splits` only where the H200 benchmark measured a gain
+# (benchmarks/KERNEL_LOG.md, v2). B multicast compiles without spills and, when off, leaves the cubins
+# byte-identical to the GPU-verified v2; it has not run on a GPU yet, so the heuristics never choose it.
+# The force_* contexts below set either (and tile parameters) for ops traced inside them; the public ops
+# read `forced_overrides` when called and pass it down as one static parameter.
+_forced: contextvars.ContextVar[tuple[tuple[str, int], ...]] = contextvars.ContextVar("forced", default=())
 
 
 @contextlib.contextmanager
-def force_k_splits(num_k_splits: int) -> Iterator[None]:
+def _forcing(**settings: int | None) -> Iterator[None]:
+    """Sets (or, for None, clears) these ``select_config`` keywords for the context's duration."""
+    merged = dict(_forced.get())
+    for name, value in settings.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    token = _forced.set(tuple(sorted(merged.items())))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def _forced_int(fn: str, name: str, value: object, largest: int, rule: str) -> int:
+    result = static_int(f"jax_dgpt.heuristics.{fn}", name, value, positive=True)
+    if result > largest:
+        raise ValueError(f"jax_dgpt.heuristics.{fn}: {name} must be {rule}, got {result}")
+    return result
+
+
+def force_k_splits(num_k_splits: int) -> contextlib.AbstractContextManager[None]:
     """Ops lowered inside this context split K over clusters of ``num_k_splits`` CTAs (1 to 8).
 
     For experiments and tests: functions traced before the context keep their compiled config.
     """
-    splits = static_int("jax_dgpt.heuristics.force_k_splits", "num_k_splits", num_k_splits, positive=True)
-    if splits > 8:
-        raise ValueError(f"jax_dgpt.heuristics.force_k_splits: num_k_splits must be at most 8, got {splits}")
-    token = _forced_k_splits.set(splits)
-    try:
-        yield
-    finally:
-        _forced_k_splits.reset(token)
+    return _forcing(num_k_splits=_forced_int("force_k_splits", "num_k_splits", num_k_splits, 8, "at most 8"))
 
 
 def forced_k_splits() -> int | None:
     """The split count `force_k_splits` set for this context, or None."""
-    return _forced_k_splits.get()
+    return dict(_forced.get()).get("num_k_splits")
 
 
-# NOTES: B multicast (kernels/sm90_fp8_gemm.cuh, produce_multicast) compiles without spills, and with
-# it off the cubins are byte-identical to the GPU-verified v2; it has not run on a GPU yet, so the
-# heuristics never choose it. `force_multicast(2)` turns it on for normal GEMMs in tests and the
-# benchmark (benchmarks/KERNEL_LOG.md, v3 candidate).
-_forced_multicast: contextvars.ContextVar[int | None] = contextvars.ContextVar("forced_multicast", default=None)
-
-
-@contextlib.contextmanager
-def force_multicast(num_multicast: int) -> Iterator[None]:
+def force_multicast(num_multicast: int) -> contextlib.AbstractContextManager[None]:
     """Normal GEMMs lowered inside this context share B tiles over clusters of ``num_multicast`` CTAs (1 or 2).
 
     For experiments and tests, like :func:`force_k_splits`; the grouped ops ignore it.
     """
-    multicast = static_int("jax_dgpt.heuristics.force_multicast", "num_multicast", num_multicast, positive=True)
-    if multicast > 2:
-        raise ValueError(f"jax_dgpt.heuristics.force_multicast: num_multicast must be 1 or 2, got {multicast}")
-    token = _forced_multicast.set(multicast)
-    try:
-        yield
-    finally:
-        _forced_multicast.reset(token)
+    return _forcing(num_multicast=_forced_int("force_multicast", "num_multicast", num_multicast, 2, "1 or 2"))
 
 
 def forced_multicast() -> int | None:
     """The multicast width `force_multicast` set for this context, or None."""
-    return _forced_multicast.get()
+    return dict(_forced.get()).get("num_multicast")
 
 
-_forced_tile: contextvars.ContextVar[tuple[tuple[str, int], ...]] = contextvars.ContextVar("forced_tile", default=())
-
-
-@contextlib.contextmanager
 def force_tile(
     *, block_m: int | None = None, block_n: int | None = None, num_stages: int | None = None
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """Ops lowered inside this context use these tile parameters instead of the heuristics' choice.
 
     For tuning experiments (``benchmarks/bench.py --block-n``); values the kernel cannot take raise
-    ValueError when an op is lowered.
+    ValueError when an op is lowered. Parameters left out are chosen by the heuristics.
     """
     given = {"block_m": block_m, "block_n": block_n, "num_stages": num_stages}
-    tile = tuple(
-        (name, static_int("jax_dgpt.heuristics.force_tile", name, value, positive=True))
-        for name, value in given.items()
-        if value is not None
+    return _forcing(
+        **{
+            name: None if value is None else static_int("jax_dgpt.heuristics.force_tile", name, value, positive=True)
+            for name, value in given.items()
+        }
     )
-    token = _forced_tile.set(tile)
-    try:
-        yield
-    finally:
-        _forced_tile.reset(token)
 
 
 def forced_overrides(kind: str) -> tuple[tuple[str, int], ...]:
@@ -179,12 +173,7 @@ def forced_overrides(kind: str) -> tuple[tuple[str, int], ...]:
     Hashable, so the ops pass it as a static argument and jit caches keep forced configs apart.
     """
     _check_kind(kind)
-    overrides = dict(_forced_tile.get())
-    if _forced_k_splits.get() is not None:
-        overrides["num_k_splits"] = _forced_k_splits.get()
-    if kind == "normal" and _forced_multicast.get() is not None:
-        overrides["num_multicast"] = _forced_multicast.get()
-    return tuple(sorted(overrides.items()))
+    return tuple((name, value) for name, value in _forced.get() if kind == "normal" or name != "num_multicast")
 
 
 def ceil_div(x: int, y: int) -> int:

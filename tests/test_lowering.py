@@ -212,16 +212,20 @@ def test_forced_k_splits_reach_the_kernel(splits):
     assert custom_call_attributes(default, "dgpt_gemm")["num_k_splits"] == (1, "i64")
 
 
+def lower_masked(n: int):
+    """A masked grouped GEMM (G = 2, Mmax = 64, K = 128, expected_m = 16), lowered for CUDA."""
+    return lower(
+        lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 16),
+        spec((2, 64, 128)),
+        spec((2, n, 128)),
+        spec((2,), jnp.int32),
+    )
+
+
 def test_forced_multicast_reaches_the_kernel():
     with heuristics.force_multicast(2):
         forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
-        # The grouped ops ignore it.
-        grouped = lower(
-            lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 16),
-            spec((2, 64, 128)),
-            spec((2, 32, 128)),
-            spec((2,), jnp.int32),
-        )
+        grouped = lower_masked(n=32)  # the grouped ops ignore it
     attributes = custom_call_attributes(forced, "dgpt_gemm")
     assert attributes["num_multicast"] == (2, "i64") and attributes["num_k_splits"] == (1, "i64")
     assert attributes["num_sms"][0] % 2 == 0
@@ -233,12 +237,7 @@ def test_forced_multicast_reaches_the_kernel():
 def test_forced_tile_reaches_every_op():
     with heuristics.force_tile(block_n=64, num_stages=3):
         gemm = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((256, 512)), spec((1024, 512)))
-        masked = lower(
-            lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 16),
-            spec((2, 64, 128)),
-            spec((2, 256, 128)),
-            spec((2,), jnp.int32),
-        )
+        masked = lower_masked(n=256)
     for module, target in ((gemm, "dgpt_gemm"), (masked, "dgpt_m_grouped_masked")):
         attributes = custom_call_attributes(module, target)
         assert attributes["block_n"] == (64, "i64") and attributes["num_stages"] == (3, "i64"), target
