@@ -1,9 +1,11 @@
 #include "gemm_launcher.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 
 #include "jit/driver.h"
+#include "jit/env.h"
 #include "tma.h"
 
 namespace dgpt {
@@ -126,13 +128,35 @@ Status GemmKernel::prepare(int device_ordinal) {
   return Status::Ok();
 }
 
+// NOTES: a cluster's CTAs must sit in one GPC, and GPCs differ in SM count, so fewer than
+// num_sms / cluster_size clusters may fit at once. A persistent grid larger than that runs its last
+// clusters as a second wave, after the first ones finished all their tiles (twice the time). The
+// scheduler strides by gridDim, so a smaller grid only changes which CTA takes which tile.
+int GemmKernel::grid_for(const CUlaunchConfig& launch) const {
+  const int requested = static_cast<int>(config_.num_sms);
+  const int cluster = static_cast<int>(config_.cluster_size());
+  if (cluster == 1) return requested;
+  const driver::Api* cu = driver::get();
+  int clusters = 0;
+  // The kernel handle stands in for a function here; the context is the launch stream's.
+  const CUresult r = cu == nullptr ? CUDA_ERROR_NOT_INITIALIZED
+                                   : cu->cuOccupancyMaxActiveClusters(
+                                         &clusters, reinterpret_cast<CUfunction>(kernel_.kernel), &launch);
+  const int grid = r == CUDA_SUCCESS && clusters > 0 ? std::min(requested, clusters * cluster) : requested;
+  if (jit::env_flag("DG_JIT_DEBUG")) {
+    std::fprintf(stderr, "jax_dgpt: launch %s: %d co-resident clusters of %d CTAs (%s): grid %d of %d\n",
+                 config_.describe().c_str(), clusters, cluster, r == CUDA_SUCCESS ? "ok" : "query failed", grid,
+                 requested);
+  }
+  return grid;
+}
+
 Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d,
                           const int32_t* grouped_layout) const {
   const GemmConfig& c = config_;
   const bool masked = c.type == GemmType::kMasked;
   const uint64_t groups_a = masked ? c.num_groups : 1;
   const uint64_t groups_b = c.type == GemmType::kNormal ? 1 : c.num_groups;
-  const uint32_t swizzle_d = layout::swizzle_d_bytes(c.block_n);
 
   GemmParams params;
   // NOTES: when all of A's rows fit in one block (small M, or a small Mmax), load only those rows:
@@ -148,8 +172,17 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
                                     (uint64_t)c.n, groups_b},
                                    layout::kBlockK, static_cast<uint32_t>(c.block_n / c.num_multicast),
                                    CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
-  DGPT_RETURN_IF_ERROR(tma::encode({"out", d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (uint64_t)c.n, (uint64_t)c.m, groups_a},
-                                   swizzle_d / 2, layout::kWgmmaM, tma::swizzle_for_bytes(swizzle_d), &params.tma_d));
+  // D leaves in 64-column atoms (128B swizzle) plus, when BLOCK_N % 64 != 0, narrower tail atoms.
+  const tma::Tensor3d out = {"out", d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (uint64_t)c.n, (uint64_t)c.m, groups_a};
+  const uint32_t block_n = static_cast<uint32_t>(c.block_n);
+  if (layout::d_main_cols(block_n) > 0) {
+    DGPT_RETURN_IF_ERROR(tma::encode(out, layout::kDAtomCols, layout::kWgmmaM, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_d));
+  }
+  if (const uint32_t tail = layout::d_tail_cols(block_n); tail > 0) {
+    const uint32_t swizzle = layout::swizzle_d_bytes(tail);
+    DGPT_RETURN_IF_ERROR(
+        tma::encode(out, swizzle / 2, layout::kWgmmaM, tma::swizzle_for_bytes(swizzle), &params.tma_d_tail));
+  }
   params.grouped_layout = grouped_layout;
   params.shape_m = static_cast<uint32_t>(c.m);
   params.num_groups = static_cast<uint32_t>(c.num_groups);
@@ -176,6 +209,12 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   cluster.value.clusterDim.z = 1;
   launch.attrs = c.cluster_size() > 1 ? &cluster : nullptr;
   launch.numAttrs = c.cluster_size() > 1 ? 1 : 0;
+  int grid = grid_.load(std::memory_order_relaxed);
+  if (grid == 0) {
+    grid = grid_for(launch);
+    grid_.store(grid, std::memory_order_relaxed);
+  }
+  launch.gridDimX = static_cast<unsigned>(grid);
   void* args[] = {&params};
   const CUresult r = cu->cuLaunchKernelEx(&launch, reinterpret_cast<CUfunction>(kernel_.kernel), args, nullptr);
   if (r != CUDA_SUCCESS) return Status::Error(driver::describe("cuLaunchKernelEx", r));

@@ -4,6 +4,7 @@
 
 #include <cuda.h>
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -74,6 +75,11 @@ class GemmKernel {
   uint32_t smem_bytes_ = 0;
   std::mutex mutex_;
   std::vector<bool> prepared_;  // by device ordinal, guarded by mutex_
+  // CTAs launched: config_.num_sms, or for clusters at most the co-resident clusters' CTAs (0: not yet
+  // asked). Found on the first launch, whose stream names the context the driver must ask.
+  mutable std::atomic<int> grid_{0};
+
+  int grid_for(const CUlaunchConfig& launch) const;
 };
 
 }  // namespace dgpt

@@ -33,7 +33,8 @@ struct alignas(64) TmaDescriptor {
 struct GemmParams {
   TmaDescriptor tma_a;  // A as (K, M, G_a), fp8, box (BLOCK_K, BLOCK_M, 1), 128B swizzle
   TmaDescriptor tma_b;  // B as (K, N, G), fp8, box (BLOCK_K, BLOCK_N / num_multicast, 1), 128B swizzle
-  TmaDescriptor tma_d;  // D as (N, M, G_a), bf16, box (swizzle atom width, 64 rows, 1)
+  TmaDescriptor tma_d;       // D as (N, M, G_a), bf16, box (64 columns, 64 rows, 1), 128B swizzle
+  TmaDescriptor tma_d_tail;  // the same D, box (tail atom width, 64 rows, 1): BLOCK_N % 64 columns
   const i32* grouped_layout;  // m_indices [M] (contiguous) or masked_m [G] (masked); else null
   u32 shape_m;     // rows of A: M (normal, contiguous) or Mmax per group (masked)
   u32 num_groups;  // G (1 for normal)
@@ -56,9 +57,17 @@ DGPT_HOST_DEVICE constexpr u32 ceil_div(u32 x, u32 y) { return (x + y - 1) / y; 
 DGPT_HOST_DEVICE constexpr u32 num_math_warpgroups(u32 block_m) { return block_m == 64 ? 1 : 2; }
 DGPT_HOST_DEVICE constexpr u32 num_threads(u32 block_m) { return 128 * (num_math_warpgroups(block_m) + 1); }
 
-// Bytes of one output row segment per TMA store: the widest swizzle that tiles BLOCK_N.
-DGPT_HOST_DEVICE constexpr u32 swizzle_d_bytes(u32 block_n) {
-  return (block_n * 2) % 128 == 0 ? 128 : ((block_n * 2) % 64 == 0 ? 64 : 32);
+// The D tile leaves shared memory in atoms of one swizzle width each: 64-column atoms (128B swizzle)
+// for the first BLOCK_N / 64 * 64 columns, then the tail (BLOCK_N % 64 columns: 16, 32 or 48) in the
+// widest swizzle that tiles it. NOTES: one narrow swizzle for the whole tile (BLOCK_N = 208 used to
+// go out as 13 boxes of 16 columns) made the epilogue the bottleneck of small-K shapes
+// (benchmarks/KERNEL_LOG.md, v4).
+constexpr u32 kDAtomCols = 64;
+DGPT_HOST_DEVICE constexpr u32 d_main_cols(u32 block_n) { return block_n / kDAtomCols * kDAtomCols; }
+DGPT_HOST_DEVICE constexpr u32 d_tail_cols(u32 block_n) { return block_n % kDAtomCols; }
+// Bytes per row of one atom that tiles `cols` columns (cols a multiple of 16).
+DGPT_HOST_DEVICE constexpr u32 swizzle_d_bytes(u32 cols) {
+  return (cols * 2) % 128 == 0 ? 128 : ((cols * 2) % 64 == 0 ? 64 : 32);
 }
 
 // Shared memory: [D tile][A stages][B stages][split-K partials][full barriers][empty barriers]

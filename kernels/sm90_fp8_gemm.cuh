@@ -49,9 +49,14 @@ struct Sm90Fp8Gemm {
   static constexpr u32 kSmemD = layout::smem_d_bytes(kBlockM, kBlockN);
   static constexpr u32 kSmemA = layout::smem_a_stage_bytes(kBlockM);
   static constexpr u32 kSmemB = layout::smem_b_stage_bytes(kBlockN);
-  static constexpr u32 kSwizzleD = layout::swizzle_d_bytes(kBlockN);  // bytes per row of a D atom
-  static constexpr u32 kAtomCols = kSwizzleD / 2;
-  static constexpr u32 kNumAtoms = kBlockN / kAtomCols;
+  // The D tile in shared memory: 64-column atoms (128B swizzle), then the tail's narrower atoms.
+  static constexpr u32 kMainCols = layout::d_main_cols(kBlockN);
+  static constexpr u32 kTailCols = layout::d_tail_cols(kBlockN);
+  static constexpr u32 kNumMainAtoms = kMainCols / layout::kDAtomCols;
+  static constexpr u32 kTailSwizzle = layout::swizzle_d_bytes(kTailCols);  // bytes per row of a tail atom
+  static constexpr u32 kTailAtomCols = kTailSwizzle / 2;
+  static constexpr u32 kNumTailAtoms = kTailCols / kTailAtomCols;
+  static constexpr u32 kSmemDMain = kBlockM * kMainCols * 2;
   // NOTES: the producer needs few registers; giving them to the math warpgroups lets the two
   // fp32 accumulators (wgmma's and the promoted one) stay in registers.
   static constexpr u32 kProducerRegs = 40;
@@ -95,7 +100,8 @@ struct Sm90Fp8Gemm {
     if (threadIdx.x == kNumMathThreads) {
       ptx::tma_prefetch_descriptor(&params.tma_a);
       ptx::tma_prefetch_descriptor(&params.tma_b);
-      ptx::tma_prefetch_descriptor(&params.tma_d);
+      if constexpr (kMainCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d);
+      if constexpr (kTailCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d_tail);
       for (u32 s = 0; s < kNumStages; ++s) {
         ptx::mbarrier_init(&smem.full[s], 1);
         // One arrival per math warp; with multicast, of both CTAs (either one's TMA refills the stage).
@@ -324,6 +330,15 @@ struct Sm90Fp8Gemm {
     }
   }
 
+  // Byte offset of (row, col) of a region of D atoms kSwizzle bytes wide (kBlockM rows each), with the
+  // TMA swizzle: the 16-byte chunk index XOR the row's position in the 8-row pattern.
+  template <u32 kSwizzle>
+  __device__ static u32 d_atom_offset(u32 row, u32 col) {
+    constexpr u32 kCols = kSwizzle / 2;
+    const u32 offset = row * kSwizzle + (col % kCols) * 2;
+    return (col / kCols) * (kBlockM * kSwizzle) + (offset ^ (((offset >> 7) & (kSwizzle / 16 - 1)) << 4));
+  }
+
   // Epilogue: bf16 rows through stmatrix into the swizzled D tile, then TMA stores per atom.
   __device__ static void store_tile(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
                                     u32 warpgroup, u32 warp, u32 lane, float (&result)[kNumAccum]) {
@@ -352,23 +367,34 @@ struct Sm90Fp8Gemm {
     const u32 row = row_base + warp * 16 + (q & 1) * 8 + lane % 8;
 #pragma unroll
     for (u32 c = 0; c < kBlockN / 16; ++c) {
+      // A 16-column chunk never straddles an atom, so main/tail is decided at compile time.
       const u32 col = c * 16 + (q >> 1) * 8;
-      const u32 atom = col / kAtomCols;
-      const u32 offset = row * kSwizzleD + (col % kAtomCols) * 2;
-      const u32 swizzled = offset ^ (((offset >> 7) & (kSwizzleD / 16 - 1)) << 4);
+      u8* dst;
+      if (c * 16 < kMainCols) {
+        dst = smem.d + d_atom_offset<128>(row, col);
+      } else {
+        dst = smem.d + kSmemDMain + d_atom_offset<kTailSwizzle>(row, col - kMainCols);
+      }
       const float* f = result + c * 8;
-      ptx::stmatrix_x4(smem.d + atom * (kBlockM * kSwizzleD) + swizzled, ptx::pack_bf16x2(f[0], f[1]),
-                       ptx::pack_bf16x2(f[2], f[3]), ptx::pack_bf16x2(f[4], f[5]), ptx::pack_bf16x2(f[6], f[7]));
+      ptx::stmatrix_x4(dst, ptx::pack_bf16x2(f[0], f[1]), ptx::pack_bf16x2(f[2], f[3]), ptx::pack_bf16x2(f[4], f[5]),
+                       ptx::pack_bf16x2(f[6], f[7]));
     }
     ptx::fence_proxy_async_shared();
     ptx::named_barrier_sync(1 + warpgroup, 128);
 
     if (thread == 0) {
+      const i32 n_tile = static_cast<i32>(tile.n_block * kBlockN);
+      const i32 m_rows = static_cast<i32>(m_tile + row_base);
 #pragma unroll
-      for (u32 atom = 0; atom < kNumAtoms; ++atom) {
-        ptx::tma_store_3d(&params.tma_d, smem.d + atom * (kBlockM * kSwizzleD) + row_base * kSwizzleD,
-                          static_cast<i32>(tile.n_block * kBlockN + atom * kAtomCols),
-                          static_cast<i32>(m_tile + row_base), static_cast<i32>(tile.group_a));
+      for (u32 atom = 0; atom < kNumMainAtoms; ++atom) {
+        ptx::tma_store_3d(&params.tma_d, smem.d + atom * (kBlockM * 128) + row_base * 128,
+                          n_tile + static_cast<i32>(atom * layout::kDAtomCols), m_rows, static_cast<i32>(tile.group_a));
+      }
+#pragma unroll
+      for (u32 atom = 0; atom < kNumTailAtoms; ++atom) {
+        ptx::tma_store_3d(&params.tma_d_tail, smem.d + kSmemDMain + atom * (kBlockM * kTailSwizzle) + row_base * kTailSwizzle,
+                          n_tile + static_cast<i32>(kMainCols + atom * kTailAtomCols), m_rows,
+                          static_cast<i32>(tile.group_a));
       }
       ptx::tma_store_commit();
     }

@@ -93,6 +93,7 @@ Loaded* load() {
   need("cuLibraryGetKernel", &api.cuLibraryGetKernel);
   need("cuKernelSetAttribute", &api.cuKernelSetAttribute);
   need("cuLaunchKernelEx", &api.cuLaunchKernelEx);
+  need("cuOccupancyMaxActiveClusters", &api.cuOccupancyMaxActiveClusters);
   need("cuTensorMapEncodeTiled", &api.cuTensorMapEncodeTiled);
   if (missing) {
     loaded->error = std::string("CUDA driver entry point ") + missing +

@@ -20,6 +20,7 @@ struct Api {
   PFN_cuLibraryGetKernel_v12000 cuLibraryGetKernel;
   PFN_cuKernelSetAttribute_v12000 cuKernelSetAttribute;
   PFN_cuLaunchKernelEx_v11060 cuLaunchKernelEx;
+  PFN_cuOccupancyMaxActiveClusters_v11070 cuOccupancyMaxActiveClusters;
   PFN_cuTensorMapEncodeTiled_v12000 cuTensorMapEncodeTiled;
 };
 
