@@ -108,8 +108,10 @@ struct Sm90Fp8Gemm {
         ptx::mbarrier_init(&smem.empty[s], kMulticast * kNumMathThreads / 32);
       }
       if constexpr (kNumKSplits > 1) {
-        ptx::mbarrier_init(smem.split_ready(), (kNumKSplits - 1) * (kNumMathThreads / 32));
-        ptx::mbarrier_init(smem.split_free(), kNumMathThreads / 32);
+        // NOTES: every math thread arrives (not one lane per warp after __syncwarp): each thread's own
+        // release orders its own partial-sum accesses, which the PTX memory model (and racecheck) can follow.
+        ptx::mbarrier_init(smem.split_ready(), (kNumKSplits - 1) * kNumMathThreads);
+        ptx::mbarrier_init(smem.split_free(), kNumMathThreads);
       }
       ptx::fence_barrier_init();
     }
@@ -261,7 +263,7 @@ struct Sm90Fp8Gemm {
       }
       if constexpr (kNumKSplits > 1) {
         // Rank 0 of the cluster sums the K slices in rank order and stores the tile.
-        if (tile.compute) reduce_k_splits(smem, lane, handshakes++, result);
+        if (tile.compute) reduce_k_splits(smem, handshakes++, result);
         if (ptx::cluster_ctarank() != 0) continue;
       }
       store_tile(params, smem, tile, warpgroup, warp, lane, result);
@@ -295,7 +297,7 @@ struct Sm90Fp8Gemm {
   // rank 0 adds them to its own in rank order (bitwise reproducible) and frees their buffers.
   // Partials are laid out [accumulator quad][math thread][4] so every access is a conflict-free
   // 16-byte vector and rank 0's threads read exactly the fragments they hold.
-  __device__ static void reduce_k_splits(const Smem& smem, u32 lane, u32 handshake, float (&result)[kNumAccum]) {
+  __device__ static void reduce_k_splits(const Smem& smem, u32 handshake, float (&result)[kNumAccum]) {
     static_assert(kNumAccum % 4 == 0, "partials move in float4 quads");
     const u32 rank = ptx::cluster_ctarank();
     float4* mine = reinterpret_cast<float4*>(smem.split()) + threadIdx.x;
@@ -306,8 +308,7 @@ struct Sm90Fp8Gemm {
       for (u32 q = 0; q < kNumAccum / 4; ++q) {
         mine[q * kNumMathThreads] = make_float4(result[4 * q], result[4 * q + 1], result[4 * q + 2], result[4 * q + 3]);
       }
-      __syncwarp();
-      if (lane == 0) ptx::mbarrier_arrive_remote(ptx::map_to_rank(smem.split_ready(), 0));
+      ptx::mbarrier_arrive_remote(ptx::map_to_rank(smem.split_ready(), 0));
       return;
     }
     ptx::mbarrier_wait_cluster(smem.split_ready(), handshake & 1);
@@ -324,10 +325,8 @@ struct Sm90Fp8Gemm {
         result[4 * q + 3] += w;
       }
     }
-    __syncwarp();
-    if (lane == 0) {
-      for (u32 r = 1; r < kNumKSplits; ++r) ptx::mbarrier_arrive_remote(ptx::map_to_rank(smem.split_free(), r));
-    }
+#pragma unroll 1
+    for (u32 r = 1; r < kNumKSplits; ++r) ptx::mbarrier_arrive_remote(ptx::map_to_rank(smem.split_free(), r));
   }
 
   // Byte offset of (row, col) of a region of D atoms kSwizzle bytes wide (kBlockM rows each), with the
