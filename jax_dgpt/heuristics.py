@@ -94,8 +94,8 @@ class GemmConfig:
 
 # --- forced settings (tests, benchmarks, tuning) --------------------------------------------------
 # NOTES: split-K is chosen by `auto_k_splits` only where the H200 benchmark measured a gain
-# (benchmarks/KERNEL_LOG.md, v2). B multicast compiles without spills and, when off, leaves the cubins
-# byte-identical to the GPU-verified v2; it has not run on a GPU yet, so the heuristics never choose it.
+# (benchmarks/KERNEL_LOG.md, v2). B multicast is correct on the GPU but measured 1.45-1.87x slower than the
+# plain kernel on every large-M shape (KERNEL_LOG.md, v3 measured), so the heuristics never choose it.
 # The force_* contexts below set either (and tile parameters) for ops traced inside them; the public ops
 # read `forced_overrides` when called and pass it down as one static parameter.
 _forced: contextvars.ContextVar[tuple[tuple[str, int], ...]] = contextvars.ContextVar("forced", default=())
