@@ -57,7 +57,7 @@ def xla_dot(a, b, precision=None):
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.bfloat16)
 
 
-def forced_variants(k_splits=(), multicast=False, block_ns=(), stages=()):
+def forced_variants(k_splits=(), multicast=False, block_ns=(), stages=(), pingpong=False):
     """Fresh jitted gemms with a kernel option forced (options the heuristics don't choose, or not always).
 
     Returns {label: (context manager factory, jitted gemm)}; a function is traced at its first call,
@@ -66,6 +66,8 @@ def forced_variants(k_splits=(), multicast=False, block_ns=(), stages=()):
     forces = {f"split{s}": partial(heuristics.force_k_splits, s) for s in k_splits}
     if multicast:
         forces["mc2"] = partial(heuristics.force_multicast, 2)
+    if pingpong:
+        forces["pp"] = heuristics.force_pingpong
     forces.update({f"bn{bn}": partial(heuristics.force_tile, block_n=bn) for bn in block_ns})
     forces.update({f"st{st}": partial(heuristics.force_tile, num_stages=st) for st in stages})
     return {label: (force, jax.jit(lambda a, b: jax_dgpt.gemm(a, b))) for label, force in forces.items()}
@@ -244,6 +246,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="a few shapes per layout")
     p.add_argument("--k-splits", default="", help="also time normal shapes with split-K forced, e.g. 2,4")
     p.add_argument("--multicast", action="store_true", help="also time normal shapes with B multicast forced")
+    p.add_argument("--pingpong", action="store_true", help="also time normal shapes with pingpong forced")
     p.add_argument("--block-n", default="", help="also time normal shapes with these BLOCK_N forced, e.g. 128,160")
     p.add_argument("--stages", default="", help="also time normal shapes with these stage counts forced, e.g. 3,4")
     p.add_argument("--shapes", default="", help="normal/decode shapes to run instead of the tables, e.g. 4096x7168x576")
@@ -251,7 +254,7 @@ def main():
     only = set(args.only.split(","))
     k_splits = [int(x) for x in args.k_splits.split(",") if x]
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
-    variants = forced_variants(k_splits, args.multicast, ints(args.block_n), ints(args.stages))
+    variants = forced_variants(k_splits, args.multicast, ints(args.block_n), ints(args.stages), args.pingpong)
     dev = jax.devices()[0]
     meta = dict(
         date=datetime.date.today().isoformat(),

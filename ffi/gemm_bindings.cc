@@ -28,12 +28,13 @@ nb::dict stages(XLA_FFI_Handler* instantiate, XLA_FFI_Handler* initialize, XLA_F
 
 GemmConfig make_config(const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
                        int64_t block_n, int64_t num_stages, int64_t num_sms, int64_t num_k_splits,
-                       int64_t num_multicast) {
+                       int64_t num_multicast, int64_t pingpong) {
   GemmType type;
   const Status status = parse_gemm_type(kind, &type);
   if (!status.ok()) throw nb::value_error(status.message().c_str());
   const GemmConfig c =
-      GemmConfig::make(type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits, num_multicast);
+      GemmConfig::make(type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits, num_multicast,
+                       pingpong);
   const Status valid = validate(c);
   if (!valid.ok()) throw nb::value_error(valid.message().c_str());
   return c;
@@ -79,18 +80,18 @@ void bind_gemm(nb::module_& m) {
 
   m.def("generate_source", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
                               int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms,
-                              int64_t num_k_splits, int64_t num_multicast) {
-    return generate_source(
-        make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits, num_multicast));
+                              int64_t num_k_splits, int64_t num_multicast, int64_t pingpong) {
+    return generate_source(make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits,
+                                       num_multicast, pingpong));
   }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
   nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("num_k_splits") = 1,
-  nb::arg("num_multicast") = 1);
+  nb::arg("num_multicast") = 1, nb::arg("pingpong") = 0);
 
   m.def("compile_gemm", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
                            int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms, bool ptxas_verbose,
-                           int64_t num_k_splits, int64_t num_multicast) {
-    const GemmConfig c =
-        make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits, num_multicast);
+                           int64_t num_k_splits, int64_t num_multicast, int64_t pingpong) {
+    const GemmConfig c = make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits,
+                                     num_multicast, pingpong);
     jit::CubinEntry entry;
     Status status;
     {
@@ -101,7 +102,7 @@ void bind_gemm(nb::module_& m) {
     return cubin_entry_dict(entry);
   }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
   nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("ptxas_verbose") = false,
-  nb::arg("num_k_splits") = 1, nb::arg("num_multicast") = 1,
+  nb::arg("num_k_splits") = 1, nb::arg("num_multicast") = 1, nb::arg("pingpong") = 0,
   "JIT-compiles (or fetches from the cache) the kernel of one configuration; no GPU needed.");
 }
 

@@ -38,10 +38,10 @@ template <GemmType kType>
 ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(int64_t m, int64_t n, int64_t k, int64_t num_groups,
                                                        int64_t block_m, int64_t block_n, int64_t num_stages,
                                                        int64_t num_sms, int64_t num_k_splits,
-                                                       int64_t num_multicast) {
+                                                       int64_t num_multicast, int64_t pingpong) {
   try {
     const GemmConfig config = GemmConfig::make(kType, m, n, k, num_groups, block_m, block_n, num_stages, num_sms,
-                                               num_k_splits, num_multicast);
+                                               num_k_splits, num_multicast, pingpong);
     const Status valid = validate(config);
     if (!valid.ok()) return ffi::Unexpected(ffi::Error::InvalidArgument("jax_dgpt instantiate: " + valid.message()));
     GemmKernel* kernel = nullptr;
@@ -153,7 +153,7 @@ ffi::Error guarded(ffi::Error (*fn)(Args...), Args... args) {
 // them; a CPU test compares the names with the lowered program).
 constexpr const char* kInstantiateAttributes[] = {"m",          "n",       "k",            "num_groups",
                                                   "block_m",    "block_n", "num_stages",   "num_sms",
-                                                  "num_k_splits", "num_multicast"};
+                                                  "num_k_splits", "num_multicast", "pingpong"};
 
 auto instantiate_binding() {
   const auto& a = kInstantiateAttributes;
@@ -167,9 +167,10 @@ auto instantiate_binding() {
       .Attr<int64_t>(a[6])
       .Attr<int64_t>(a[7])
       .Attr<int64_t>(a[8])
-      .Attr<int64_t>(a[9]);
+      .Attr<int64_t>(a[9])
+      .Attr<int64_t>(a[10]);
 }
-static_assert(sizeof(kInstantiateAttributes) / sizeof(kInstantiateAttributes[0]) == 10,
+static_assert(sizeof(kInstantiateAttributes) / sizeof(kInstantiateAttributes[0]) == 11,
               "instantiate() and its binding take every attribute");
 
 std::vector<std::string> instantiate_attribute_names() {

@@ -36,7 +36,7 @@ std::string GemmConfig::describe() const {
   return std::string(gemm_type_name(type)) + " m=" + to_string(m) + " n=" + to_string(n) + " k=" + to_string(k) +
          " groups=" + to_string(num_groups) + " block_m=" + to_string(block_m) + " block_n=" + to_string(block_n) +
          " stages=" + to_string(num_stages) + " sms=" + to_string(num_sms) + " k_splits=" + to_string(num_k_splits) +
-         " multicast=" + to_string(num_multicast);
+         " multicast=" + to_string(num_multicast) + " pingpong=" + to_string(pingpong);
 }
 
 Status validate(const GemmConfig& c) {
@@ -58,6 +58,10 @@ Status validate(const GemmConfig& c) {
   if (c.num_multicast > 1 && (c.type != GemmType::kNormal || c.num_k_splits != 1)) {
     return fail("B multicast is for normal GEMMs without split-K");
   }
+  if (c.pingpong != 0 && c.pingpong != 1) return fail("pingpong must be 0 or 1");
+  if (c.pingpong == 1 && c.block_m != 128) {
+    return fail("pingpong needs block_m=128 (two math warpgroups to alternate)");
+  }
   if (c.num_sms % c.cluster_size() != 0) {
     return fail("num_sms must be a multiple of num_k_splits * num_multicast (whole clusters)");
   }
@@ -77,7 +81,7 @@ std::string generate_source(const GemmConfig& c) {
          " k=" + to_string(c.k) + "\n#include \"sm90_fp8_gemm.cuh\"\nDGPT_DEFINE_SM90_FP8_GEMM(" +
          kTypeEnum[static_cast<int>(c.type)] + ", " + to_string(c.block_m) + ", " + to_string(c.block_n) + ", " +
          to_string(c.n) + ", " + to_string(c.k) + ", " + to_string(c.num_stages) + ", " + to_string(c.num_k_splits) +
-         ", " + to_string(c.num_multicast) + ")\n";
+         ", " + to_string(c.num_multicast) + ", " + to_string(c.pingpong) + ")\n";
 }
 
 Status compile(const GemmConfig& c, bool ptxas_verbose, jit::CubinEntry* out) {
@@ -176,7 +180,8 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   const tma::Tensor3d out = {"out", d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (uint64_t)c.n, (uint64_t)c.m, groups_a};
   const uint32_t block_n = static_cast<uint32_t>(c.block_n);
   if (layout::d_main_cols(block_n) > 0) {
-    DGPT_RETURN_IF_ERROR(tma::encode(out, layout::kDAtomCols, layout::kWgmmaM, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_d));
+    DGPT_RETURN_IF_ERROR(
+        tma::encode(out, layout::kDAtomCols, layout::kWgmmaM, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_d));
   }
   if (const uint32_t tail = layout::d_tail_cols(block_n); tail > 0) {
     const uint32_t swizzle = layout::swizzle_d_bytes(tail);

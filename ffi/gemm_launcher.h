@@ -31,11 +31,13 @@ struct GemmConfig {
   int64_t num_sms = 0;     // grid size (whole clusters: a multiple of cluster_size())
   int64_t num_k_splits = 1;  // CTAs of a cluster sharing one tile, one K slice each
   int64_t num_multicast = 1;  // normal GEMMs: CTAs of a cluster sharing one B tile (vertically adjacent tiles)
+  int64_t pingpong = 0;       // 1: the two math warpgroups take turns issuing wgmma (block_m 128)
 
   static GemmConfig make(GemmType type, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
                          int64_t block_n, int64_t num_stages, int64_t num_sms, int64_t num_k_splits,
-                         int64_t num_multicast) {
-    return GemmConfig{type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits, num_multicast};
+                         int64_t num_multicast, int64_t pingpong) {
+    return GemmConfig{type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits, num_multicast,
+                      pingpong};
   }
   int64_t cluster_size() const { return num_k_splits * num_multicast; }
   std::string describe() const;

@@ -43,6 +43,7 @@ __all__ = [
     "describe",
     "force_k_splits",
     "force_multicast",
+    "force_pingpong",
     "force_tile",
     "forced_k_splits",
     "forced_multicast",
@@ -79,6 +80,7 @@ class GemmConfig:
     num_sms: int
     num_k_splits: int = 1  # CTAs of a cluster sharing one tile, one K slice each (split-K)
     num_multicast: int = 1  # normal GEMMs: CTAs of a cluster sharing one B tile (vertically adjacent tiles)
+    pingpong: int = 0  # 1: the two math warpgroups (block_m 128) take turns issuing each K block's wgmma
 
     def as_attributes(self) -> dict[str, int]:
         """The config as FFI attributes: the names C++ binds, plain ``int`` values (i64)."""
@@ -89,6 +91,7 @@ class GemmConfig:
             "num_sms": int(self.num_sms),
             "num_k_splits": int(self.num_k_splits),
             "num_multicast": int(self.num_multicast),
+            "pingpong": int(self.pingpong),
         }
 
 
@@ -148,6 +151,19 @@ def force_multicast(num_multicast: int) -> contextlib.AbstractContextManager[Non
 def forced_multicast() -> int | None:
     """The multicast width `force_multicast` set for this context, or None."""
     return dict(_forced.get()).get("num_multicast")
+
+
+def force_pingpong(pingpong: int = 1) -> contextlib.AbstractContextManager[None]:
+    """Ops lowered inside this context with 128-row tiles let their two math warpgroups take turns (1) or not (0).
+
+    An experiment not yet measured on a GPU (benchmarks/KERNEL_LOG.md, v5 candidate): each warpgroup issues
+    a K block's wgmmas only after the other issued its own, so one warpgroup's fp32 promotion overlaps the
+    other's tensor-core work. Tiles of 64 rows have one math warpgroup and ignore it.
+    """
+    value = static_int("jax_dgpt.heuristics.force_pingpong", "pingpong", pingpong)
+    if value not in (0, 1):
+        raise ValueError(f"jax_dgpt.heuristics.force_pingpong: pingpong must be 0 or 1, got {value}")
+    return _forcing(pingpong=value)
 
 
 def force_tile(
@@ -267,6 +283,7 @@ def select_config(
     expected_m: int | None = None,
     num_k_splits: int | None = None,
     num_multicast: int | None = None,
+    pingpong: int | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
     num_stages: int | None = None,
@@ -285,6 +302,8 @@ def select_config(
         choose (:func:`auto_k_splits`).
       num_multicast: "normal" only: 2 lets pairs of CTAs (vertically adjacent tiles) share each B
         tile through TMA multicast; None or 1: no multicast. Excludes split-K.
+      pingpong: 1 lets the two math warpgroups of a 128-row tile take turns issuing wgmma; None or 0:
+        off. Ignored (0) for 64-row tiles.
       block_m, block_n, num_stages: fix these instead of choosing them (experiments, :func:`force_tile`);
         a value the kernel cannot take raises ValueError.
 
@@ -319,6 +338,8 @@ def select_config(
         raise ValueError("jax_dgpt.heuristics: num_multicast=2 and split-K exclude each other")
     if multicast > num_sms:
         raise ValueError(f"jax_dgpt.heuristics: num_multicast={multicast} needs at least as many SMs, got {num_sms}")
+    if pingpong is not None and static_int("jax_dgpt.heuristics", "pingpong", pingpong) not in (0, 1):
+        raise ValueError(f"jax_dgpt.heuristics: pingpong must be 0 or 1, got {pingpong}")
     if num_k_splits is None:
         # Never more CTAs than the SMs the caller allows (set_num_sms).
         splits = 1 if multicast > 1 else min(auto_k_splits(kind, m_eff, n, k), num_sms)
@@ -370,6 +391,7 @@ def select_config(
         num_sms=int(clusters * splits * multicast),
         num_k_splits=int(splits),
         num_multicast=int(multicast),
+        pingpong=int(bool(pingpong) and block_m == 128),
     )
 
 
@@ -400,4 +422,5 @@ def describe(
         f"stages={config.num_stages} sms={config.num_sms}"
         + (f" k_splits={config.num_k_splits}" if config.num_k_splits > 1 else "")
         + (f" multicast={config.num_multicast}" if config.num_multicast > 1 else "")
+        + (" pingpong=1" if config.pingpong else "")
     )

@@ -149,6 +149,11 @@ __device__ __forceinline__ void named_barrier_sync(u32 id, u32 num_threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(num_threads) : "memory");
 }
 
+// Signals named barrier `id` without waiting (the waiting side uses named_barrier_sync).
+__device__ __forceinline__ void named_barrier_arrive(u32 id, u32 num_threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(num_threads) : "memory");
+}
+
 template <u32 kRegs>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kRegs));

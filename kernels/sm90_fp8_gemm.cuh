@@ -24,7 +24,7 @@
 namespace dgpt {
 
 template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumStages, u32 kNumKSplits,
-          u32 kMulticast>
+          u32 kMulticast, u32 kPingpong>
 struct Sm90Fp8Gemm {
   static_assert(kBlockM == 64 || kBlockM == 128, "BLOCK_M must be 64 or 128");
   static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "BLOCK_N must be a multiple of 16 in [16, 256]");
@@ -34,6 +34,7 @@ struct Sm90Fp8Gemm {
   static_assert(kMulticast == 1 || kMulticast == 2, "B multicast over 1 or 2 CTAs");
   static_assert(kMulticast == 1 || (kType == GemmType::kNormal && kNumKSplits == 1),
                 "B multicast: normal GEMMs only (grouped row blocks may use different B), without split-K");
+  static_assert(kPingpong <= 1, "pingpong is on (1) or off (0)");
   // Each CTA's half of a multicast B box must start on a 128B-swizzle period (8 rows of 128 bytes).
   static_assert(kBlockN % (8 * kMulticast) == 0, "BLOCK_N must split into whole swizzle periods");
 
@@ -62,6 +63,11 @@ struct Sm90Fp8Gemm {
   static constexpr u32 kProducerRegs = 40;
   static constexpr u32 kMathRegs = 232;
   static constexpr u32 kNumNBlocksPerBand = 8;
+  // Pingpong: the two math warpgroups take turns issuing each K block's wgmmas (named barriers
+  // kTurnBarrier + warpgroup; 1 and 2 belong to the epilogue), so one warpgroup's promotion runs while
+  // the tensor core works through the other's batch instead of both promoting at once.
+  static constexpr bool kTakeTurns = kPingpong == 1 && layout::num_math_warpgroups(kBlockM) == 2;
+  static constexpr u32 kTurnBarrier = 3;
 
   using Mma = mma::WgmmaFp8<kBlockN>;
   using Scheduler = sched::TileScheduler<kType, kBlockM, kBlockN, kN, kNumNBlocksPerBand, kNumKSplits, kMulticast>;
@@ -223,6 +229,10 @@ struct Sm90Fp8Gemm {
     u32 iter = 0;
     u32 handshakes = 0;  // split-K reductions done (the phase of the split barriers)
     const u32 kb_begin = first_k_block(), kb_end = end_k_block();
+    // Turns: warpgroup 0 issues first; every turn ends with an arrival on the other's barrier.
+    if constexpr (kTakeTurns) {
+      if (warpgroup == 1) ptx::named_barrier_arrive(kTurnBarrier, 2 * 128);
+    }
     while (scheduler.next_tile(tile)) {
 #pragma unroll
       for (u32 i = 0; i < kNumAccum; ++i) result[i] = 0.0f;
@@ -241,6 +251,7 @@ struct Sm90Fp8Gemm {
           const u8* b_tile = smem.b + stage * kSmemB;
           const u64 desc_a = ptx::make_smem_desc_sw128(a_tile);
           const u64 desc_b = ptx::make_smem_desc_sw128(b_tile);
+          if constexpr (kTakeTurns) ptx::named_barrier_sync(kTurnBarrier + warpgroup, 2 * 128);
 #pragma unroll
           for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
           ptx::wgmma_fence();
@@ -251,6 +262,7 @@ struct Sm90Fp8Gemm {
             Mma::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);
           }
           ptx::wgmma_commit();
+          if constexpr (kTakeTurns) ptx::named_barrier_arrive(kTurnBarrier + (warpgroup ^ 1), 2 * 128);
 #pragma unroll
           for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
           ptx::wgmma_wait<0>();
@@ -267,6 +279,11 @@ struct Sm90Fp8Gemm {
         if (ptx::cluster_ctarank() != 0) continue;
       }
       store_tile(params, smem, tile, warpgroup, warp, lane, result);
+    }
+    // Both warpgroups walk the same tiles and K blocks, so turns match; the last one is warpgroup 1's
+    // arrival for a turn of warpgroup 0 that never comes: take it, leaving the barrier clean.
+    if constexpr (kTakeTurns) {
+      if (warpgroup == 0) ptx::named_barrier_sync(kTurnBarrier, 2 * 128);
     }
     if constexpr (kNumKSplits > 1) {
       // NOTES: rank 0 reads this CTA's shared memory: stay alive until it has read the last tile.
@@ -384,16 +401,22 @@ struct Sm90Fp8Gemm {
     if (thread == 0) {
       const i32 n_tile = static_cast<i32>(tile.n_block * kBlockN);
       const i32 m_rows = static_cast<i32>(m_tile + row_base);
+      if constexpr (kNumMainAtoms > 0) {
 #pragma unroll
-      for (u32 atom = 0; atom < kNumMainAtoms; ++atom) {
-        ptx::tma_store_3d(&params.tma_d, smem.d + atom * (kBlockM * 128) + row_base * 128,
-                          n_tile + static_cast<i32>(atom * layout::kDAtomCols), m_rows, static_cast<i32>(tile.group_a));
+        for (u32 atom = 0; atom < kNumMainAtoms; ++atom) {
+          ptx::tma_store_3d(&params.tma_d, smem.d + atom * (kBlockM * 128) + row_base * 128,
+                            n_tile + static_cast<i32>(atom * layout::kDAtomCols), m_rows,
+                            static_cast<i32>(tile.group_a));
+        }
       }
+      if constexpr (kNumTailAtoms > 0) {
 #pragma unroll
-      for (u32 atom = 0; atom < kNumTailAtoms; ++atom) {
-        ptx::tma_store_3d(&params.tma_d_tail, smem.d + kSmemDMain + atom * (kBlockM * kTailSwizzle) + row_base * kTailSwizzle,
-                          n_tile + static_cast<i32>(kMainCols + atom * kTailAtomCols), m_rows,
-                          static_cast<i32>(tile.group_a));
+        for (u32 atom = 0; atom < kNumTailAtoms; ++atom) {
+          ptx::tma_store_3d(&params.tma_d_tail,
+                            smem.d + kSmemDMain + atom * (kBlockM * kTailSwizzle) + row_base * kTailSwizzle,
+                            n_tile + static_cast<i32>(kMainCols + atom * kTailAtomCols), m_rows,
+                            static_cast<i32>(tile.group_a));
+        }
       }
       ptx::tma_store_commit();
     }
@@ -403,10 +426,11 @@ struct Sm90Fp8Gemm {
 }  // namespace dgpt
 
 // Defines the kernel entry point `dgpt_kernel` for one configuration (used by generated sources).
-#define DGPT_DEFINE_SM90_FP8_GEMM(TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST)                   \
+#define DGPT_DEFINE_SM90_FP8_GEMM(TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST, PINGPONG)         \
   extern "C" __global__ void __launch_bounds__(::dgpt::layout::num_threads(BLOCK_M), 1)                      \
       dgpt_kernel(const __grid_constant__ ::dgpt::GemmParams params) {                                       \
     extern __shared__ __align__(1024) ::dgpt::u8 dgpt_smem[];                                                \
-    ::dgpt::Sm90Fp8Gemm<::dgpt::GemmType::TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST>::run(       \
+    ::dgpt::Sm90Fp8Gemm<::dgpt::GemmType::TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST,             \
+                        PINGPONG>::run(                                                                       \
         params, dgpt_smem);                                                                                   \
   }

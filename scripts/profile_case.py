@@ -1,7 +1,7 @@
 """Runs jitted jax_dgpt GEMMs for Nsight Compute (`scripts/gpu_check.sh ncu`): one call per shape, so the
 report holds one dgpt_kernel launch per shape (ncu flushes the caches before each replay pass).
 
-    python scripts/profile_case.py 4096x7168x576 64x2112x7168 [--multicast] [--block-n 128]
+    python scripts/profile_case.py 4096x7168x576 64x2112x7168 [--multicast] [--pingpong] [--block-n 128]
 """
 
 import argparse
@@ -18,11 +18,14 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("shapes", nargs="+", help="MxNxK of normal GEMMs")
     p.add_argument("--multicast", action="store_true", help="force B multicast")
+    p.add_argument("--pingpong", action="store_true", help="force pingpong (math warpgroups take turns)")
     p.add_argument("--block-n", type=int, default=None, help="force BLOCK_N")
     args = p.parse_args()
     with contextlib.ExitStack() as forced:
         if args.multicast:
             forced.enter_context(heuristics.force_multicast(2))
+        if args.pingpong:
+            forced.enter_context(heuristics.force_pingpong())
         if args.block_n:
             forced.enter_context(heuristics.force_tile(block_n=args.block_n))
         for shape in args.shapes:

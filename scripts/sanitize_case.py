@@ -30,6 +30,16 @@ def main():
         dm2 = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(am2, bm2)
     ok &= diff(dm2, np.asarray(am2, np.float64) @ np.asarray(bm2, np.float64).T) <= 3e-6
 
+    # Pingpong (forced): the math warpgroups take turns over 9 K blocks per tile; 4 CTAs walk the 34 tiles.
+    ap, bp = fp8((200, 1040), 9), fp8((272, 1040), 10)
+    jax_dgpt.set_num_sms(4)
+    try:
+        with heuristics.force_pingpong(), heuristics.force_tile(block_n=16):
+            dp = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(ap, bp)
+    finally:
+        jax_dgpt.set_num_sms(jax.devices()[0].core_count)
+    ok &= diff(dp, np.asarray(ap, np.float64) @ np.asarray(bp, np.float64).T) <= 3e-6
+
     bg = fp8((3, 272, 256), 2)
     am = fp8((3, 130, 256), 3)
     masked_m = jnp.asarray([130, 5, 0], jnp.int32)

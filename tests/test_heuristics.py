@@ -282,6 +282,23 @@ def test_multicast_is_off_unless_forced_and_checked():
     assert heuristics.forced_multicast() is None
 
 
+def test_pingpong_is_off_unless_forced_and_checked():
+    assert heuristics.select_config("normal", 4096, 7168, 2048, 1, 132).pingpong == 0
+    assert heuristics.select_config("normal", 4096, 7168, 2048, 1, 132, pingpong=1).pingpong == 1
+    assert heuristics.select_config("masked", 4096, 4096, 7168, 2, 132, expected_m=512, pingpong=1).pingpong == 1
+    # 64-row tiles have one math warpgroup: nothing to alternate with.
+    assert heuristics.select_config("normal", 64, 7168, 2048, 1, 132, pingpong=1).pingpong == 0
+    with pytest.raises(ValueError, match="pingpong must be 0 or 1"):
+        heuristics.select_config("normal", 256, 512, 256, 1, 132, pingpong=2)
+    with pytest.raises(ValueError, match="pingpong must be 0 or 1"), heuristics.force_pingpong(3):
+        pass
+    with heuristics.force_pingpong():
+        assert heuristics.forced_overrides("contiguous") == (("pingpong", 1),)
+    assert heuristics.forced_overrides("normal") == ()
+    cfg = heuristics.select_config("normal", 4096, 7168, 2048, 1, 132, pingpong=1)
+    assert "pingpong=1" in heuristics.describe("gemm", 4096, 7168, 2048, 1, cfg)
+
+
 def test_forced_tile_parameters():
     cfg = heuristics.select_config("normal", 4096, 7168, 576, 1, 132, block_n=128, num_stages=3)
     assert (cfg.block_m, cfg.block_n, cfg.num_stages) == (128, 128, 3)

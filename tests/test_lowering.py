@@ -234,6 +234,17 @@ def test_forced_multicast_reaches_the_kernel():
     assert custom_call_attributes(default, "dgpt_gemm")["num_multicast"] == (1, "i64")
 
 
+def test_forced_pingpong_reaches_every_op():
+    with heuristics.force_pingpong():
+        forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
+        grouped = lower_masked(n=256)
+    assert custom_call_attributes(forced, "dgpt_gemm")["pingpong"] == (1, "i64")
+    masked = custom_call_attributes(grouped, "dgpt_m_grouped_masked")
+    assert masked["pingpong"] == (int(masked["block_m"][0] == 128), "i64")
+    default = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
+    assert custom_call_attributes(default, "dgpt_gemm")["pingpong"] == (0, "i64")
+
+
 def test_forced_tile_reaches_every_op():
     with heuristics.force_tile(block_n=64, num_stages=3):
         gemm = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((256, 512)), spec((1024, 512)))

@@ -1,0 +1,75 @@
+"""GPU tests of pingpong (the two math warpgroups of a 128-row tile take turns issuing each K block's wgmma).
+
+The heuristics do not choose it (not measured yet); these tests force it with ``heuristics.force_pingpong()``
+on fresh functions and hold it to the contract of every other path: float64 agreement (calc_diff <= 3e-6),
+NaN-poisoned outputs fully written, and, since turns only reorder when each warpgroup issues its own
+unchanged arithmetic, results bitwise equal to the kernel without them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_close_to_f64, generate_fp8, run_into_poison, to_f64
+
+import jax_dgpt
+from jax_dgpt import heuristics
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [
+    (4096, 7168, 2048),  # an anchor: many tiles per CTA, turns run across tile boundaries
+    (200, 1000, 1040),  # M, N and K tails (9 K blocks: an odd number of turns per tile)
+    (130, 256, 128),  # one K block per tile
+    (4096, 2112, 7168),  # long K
+]
+
+
+def _bits(x) -> np.ndarray:
+    return np.asarray(x).view(np.uint16)
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_pingpong_gemm_matches_float64_and_the_plain_kernel(m, n, k):
+    a, b = generate_fp8((m, k), key=m + 3), generate_fp8((n, k), key=n + 4)
+    with heuristics.force_pingpong():
+        out = run_into_poison(lambda x, y: jax_dgpt.gemm(x, y), a, b, out_shape=(m, n))
+    assert not np.isnan(to_f64(out)).any(), f"M={m} N={n} K={k}: unwritten elements"
+    assert_close_to_f64(out, a, b, context=f"pingpong gemm M={m} N={n} K={k}")
+    plain = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(a, b)
+    np.testing.assert_array_equal(_bits(out), _bits(plain))
+
+
+@pytest.mark.parametrize("forced", [heuristics.force_multicast, heuristics.force_k_splits])
+def test_pingpong_with_clusters(forced):
+    """Turns inside each CTA of a multicast pair or a split-K cluster (M = 384: a pair's CTA past M skips)."""
+    a, b = generate_fp8((384, 4096), key=21), generate_fp8((1000, 4096), key=22)
+    plain = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(a, b)
+    with heuristics.force_pingpong(), forced(2):
+        out = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(a, b)
+    assert_close_to_f64(out, a, b, context=f"pingpong with {forced.__name__}(2)")
+    if forced is heuristics.force_multicast:  # split-K sums in another order than the plain kernel
+        np.testing.assert_array_equal(_bits(out), _bits(plain))
+
+
+def test_pingpong_grouped_layouts():
+    g, n, k = 3, 512, 1024
+    b = generate_fp8((g, n, k), key=31)
+    a = generate_fp8((g, 512, k), key=32)
+    masked_m = jnp.asarray([512, 131, 0], jnp.int32)
+    plain_masked = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)(a, b, masked_m, 256)
+    idx = np.full(640, -1, np.int32)
+    idx[:200], idx[256:512], idx[512:600] = 0, 2, 1
+    ac = generate_fp8((640, k), key=33)
+    m_indices = jnp.asarray(idx)
+    plain_contiguous = jax.jit(jax_dgpt.grouped_gemm_contiguous)(ac, b, m_indices)
+    with heuristics.force_pingpong():
+        masked = jax.jit(lambda x, y, m: jax_dgpt.grouped_gemm_masked(x, y, m, 256))(a, b, masked_m)
+        contiguous = jax.jit(lambda x, y, i: jax_dgpt.grouped_gemm_contiguous(x, y, i))(ac, b, m_indices)
+    for gi, rows in enumerate([512, 131]):
+        assert_close_to_f64(masked[gi, :rows], a[gi, :rows], b[gi], context=f"pingpong masked group {gi}")
+        np.testing.assert_array_equal(_bits(masked[gi, :rows]), _bits(plain_masked[gi, :rows]))
+    np.testing.assert_array_equal(_bits(contiguous), _bits(plain_contiguous))
+    assert_close_to_f64(contiguous[256:512], ac[256:512], b[2], context="pingpong contiguous expert 2")
