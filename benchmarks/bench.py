@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import sys
+import time
 from functools import partial
 
 import jax
@@ -57,33 +58,38 @@ def xla_dot(a, b, precision=None):
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.bfloat16)
 
 
-def forced_variants(k_splits=(), multicast=False, block_ns=(), stages=(), pingpong=False):
-    """Fresh jitted gemms with a kernel option forced (options the heuristics don't choose, or not always).
+def forced_variants(k_splits=(), multicast=False, block_ns=(), stages=(), pingpong=False, block_ms=()):
+    """{label: context manager factory} for kernel options forced next to the heuristics' choice.
 
-    Returns {label: (context manager factory, jitted gemm)}; a function is traced at its first call,
-    so every call of it runs inside its context.
+    A function is traced at its first call, so each variant gets a fresh jitted function called only
+    inside its context (`time_forced`).
     """
     forces = {f"split{s}": partial(heuristics.force_k_splits, s) for s in k_splits}
     if multicast:
         forces["mc2"] = partial(heuristics.force_multicast, 2)
     if pingpong:
         forces["pp"] = heuristics.force_pingpong
+    forces.update({f"bm{bm}": partial(heuristics.force_tile, block_m=bm) for bm in block_ms})
     forces.update({f"bn{bn}": partial(heuristics.force_tile, block_n=bn) for bn in block_ns})
     forces.update({f"st{st}": partial(heuristics.force_tile, num_stages=st) for st in stages})
-    return {label: (force, jax.jit(lambda a, b: jax_dgpt.gemm(a, b))) for label, force in forces.items()}
+    return forces
 
 
-def time_forced(timer, variants, a, b, row):
-    """Adds {label}_us and {label}_diff to `row` for each forced variant."""
-    for label, (force, f) in variants.items():
+def time_forced(timer, variants, make_fn, args, diff_of, row):
+    """Adds {label}_us and {label}_diff to `row` for each forced variant.
+
+    make_fn() returns a fresh jitted op; diff_of(output) its calc_diff against float64.
+    """
+    for label, force in variants.items():
+        f = make_fn()
         with force():
             try:
-                (t,) = timer.time_us(partial(f, a, b))
+                (t,) = timer.time_us(partial(f, *args))
             except ValueError as error:  # a forced value this shape cannot take (e.g. too many stages)
                 row[f"{label}_us"] = f"n/a ({error})".replace(" ", "_")[:80]
                 continue
             row[f"{label}_us"] = t
-            row[f"{label}_diff"] = calc_diff(f(a, b), ref_f64(a, b))
+            row[f"{label}_diff"] = diff_of(f(*args))
 
 
 def bench_normal(timer, shapes, rows, variants):
@@ -92,6 +98,7 @@ def bench_normal(timer, shapes, rows, variants):
     f_highest = jax.jit(lambda a, b: xla_dot(a, b, jax.lax.Precision.HIGHEST))
     f_bf16 = jax.jit(xla_dot)  # on bf16 copies of the inputs
     for m, n, k in shapes:
+        started = time.perf_counter()
         a, b = fp8((m, k), 1), fp8((n, k), 2)
         a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
         t, t_def, t_hi, t_bf = timer.time_us(
@@ -117,7 +124,16 @@ def bench_normal(timer, shapes, rows, variants):
                 calc_diff=diff,
             )
         )
-        time_forced(timer, variants, a, b, rows[-1])
+        reference = ref_f64(a, b)
+        time_forced(
+            timer,
+            variants,
+            lambda: jax.jit(lambda x, y: jax_dgpt.gemm(x, y)),
+            (a, b),
+            lambda out, ref=reference: calc_diff(out, ref),
+            rows[-1],
+        )
+        rows[-1]["bench_s"] = time.perf_counter() - started
         rows.report()
 
 
@@ -175,17 +191,23 @@ def bench_contiguous(timer, shapes, rows):
         rows.report()
 
 
-def bench_masked(timer, shapes, rows):
+def bench_masked(timer, shapes, rows, variants):
     f_dgpt = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)
     f_einsum = jax.jit(lambda a, b: jnp.einsum("gmk,gnk->gmn", a, b, preferred_element_type=jnp.bfloat16))
     rng = np.random.default_rng(6)
     for (g, em, n, k), seed_us in zip(shapes, SEED_MASKED_US):
+        started = time.perf_counter()
         masked = np.array([int(em * rng.uniform(0.7, 1.3)) for _ in range(g)], np.int32)
         a, b = fp8((g, MASKED_MMAX, k), 7), fp8((g, n, k), 8)
         mm = jnp.asarray(masked)
         t, t_e = timer.time_us(partial(f_dgpt, a, b, mm, em), partial(f_einsum, a, b))
-        out = np.asarray(f_dgpt(a, b, mm, em), np.float64)
-        diff = max(calc_diff(out[i, :r], ref_f64(a[i, :r], b[i])) for i, r in enumerate(masked) if r)
+        references = [ref_f64(a[i, :r], b[i]) if r else None for i, r in enumerate(masked)]
+
+        def diff_of(out, masked=masked, references=references):
+            out = np.asarray(out, np.float64)
+            return max(calc_diff(out[i, :r], references[i]) for i, r in enumerate(masked) if r)
+
+        diff = diff_of(f_dgpt(a, b, mm, em))
         valid = int(masked.sum())
         rows.append(
             dict(
@@ -201,6 +223,16 @@ def bench_masked(timer, shapes, rows):
                 calc_diff=diff,
             )
         )
+        time_forced(
+            timer,
+            {label: force for label, force in variants.items() if label != "mc2"},  # multicast: normal only
+            lambda em=em: jax.jit(lambda x, y, m: jax_dgpt.grouped_gemm_masked(x, y, m, em)),
+            (a, b, mm),
+            diff_of,
+            rows[-1],
+        )
+        rows[-1]["rows"] = masked.tolist()
+        rows[-1]["bench_s"] = time.perf_counter() - started
         rows.report()
 
 
@@ -244,17 +276,24 @@ def main():
     p.add_argument("--only", default="normal,decode,contiguous,masked")
     p.add_argument("--out", default=".")
     p.add_argument("--quick", action="store_true", help="a few shapes per layout")
-    p.add_argument("--k-splits", default="", help="also time normal shapes with split-K forced, e.g. 2,4")
+    p.add_argument("--k-splits", default="", help="also time normal and masked shapes with split-K forced, e.g. 2,4")
     p.add_argument("--multicast", action="store_true", help="also time normal shapes with B multicast forced")
-    p.add_argument("--pingpong", action="store_true", help="also time normal shapes with pingpong forced")
-    p.add_argument("--block-n", default="", help="also time normal shapes with these BLOCK_N forced, e.g. 128,160")
-    p.add_argument("--stages", default="", help="also time normal shapes with these stage counts forced, e.g. 3,4")
+    p.add_argument("--pingpong", action="store_true", help="also time normal and masked shapes with pingpong forced")
+    p.add_argument("--block-m", default="", help="also time normal and masked shapes with BLOCK_M forced, e.g. 64")
+    p.add_argument(
+        "--block-n", default="", help="also time normal and masked shapes with these BLOCK_N forced, e.g. 128,160"
+    )
+    p.add_argument(
+        "--stages", default="", help="also time normal and masked shapes with these stage counts forced, e.g. 3,4"
+    )
     p.add_argument("--shapes", default="", help="normal/decode shapes to run instead of the tables, e.g. 4096x7168x576")
     args = p.parse_args()
     only = set(args.only.split(","))
     k_splits = [int(x) for x in args.k_splits.split(",") if x]
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
-    variants = forced_variants(k_splits, args.multicast, ints(args.block_n), ints(args.stages), args.pingpong)
+    variants = forced_variants(
+        k_splits, args.multicast, ints(args.block_n), ints(args.stages), args.pingpong, ints(args.block_m)
+    )
     dev = jax.devices()[0]
     meta = dict(
         date=datetime.date.today().isoformat(),
@@ -280,7 +319,7 @@ def main():
     if "contiguous" in only:
         bench_contiguous(timer, pick(CONTIGUOUS), rows)
     if "masked" in only:
-        bench_masked(timer, pick(MASKED), rows)
+        bench_masked(timer, pick(MASKED), rows, variants)
     for layout in ("normal", "decode", "contiguous", "masked"):
         sel = [r for r in rows if r["layout"] == layout]
         if sel:
