@@ -135,7 +135,9 @@ Status GemmKernel::prepare(int device_ordinal) {
 // NOTES: a cluster's CTAs must sit in one GPC, and GPCs differ in SM count, so fewer than
 // num_sms / cluster_size clusters may fit at once. A persistent grid larger than that runs its last
 // clusters as a second wave, after the first ones finished all their tiles (twice the time). The
-// scheduler strides by gridDim, so a smaller grid only changes which CTA takes which tile.
+// scheduler strides by gridDim, so a smaller grid only changes which CTA takes which tile. The answer
+// is kept per kernel, not per device (GPUs of one process are assumed alike), and a failed query
+// leaves the grid uncapped.
 int GemmKernel::grid_for(const CUlaunchConfig& launch) const {
   const int requested = static_cast<int>(config_.num_sms);
   const int cluster = static_cast<int>(config_.cluster_size());
@@ -162,7 +164,7 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   const uint64_t groups_a = masked ? c.num_groups : 1;
   const uint64_t groups_b = c.type == GemmType::kNormal ? 1 : c.num_groups;
 
-  GemmParams params;
+  GemmParams params{};  // tensor maps a configuration does not use stay zero
   // NOTES: when all of A's rows fit in one block (small M, or a small Mmax), load only those rows:
   // the TMA unit spends time on zero-filled out-of-bounds rows too (M = 1 ran 1.4x slower than M = 64
   // on the same tiles, benchmarks/KERNEL_LOG.md).

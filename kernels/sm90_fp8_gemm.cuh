@@ -34,7 +34,8 @@ struct Sm90Fp8Gemm {
   static_assert(kMulticast == 1 || kMulticast == 2, "B multicast over 1 or 2 CTAs");
   static_assert(kMulticast == 1 || (kType == GemmType::kNormal && kNumKSplits == 1),
                 "B multicast: normal GEMMs only (grouped row blocks may use different B), without split-K");
-  static_assert(kPingpong <= 1, "pingpong is on (1) or off (0)");
+  static_assert(kPingpong <= 1 && (kPingpong == 0 || kBlockM == 128),
+                "pingpong is on (1) or off (0); on needs two math warpgroups (BLOCK_M 128)");
   // Each CTA's half of a multicast B box must start on a 128B-swizzle period (8 rows of 128 bytes).
   static_assert(kBlockN % (8 * kMulticast) == 0, "BLOCK_N must split into whole swizzle periods");
 
@@ -58,6 +59,9 @@ struct Sm90Fp8Gemm {
   static constexpr u32 kTailAtomCols = kTailSwizzle / 2;
   static constexpr u32 kNumTailAtoms = kTailCols / kTailAtomCols;
   static constexpr u32 kSmemDMain = kBlockM * kMainCols * 2;
+  // Each atom (and each warpgroup's 64 rows of it) must start on its swizzle's period for TMA.
+  static_assert(kSmemDMain % 1024 == 0 && (layout::kWgmmaM * kTailSwizzle) % (8 * kTailSwizzle) == 0,
+                "D atoms must start on their swizzle period");
   // NOTES: the producer needs few registers; giving them to the math warpgroups lets the two
   // fp32 accumulators (wgmma's and the promoted one) stay in registers.
   static constexpr u32 kProducerRegs = 40;
@@ -66,8 +70,10 @@ struct Sm90Fp8Gemm {
   // Pingpong: the two math warpgroups take turns issuing each K block's wgmmas (named barriers
   // kTurnBarrier + warpgroup; 1 and 2 belong to the epilogue), so one warpgroup's promotion runs while
   // the tensor core works through the other's batch instead of both promoting at once.
-  static constexpr bool kTakeTurns = kPingpong == 1 && layout::num_math_warpgroups(kBlockM) == 2;
+  static constexpr bool kTakeTurns = kPingpong == 1;
+  // Named barriers: 0 is __syncthreads, 1 + warpgroup the epilogue's, kTurnBarrier + warpgroup the turns.
   static constexpr u32 kTurnBarrier = 3;
+  static_assert(kTurnBarrier > kNumMathWarpgroups && kTurnBarrier + 2 <= 16, "named barrier ids overlap");
 
   using Mma = mma::WgmmaFp8<kBlockN>;
   using Scheduler = sched::TileScheduler<kType, kBlockM, kBlockN, kN, kNumNBlocksPerBand, kNumKSplits, kMulticast>;
@@ -355,6 +361,12 @@ struct Sm90Fp8Gemm {
     return (col / kCols) * (kBlockM * kSwizzle) + (offset ^ (((offset >> 7) & (kSwizzle / 16 - 1)) << 4));
   }
 
+  // Eight fp32 results of one 16-column chunk, as bf16 pairs into four 8x8 stmatrix tiles.
+  __device__ static void store_chunk(u8* dst, const float* f) {
+    ptx::stmatrix_x4(dst, ptx::pack_bf16x2(f[0], f[1]), ptx::pack_bf16x2(f[2], f[3]), ptx::pack_bf16x2(f[4], f[5]),
+                     ptx::pack_bf16x2(f[6], f[7]));
+  }
+
   // Epilogue: bf16 rows through stmatrix into the swizzled D tile, then TMA stores per atom.
   __device__ static void store_tile(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
                                     u32 warpgroup, u32 warp, u32 lane, float (&result)[kNumAccum]) {
@@ -386,14 +398,12 @@ struct Sm90Fp8Gemm {
       // A 16-column chunk never straddles an atom, so main/tail is decided at compile time.
       const u32 col = c * 16 + (q >> 1) * 8;
       u8* dst;
-      if (c * 16 < kMainCols) {
+      if (c * 16 + 16 <= kMainCols) {  // in the main atoms (this form: no warning when kMainCols = 0)
         dst = smem.d + d_atom_offset<128>(row, col);
       } else {
         dst = smem.d + kSmemDMain + d_atom_offset<kTailSwizzle>(row, col - kMainCols);
       }
-      const float* f = result + c * 8;
-      ptx::stmatrix_x4(dst, ptx::pack_bf16x2(f[0], f[1]), ptx::pack_bf16x2(f[2], f[3]), ptx::pack_bf16x2(f[4], f[5]),
-                       ptx::pack_bf16x2(f[6], f[7]));
+      store_chunk(dst, result + c * 8);
     }
     ptx::fence_proxy_async_shared();
     ptx::named_barrier_sync(1 + warpgroup, 128);
