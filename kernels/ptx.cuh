@@ -131,6 +131,15 @@ __device__ __forceinline__ void mbarrier_arrive_remote(u32 cluster_addr) {
   asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
 }
 
+// Arrives on an mbarrier of another CTA of the cluster as a pure signal (release at CTA scope, the
+// default). For a peer's empty barrier: the stage was read by this warp's wgmmas, which `wait_group`
+// completed, and nothing this thread wrote has to reach the peer. NOTES: `.release.cluster` here
+// orders every prior write of the thread at cluster scope on each arrival; in the multicast
+// mainloop that is once per K block per math warp.
+__device__ __forceinline__ void mbarrier_arrive_signal(u32 cluster_addr) {
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
+}
+
 // Like mbarrier_wait, acquiring at cluster scope (the arrivals came from other CTAs).
 __device__ __forceinline__ void mbarrier_wait_cluster(u64* bar, u32 phase) {
   u32 done = 0;

@@ -212,7 +212,8 @@ struct Sm90Fp8Gemm {
     const u32 bytes = (load_a ? params.a_box_rows * kBlockK : 0u) + kSmemB;
     for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
       const u32 stage = iter % kNumStages;
-      ptx::mbarrier_wait_cluster(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
+      // The arrivals are signals that both CTAs' wgmmas finished reading the stage (no data to acquire).
+      ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
       ptx::mbarrier_arrive_expect_tx(&smem.full[stage], bytes);
       const i32 k = static_cast<i32>(kb * kBlockK);
       if (load_a) ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
@@ -303,7 +304,7 @@ struct Sm90Fp8Gemm {
     if constexpr (kMulticast == 1) {
       if (lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
     } else {
-      if (lane < kMulticast) ptx::mbarrier_arrive_remote(ptx::map_to_rank(&smem.empty[stage], lane));
+      if (lane < kMulticast) ptx::mbarrier_arrive_signal(ptx::map_to_rank(&smem.empty[stage], lane));
     }
   }
 
