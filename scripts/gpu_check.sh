@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one script the H100/H200 runs: build, GPU tests, sanitizers, benchmark. Logs go to $OUT.
-# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [example] [ncu] ...
+# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [example] [ncu]
+#        [sass] ...
 #   (default: build smoke tests); `compat` needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
 #   PYTEST_ARGS="-k masked" narrows the test run; BENCH_ARGS is passed to the benchmark.
 set -uo pipefail
@@ -69,6 +70,10 @@ for what in "$@"; do
       ncu --import "$OUT/ncu.ncu-rep" --page details >"$OUT/ncu_details.txt" 2>&1 || status=1
       grep -E "Duration|Throughput|Stall|Issued|Eligible|Registers|Shared Memory Config|Waves" "$OUT/ncu_details.txt" \
         | head -60 ;;
+    sass)
+      # Instruction counts (fences, barriers, wgmma) of a few configurations; listings in $OUT/sass_*.txt.
+      step "sass"
+      python3 scripts/sass_stats.py "$OUT" 2>&1 | tee "$OUT/sass_stats.md" ;;
     example)
       step "examples/moe_layer.py"
       timeout 300 python3 examples/moe_layer.py 2>&1 | tee "$OUT/moe_layer.log" | tail -25

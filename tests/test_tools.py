@@ -1,4 +1,5 @@
-"""The benchmark's bookkeeping on the CPU (the kernels fall back to the reference there).
+"""The measurement tools on the CPU: the benchmark's bookkeeping (the kernels fall back to the reference
+there) and the SASS opcode counter of scripts/sass_stats.py.
 
 The profiler timer needs GPU kernels, so a stand-in returns fixed times; what is checked is everything
 around it: each forced variant runs inside its own context on a fresh function and records its time and
@@ -36,3 +37,18 @@ def test_forced_variants_are_recorded(tmp_path):
     assert len(masked["rows"]) == 2 and masked["calc_diff"] <= 3e-6
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["layout"] for r in saved["rows"]] == ["normal", "masked"]
+
+
+def test_sass_opcode_counts():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "scripts"))
+    import sass_stats
+
+    listing = """
+        /*0010*/                   MOV R1, c[0x0][0x28] ;                      /* 0x00000a0000017a02 */
+        /*0020*/              @!PT MEMBAR.ALL.GPU ;                            /* 0x0000000000007992 */
+        /*0030*/               @P0 SYNCS.ARRIVE.TRANS64.RED.A1T0 RZ, [UR4+URZ], RZ ; /* 0x0000000000007992 */
+        /*0040*/              @UP1 HGMMA.64x208x32.F32.E4M3.E4M3 R24, gdesc[UR8], RZ ; /* 0x0000000000007992 */
+        /*0050*/                   MEMBAR.SC.CTA ;                             /* 0x0000000000007992 */
+    """
+    counts = sass_stats.count_opcodes(listing)
+    assert counts == {"MOV": 1, "MEMBAR": 2, "SYNCS": 1, "HGMMA": 1}, counts
