@@ -2,6 +2,8 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 
+#include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "gemm_handlers.h"
@@ -38,6 +40,16 @@ GemmConfig make_config(const std::string& kind, int64_t m, int64_t n, int64_t k,
   const Status valid = validate(c);
   if (!valid.ok()) throw nb::value_error(valid.message().c_str());
   return c;
+}
+
+// The host side of one kernel (compile, load, prepare, launch) without XLA: for tests that run the
+// launch path against a stand-in driver (tests/test_launcher_fake_driver.py).
+struct LauncherForTests {
+  std::unique_ptr<GemmKernel> kernel;
+};
+
+void check(const Status& status) {
+  if (!status.ok()) throw std::runtime_error(status.message());
 }
 
 }  // namespace
@@ -86,6 +98,34 @@ void bind_gemm(nb::module_& m) {
   }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
   nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("num_k_splits") = 1,
   nb::arg("num_multicast") = 1, nb::arg("pingpong") = 0);
+
+  nb::class_<LauncherForTests>(m, "_LauncherForTests",
+                               "One kernel's host side (compile, load, prepare device 0, launch) outside XLA; for "
+                               "tests with a stand-in driver.")
+      .def("__init__",
+           [](LauncherForTests* self, const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
+              int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms, int64_t num_k_splits,
+              int64_t num_multicast, int64_t pingpong) {
+             const GemmConfig c = make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms,
+                                              num_k_splits, num_multicast, pingpong);
+             GemmKernel* kernel = nullptr;
+             {
+               nb::gil_scoped_release release;
+               check(GemmKernel::create(c, &kernel));
+             }
+             new (self) LauncherForTests{std::unique_ptr<GemmKernel>(kernel)};
+             check(self->kernel->prepare(0));
+           },
+           nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
+           nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("num_k_splits") = 1,
+           nb::arg("num_multicast") = 1, nb::arg("pingpong") = 0)
+      .def("launch",
+           [](const LauncherForTests& self, uintptr_t a, uintptr_t b, uintptr_t d, uintptr_t grouped_layout) {
+             check(self.kernel->launch(nullptr, reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(b),
+                                       reinterpret_cast<void*>(d), reinterpret_cast<const int32_t*>(grouped_layout)));
+           },
+           nb::arg("a"), nb::arg("b"), nb::arg("d"), nb::arg("grouped_layout") = 0,
+           "Launches on the null stream with these device addresses; raises RuntimeError on failure.");
 
   m.def("compile_gemm", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
                            int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms, bool ptxas_verbose,

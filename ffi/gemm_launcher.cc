@@ -157,8 +157,7 @@ int GemmKernel::grid_for(const CUlaunchConfig& launch) const {
   return grid;
 }
 
-Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d,
-                          const int32_t* grouped_layout) const {
+Status GemmKernel::encode_params(const Buffers& buffers, GemmParams* out) const {
   const GemmConfig& c = config_;
   const bool masked = c.type == GemmType::kMasked;
   const uint64_t groups_a = masked ? c.num_groups : 1;
@@ -170,29 +169,49 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   // on the same tiles, benchmarks/KERNEL_LOG.md).
   const uint32_t a_box_rows = static_cast<uint32_t>(std::min<int64_t>(c.block_m, (c.m + 7) / 8 * 8));
   params.a_box_rows = a_box_rows;
-  DGPT_RETURN_IF_ERROR(tma::encode({"a", const_cast<void*>(a), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
-                                    (uint64_t)c.m, groups_a},
+  DGPT_RETURN_IF_ERROR(tma::encode({"a", const_cast<void*>(buffers.a), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1,
+                                    (uint64_t)c.k, (uint64_t)c.m, groups_a},
                                    layout::kBlockK, a_box_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
   // With B multicast each CTA of a pair loads half of the B tile (for both).
-  DGPT_RETURN_IF_ERROR(tma::encode({"b", const_cast<void*>(b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (uint64_t)c.k,
-                                    (uint64_t)c.n, groups_b},
+  DGPT_RETURN_IF_ERROR(tma::encode({"b", const_cast<void*>(buffers.b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1,
+                                    (uint64_t)c.k, (uint64_t)c.n, groups_b},
                                    layout::kBlockK, static_cast<uint32_t>(c.block_n / c.num_multicast),
                                    CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
   // D leaves in 64-column atoms (128B swizzle) plus, when BLOCK_N % 64 != 0, narrower tail atoms.
-  const tma::Tensor3d out = {"out", d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (uint64_t)c.n, (uint64_t)c.m, groups_a};
+  const tma::Tensor3d out_tensor = {"out", const_cast<void*>(buffers.d), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                                    (uint64_t)c.n, (uint64_t)c.m, groups_a};
   const uint32_t block_n = static_cast<uint32_t>(c.block_n);
   if (layout::d_main_cols(block_n) > 0) {
     DGPT_RETURN_IF_ERROR(
-        tma::encode(out, layout::kDAtomCols, layout::kWgmmaM, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_d));
+        tma::encode(out_tensor, layout::kDAtomCols, layout::kWgmmaM, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_d));
   }
   if (const uint32_t tail = layout::d_tail_cols(block_n); tail > 0) {
     const uint32_t swizzle = layout::swizzle_d_bytes(tail);
-    DGPT_RETURN_IF_ERROR(
-        tma::encode(out, swizzle / 2, layout::kWgmmaM, tma::swizzle_for_bytes(swizzle), &params.tma_d_tail));
+    DGPT_RETURN_IF_ERROR(tma::encode(out_tensor, swizzle / 2, layout::kWgmmaM, tma::swizzle_for_bytes(swizzle),
+                                     &params.tma_d_tail));
   }
-  params.grouped_layout = grouped_layout;
+  params.grouped_layout = buffers.grouped_layout;
   params.shape_m = static_cast<uint32_t>(c.m);
   params.num_groups = static_cast<uint32_t>(c.num_groups);
+  *out = params;
+  return Status::Ok();
+}
+
+Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d,
+                          const int32_t* grouped_layout) const {
+  const GemmConfig& c = config_;
+  const Buffers buffers{a, b, d, grouped_layout};
+  GemmParams params;
+  {
+    std::lock_guard<std::mutex> lock(params_mutex_);
+    if (!params_valid_ || !(params_buffers_ == buffers)) {
+      params_valid_ = false;
+      DGPT_RETURN_IF_ERROR(encode_params(buffers, &params_));
+      params_buffers_ = buffers;
+      params_valid_ = true;
+    }
+    params = params_;
+  }
 
   Status status;
   const driver::Api* cu = driver::get(&status);

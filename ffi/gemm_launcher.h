@@ -66,7 +66,8 @@ class GemmKernel {
   // Checks the device (sm_90) and raises the kernel's shared-memory limit on it; once per device.
   Status prepare(int device_ordinal);
 
-  // Encodes the TMA descriptors for these buffers and launches on `stream`. No sync, no allocation.
+  // Encodes the TMA descriptors for these buffers (or reuses the last ones when the buffers are the
+  // same) and launches on `stream`. No sync, no allocation.
   Status launch(CUstream stream, const void* a, const void* b, void* d, const int32_t* grouped_layout) const;
 
   const GemmConfig& config() const { return config_; }
@@ -82,6 +83,24 @@ class GemmKernel {
   mutable std::atomic<int> grid_{0};
 
   int grid_for(const CUlaunchConfig& launch) const;
+
+  // The kernel parameter depends only on the static config and the four buffer addresses. NOTES: an XLA
+  // executable usually hands a custom call the same buffers on every run, and encoding the three or four
+  // tensor maps is a large part of the host time of one launch; the last parameter is kept and reused.
+  struct Buffers {
+    const void* a;
+    const void* b;
+    const void* d;
+    const int32_t* grouped_layout;
+    bool operator==(const Buffers& o) const {
+      return a == o.a && b == o.b && d == o.d && grouped_layout == o.grouped_layout;
+    }
+  };
+  Status encode_params(const Buffers& buffers, GemmParams* out) const;
+  mutable std::mutex params_mutex_;
+  mutable bool params_valid_ = false;  // the three below, guarded by params_mutex_
+  mutable Buffers params_buffers_{};
+  mutable GemmParams params_{};
 };
 
 }  // namespace dgpt

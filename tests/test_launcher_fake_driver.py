@@ -1,0 +1,198 @@
+"""The host launch path (tensor maps, kernel parameter, grid, clusters) against a stand-in driver, on the CPU.
+
+`tests/fake_driver/fake_libcuda.c` is built into a libcuda.so.1 that launches nothing and records every
+call; each test runs in a subprocess whose loader finds it first. The kernels are really compiled (nvcc);
+only the driver is replaced. What the GPU tests cannot see directly is checked here: which tensor maps a
+launch encodes and what they describe, that the kernel parameter is reused while the buffers repeat and
+re-encoded when any of them changes, that an encoding failure is reported and not cached, and that cluster
+grids are capped at the co-resident clusters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jax_dgpt import _C, heuristics
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
+
+PRELUDE = """
+import ctypes, json, struct
+fake = ctypes.CDLL("libcuda.so.1")  # the stand-in: the extension's dlopen gets this same library
+from jax_dgpt import _C
+assert _C.driver_available()[0], _C.driver_available()
+
+def last_launch():
+    out = (ctypes.c_uint * 4)()
+    fake.fake_last_launch(out)
+    return dict(zip(("grid", "cluster", "smem", "block"), out))
+
+def last_params():
+    raw = (ctypes.c_ubyte * 576)()
+    fake.fake_last_params(raw, 576)
+    words = struct.unpack("<72Q", bytes(raw))
+    fields = ("address", "inner", "rows", "box_inner", "box_rows", "swizzle")
+    maps = {name: dict(zip(fields, words[16 * i : 16 * i + 6])) for i, name in enumerate(("a", "b", "d", "d_tail"))}
+    layout, shape_m_groups, box_rows = words[64], words[65], words[66]
+    return dict(maps=maps, grouped_layout=layout, shape_m=shape_m_groups & 0xFFFFFFFF,
+                num_groups=shape_m_groups >> 32, a_box_rows=box_rows & 0xFFFFFFFF)
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_driver_dir(tmp_path_factory):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not os.path.exists(os.path.join(CUDA_INCLUDE, "cuda.h")):
+        pytest.skip("needs a C compiler and the CUDA headers to build the stand-in driver")
+    try:
+        _C.compiler_signature()
+    except RuntimeError as error:
+        pytest.skip(f"no CUDA compiler for the JIT: {error}")
+    out = tmp_path_factory.mktemp("fake_driver")
+    subprocess.run(
+        [
+            compiler,
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-I",
+            CUDA_INCLUDE,
+            "-o",
+            str(out / "libcuda.so.1"),
+            os.path.join(HERE, "fake_driver", "fake_libcuda.c"),
+        ],
+        check=True,
+    )
+    return out
+
+
+def run(fake_driver_dir, tmp_path, body: str) -> dict:
+    """Runs PRELUDE + body in a fresh interpreter that loads the stand-in driver; returns its last JSON line."""
+    env = dict(
+        os.environ,
+        LD_LIBRARY_PATH=f"{fake_driver_dir}:{os.environ.get('LD_LIBRARY_PATH', '')}",
+        DG_JIT_CACHE_DIR=str(tmp_path / "cache"),
+        JAX_PLATFORMS="cpu",
+    )
+    env["PATH"] = env.get("PATH", "") + os.pathsep + os.path.join(os.path.dirname(CUDA_INCLUDE), "bin")
+    proc = subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(body)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_parameter_is_encoded_once_per_set_of_buffers(fake_driver_dir, tmp_path):
+    r = run(
+        fake_driver_dir,
+        tmp_path,
+        """
+        k = _C._LauncherForTests("normal", 4096, 7168, 2048, 1, 128, 208, 4, 132)
+        A, B, D = 0x10000, 0x20000, 0x30000
+        counts = []
+        for d in (D, D, D, D + 4096, D + 4096, D):
+            k.launch(A, B, d)
+            counts.append(fake.fake_encodes())
+        launches = fake.fake_launches()
+        print(json.dumps(dict(counts=counts, launches=launches, launch=last_launch(), params=last_params())))
+    """,
+    )
+    # 208 columns = 3 x 64 (128B swizzle) + 16 (32B): four maps per encoding, none while the buffers repeat.
+    assert r["counts"] == [4, 4, 4, 8, 8, 12], r["counts"]
+    assert r["launches"] == 6
+    assert r["launch"] == dict(grid=132, cluster=1, smem=_C.smem_size(128, 208, 4), block=384)
+    p = r["params"]
+    assert p["maps"]["a"] == dict(address=0x10000, inner=2048, rows=4096, box_inner=128, box_rows=128, swizzle=3)
+    assert p["maps"]["b"] == dict(address=0x20000, inner=2048, rows=7168, box_inner=128, box_rows=208, swizzle=3)
+    assert p["maps"]["d"] == dict(address=0x30000, inner=7168, rows=4096, box_inner=64, box_rows=64, swizzle=3)
+    assert p["maps"]["d_tail"] == dict(address=0x30000, inner=7168, rows=4096, box_inner=16, box_rows=64, swizzle=1)
+    assert (p["shape_m"], p["num_groups"], p["a_box_rows"], p["grouped_layout"]) == (4096, 1, 128, 0)
+
+
+def test_small_m_and_grouped_parameters(fake_driver_dir, tmp_path):
+    stages = heuristics.select_num_stages(64, 128, 2)
+    r = run(
+        fake_driver_dir,
+        tmp_path,
+        """
+        out = {}
+        k = _C._LauncherForTests("normal", 5, 256, 4096, 1, 64, 128, STAGES, 4, num_k_splits=2)
+        k.launch(0x10000, 0x20000, 0x30000)
+        out["small"] = dict(params=last_params(), launch=last_launch(), encodes=fake.fake_encodes())
+        g = _C._LauncherForTests("masked", 512, 256, 1024, 3, 128, 128, 6, 132)
+        g.launch(0x40000, 0x50000, 0x60000, 0x70000)
+        out["masked"] = dict(params=last_params(), launch=last_launch())
+        print(json.dumps(out))
+    """.replace("STAGES", str(stages)),
+    )
+    small = r["small"]
+    assert small["params"]["a_box_rows"] == 8 and small["params"]["maps"]["a"]["box_rows"] == 8  # trimmed A box
+    assert small["params"]["maps"]["d_tail"]["address"] == 0 and small["encodes"] == 3  # 128 columns: no tail map
+    assert small["launch"]["cluster"] == 2 and small["launch"]["grid"] == 4
+    masked = r["masked"]["params"]
+    assert masked["grouped_layout"] == 0x70000 and (masked["shape_m"], masked["num_groups"]) == (512, 3)
+    assert masked["maps"]["a"]["rows"] == 512 and masked["maps"]["b"]["rows"] == 256
+
+
+def test_cluster_grid_is_capped_at_co_resident_clusters(fake_driver_dir, tmp_path):
+    r = run(
+        fake_driver_dir,
+        tmp_path,
+        """
+        out = {}
+        fake.fake_set_max_clusters(60)
+        mc = _C._LauncherForTests("normal", 4096, 7168, 2048, 1, 128, 208, 4, 132, num_multicast=2)
+        mc.launch(0x10000, 0x20000, 0x30000)
+        mc.launch(0x10000, 0x20000, 0x40000)
+        out["capped"] = dict(launch=last_launch(), queries=fake.fake_occupancy_queries())
+        fake.fake_set_max_clusters(-1)  # the query fails: the grid stays as configured
+        mc2 = _C._LauncherForTests("normal", 4096, 7168, 4096, 1, 128, 208, 4, 132, num_multicast=2)
+        mc2.launch(0x10000, 0x20000, 0x30000)
+        out["failed"] = last_launch()
+        plain = _C._LauncherForTests("normal", 4096, 7168, 2048, 1, 128, 208, 4, 132)
+        plain.launch(0x10000, 0x20000, 0x30000)
+        out["plain"] = dict(launch=last_launch(), queries=fake.fake_occupancy_queries())
+        print(json.dumps(out))
+    """,
+    )
+    assert r["capped"]["launch"]["grid"] == 120 and r["capped"]["launch"]["cluster"] == 2
+    assert r["capped"]["queries"] == 1  # asked once per kernel, not per launch
+    assert r["failed"]["grid"] == 132 and r["failed"]["cluster"] == 2
+    assert r["plain"]["launch"]["grid"] == 132 and r["plain"]["queries"] == 2  # no query without clusters
+
+
+def test_encoding_failure_is_reported_and_not_cached(fake_driver_dir, tmp_path):
+    r = run(
+        fake_driver_dir,
+        tmp_path,
+        """
+        k = _C._LauncherForTests("normal", 256, 512, 256, 1, 128, 128, 6, 132)
+        k.launch(0x10000, 0x20000, 0x30000)
+        fake.fake_fail_encodes(1)
+        errors = []
+        try:
+            k.launch(0x10010, 0x20000, 0x30000)
+        except RuntimeError as e:
+            errors.append(str(e))
+        launches_after_failure = fake.fake_launches()
+        k.launch(0x10010, 0x20000, 0x30000)  # same buffers again: encoded afresh, launched
+        try:
+            k.launch(0x10008, 0x20000, 0x30000)  # not 16-byte aligned: refused before the driver
+        except RuntimeError as e:
+            errors.append(str(e))
+        print(json.dumps(dict(errors=errors, launches_after_failure=launches_after_failure,
+                              launches=fake.fake_launches(), params=last_params())))
+    """,
+    )
+    assert "operand a: cuTensorMapEncodeTiled failed" in r["errors"][0], r["errors"]
+    assert "16-byte aligned" in r["errors"][1], r["errors"]
+    assert r["launches_after_failure"] == 1 and r["launches"] == 2
+    assert r["params"]["maps"]["a"]["address"] == 0x10010
