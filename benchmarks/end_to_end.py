@@ -4,7 +4,9 @@
 
 Host overhead = (wall time of one jitted program making many GEMM calls - its device time) / calls, for
 jax_dgpt and for XLA's FP8 dot side by side; a tiny shape shows the launch cost itself (its kernels are
-shorter). Compile and first-call times run in fresh subprocesses with an empty, then a warm, DG_JIT_CACHE_DIR.
+shorter). The same measurement runs again in a fresh process with XLA command buffers on for custom calls
+(COMMAND_BUFFER_FLAGS: the program replays as CUDA graphs, so per-call host work drops out after the first run).
+Compile and first-call times run in fresh subprocesses with an empty, then a warm, DG_JIT_CACHE_DIR.
 """
 
 from __future__ import annotations
@@ -95,22 +97,57 @@ def host_overhead(timer: Timer, m: int, n: int, k: int, calls: int = 32, repeats
     return result
 
 
+# XLA flags that put custom calls (ours are command-buffer compatible) and library GEMMs into CUDA graphs
+# even for short programs: the program then replays as one graph launch.
+COMMAND_BUFFER_FLAGS = (
+    "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1"
+)
+
+
+def print_overhead(label: str, shape: str, r: dict) -> None:
+    print(
+        f"host overhead{label} {shape}: jax_dgpt {r['jax_dgpt']['overhead_us']:.2f} us/call "
+        f"(wall {r['jax_dgpt']['wall_us_per_call']:.2f}, kernel {r['jax_dgpt']['kernel_us']:.2f}); "
+        f"XLA dot {r['xla']['overhead_us']:.2f} us/call (wall {r['xla']['wall_us_per_call']:.2f}, "
+        f"kernel {r['xla']['kernel_us']:.2f}); {r['jax_dgpt']['calls_per_program']} calls per jitted program",
+        flush=True,
+    )
+
+
+def overhead_with_command_buffers(shapes) -> dict:
+    """The host-overhead measurement again in a fresh process with COMMAND_BUFFER_FLAGS added to XLA_FLAGS."""
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + COMMAND_BUFFER_FLAGS).strip())
+    spec = ",".join(f"{m}x{n}x{k}" for m, n, k in shapes)
+    out = subprocess.run(
+        [sys.executable, __file__, "--host-overhead-only", spec], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=".")
+    p.add_argument("--host-overhead-only", default="", help="internal: MxNxK,... ; print host overheads as JSON")
     args = p.parse_args()
+    if args.host_overhead_only:
+        timer = Timer()
+        chosen = [tuple(int(x) for x in s.split("x")) for s in args.host_overhead_only.split(",")]
+        print(json.dumps({f"{m}x{n}x{k}": host_overhead(timer, m, n, k) for m, n, k in chosen}))
+        return
     shapes = [(4096, 7168, 2048), (128, 2112, 7168), (64, 7168, 576)]
     report = {"host_overhead": {}, "compile": {}}
     timer = Timer()
     for m, n, k in [(64, 256, 128)] + shapes:
         r = host_overhead(timer, m, n, k)
         report["host_overhead"][f"{m}x{n}x{k}"] = r
-        print(
-            f"host overhead {m}x{n}x{k}: jax_dgpt {r['jax_dgpt']['overhead_us']:.2f} us/call "
-            f"(wall {r['jax_dgpt']['wall_us_per_call']:.2f}, kernel {r['jax_dgpt']['kernel_us']:.2f}); "
-            f"XLA dot {r['xla']['overhead_us']:.2f} us/call (wall {r['xla']['wall_us_per_call']:.2f}, "
-            f"kernel {r['xla']['kernel_us']:.2f}); {r['jax_dgpt']['calls_per_program']} calls per jitted program"
-        )
+        print_overhead("", f"{m}x{n}x{k}", r)
+    try:
+        graphs = overhead_with_command_buffers([(64, 256, 128)] + shapes)
+        report["host_overhead_command_buffers"] = dict(xla_flags=COMMAND_BUFFER_FLAGS, **graphs)
+        for shape, r in graphs.items():
+            print_overhead(" (XLA command buffers)", shape, r)
+    except subprocess.CalledProcessError as error:
+        print(f"host overhead with command buffers failed:\n{error.stderr[-2000:]}", flush=True)
     for m, n, k in shapes:
         with tempfile.TemporaryDirectory() as cache:
             cold = run_json(COLD_COMPILE.format(m=m, n=n, k=k), cache)
