@@ -204,11 +204,10 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   GemmParams params;
   {
     std::lock_guard<std::mutex> lock(params_mutex_);
-    if (!params_valid_ || !(params_buffers_ == buffers)) {
-      params_valid_ = false;
+    if (!params_buffers_ || !(*params_buffers_ == buffers)) {
+      params_buffers_.reset();  // a failed encoding leaves nothing to reuse
       DGPT_RETURN_IF_ERROR(encode_params(buffers, &params_));
       params_buffers_ = buffers;
-      params_valid_ = true;
     }
     params = params_;
   }

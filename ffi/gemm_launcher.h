@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -98,8 +99,7 @@ class GemmKernel {
   };
   Status encode_params(const Buffers& buffers, GemmParams* out) const;
   mutable std::mutex params_mutex_;
-  mutable bool params_valid_ = false;  // the three below, guarded by params_mutex_
-  mutable Buffers params_buffers_{};
+  mutable std::optional<Buffers> params_buffers_;  // what params_ describes (none yet); both guarded by the mutex
   mutable GemmParams params_{};
 };
 
