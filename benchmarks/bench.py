@@ -177,7 +177,7 @@ def bench_contiguous(timer, shapes, rows):
         rows.append(
             dict(
                 layout="contiguous",
-                shape=f"G={g} m={em} N={n} K={k}",
+                shape=grouped_label(g, em, n, k),
                 us=t,
                 tflops=2 * valid * n * k / t / 1e6,
                 gbps=(m * k + g * n * k + 2 * m * n) / t / 1e3,
@@ -191,13 +191,23 @@ def bench_contiguous(timer, shapes, rows):
         rows.report()
 
 
+def grouped_label(g, em, n, k) -> str:
+    return f"G={g} m={em} N={n} K={k}"
+
+
+def masked_draws(shapes) -> list[np.ndarray]:
+    """Valid rows per group, expected_m x U(0.7, 1.3) as in ANCHORS-H100.md; drawn for the whole table in order,
+    so a shape gets the same rows whether or not --match/--quick skip others."""
+    rng = np.random.default_rng(6)
+    return [np.array([int(em * rng.uniform(0.7, 1.3)) for _ in range(g)], np.int32) for g, em, _, _ in shapes]
+
+
 def bench_masked(timer, shapes, rows, variants):
+    """shapes: ((G, expected_m, N, K), the reference library's µs, valid rows per group) triples."""
     f_dgpt = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)
     f_einsum = jax.jit(lambda a, b: jnp.einsum("gmk,gnk->gmn", a, b, preferred_element_type=jnp.bfloat16))
-    rng = np.random.default_rng(6)
-    for (g, em, n, k), seed_us in zip(shapes, SEED_MASKED_US):
+    for (g, em, n, k), seed_us, masked in shapes:
         started = time.perf_counter()
-        masked = np.array([int(em * rng.uniform(0.7, 1.3)) for _ in range(g)], np.int32)
         a, b = fp8((g, MASKED_MMAX, k), 7), fp8((g, n, k), 8)
         mm = jnp.asarray(masked)
         t, t_e = timer.time_us(partial(f_dgpt, a, b, mm, em), partial(f_einsum, a, b))
@@ -212,7 +222,7 @@ def bench_masked(timer, shapes, rows, variants):
         rows.append(
             dict(
                 layout="masked",
-                shape=f"G={g} m={em} N={n} K={k}",
+                shape=grouped_label(g, em, n, k),
                 us=t,
                 tflops=2 * valid * n * k / t / 1e6,
                 gbps=(valid * k + g * n * k + 2 * valid * n) / t / 1e3,
@@ -286,6 +296,7 @@ def main():
     p.add_argument(
         "--stages", default="", help="also time normal and masked shapes with these stage counts forced, e.g. 3,4"
     )
+    p.add_argument("--match", default="", help="contiguous/masked shapes whose label contains this, e.g. G=32")
     p.add_argument("--shapes", default="", help="normal/decode shapes to run instead of the tables, e.g. 4096x7168x576")
     args = p.parse_args()
     only = set(args.only.split(","))
@@ -317,9 +328,10 @@ def main():
         for r in rows[-len(pick(DECODE)) :]:
             r["layout"] = "decode"
     if "contiguous" in only:
-        bench_contiguous(timer, pick(CONTIGUOUS), rows)
+        bench_contiguous(timer, [s for s in pick(CONTIGUOUS) if args.match in grouped_label(*s)], rows)
     if "masked" in only:
-        bench_masked(timer, pick(MASKED), rows, variants)
+        shapes = list(zip(MASKED, SEED_MASKED_US, masked_draws(MASKED)))
+        bench_masked(timer, [s for s in pick(shapes) if args.match in grouped_label(*s[0])], rows, variants)
     for layout in ("normal", "decode", "contiguous", "masked"):
         sel = [r for r in rows if r["layout"] == layout]
         if sel:

@@ -60,16 +60,18 @@ for what in "$@"; do
       step "end to end: host overhead, cold compile, warm-cache first call"
       python3 benchmarks/end_to_end.py --out "$OUT" 2>&1 | tee "$OUT/end_to_end.log" | tail -20 ;;
     ncu)
-      # Nsight Compute on the GEMM kernel only (clocks left alone): NCU_SHAPES="4096x7168x576 64x2112x7168",
-      # NCU_ARGS="--multicast" (profile_case.py's options). One report per run, plus a text summary.
+      # Nsight Compute (clocks left alone): NCU_SHAPES="4096x7168x576 64x2112x7168", NCU_ARGS="--multicast" or
+      # "--xla" (profile_case.py's options; --xla also runs XLA's dot, and the default NCU_KERNEL then matches
+      # cuBLASLt's kernels too). One report per run, plus a text summary with the tensor-pipe activity.
       step "ncu: ${NCU_SHAPES:=4096x7168x576}"
-      timeout 400 ncu --clock-control none --kernel-name dgpt_kernel \
+      timeout 400 ncu --clock-control none --kernel-name "${NCU_KERNEL:-regex:dgpt_kernel|gemm|xmma|cutlass}" \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
-        --section LaunchStats --section Occupancy -f -o "$OUT/ncu" \
-        python3 scripts/profile_case.py $NCU_SHAPES ${NCU_ARGS:-} >"$OUT/ncu_run.log" 2>&1 || status=1
+        --section LaunchStats --section Occupancy --section ComputeWorkloadAnalysis \
+        --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed,sm__cycles_elapsed.avg.per_second \
+        -f -o "$OUT/ncu" python3 scripts/profile_case.py $NCU_SHAPES ${NCU_ARGS:-} >"$OUT/ncu_run.log" 2>&1 || status=1
       ncu --import "$OUT/ncu.ncu-rep" --page details >"$OUT/ncu_details.txt" 2>&1 || status=1
-      grep -E "Duration|Throughput|Stall|Issued|Eligible|Registers|Shared Memory Config|Waves" "$OUT/ncu_details.txt" \
-        | head -60 ;;
+      grep -E "^  [a-zA-Z_]|Duration|Throughput|Stall|Issued|Eligible|Registers|Waves|pipe_tensor|cycles_elapsed" \
+        "$OUT/ncu_details.txt" | head -120 ;;
     sass)
       # Instruction counts (fences, barriers, wgmma) of a few configurations; listings in $OUT/sass_*.txt.
       step "sass"

@@ -1,7 +1,10 @@
 """Runs jitted jax_dgpt GEMMs for Nsight Compute (`scripts/gpu_check.sh ncu`): one call per shape, so the
 report holds one dgpt_kernel launch per shape (ncu flushes the caches before each replay pass).
 
-    python scripts/profile_case.py 4096x7168x576 64x2112x7168 [--multicast] [--pingpong] [--block-n 128]
+    python scripts/profile_case.py 4096x7168x576 64x2112x7168 [--multicast] [--pingpong] [--block-n 128] [--xla]
+
+--xla also runs XLA's own FP8 dot (cuBLASLt) on each shape, for a report that holds both kernels
+(gpu_check.sh's NCU_KERNEL picks which launches ncu profiles).
 """
 
 import argparse
@@ -20,6 +23,7 @@ def main():
     p.add_argument("--multicast", action="store_true", help="force B multicast")
     p.add_argument("--pingpong", action="store_true", help="force pingpong (math warpgroups take turns)")
     p.add_argument("--block-n", type=int, default=None, help="force BLOCK_N")
+    p.add_argument("--xla", action="store_true", help="also run XLA's FP8 dot on each shape")
     args = p.parse_args()
     with contextlib.ExitStack() as forced:
         if args.multicast:
@@ -33,6 +37,13 @@ def main():
             a, b = fp8((m, k), 0), fp8((n, k), 1)
             f = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))  # traced inside the forced context
             jax.block_until_ready(f(a, b))
+            if args.xla:
+                dot = jax.jit(
+                    lambda x, y: jax.lax.dot_general(
+                        x, y, (((1,), (1,)), ((), ())), preferred_element_type=jax.numpy.bfloat16
+                    )
+                )
+                jax.block_until_ready(dot(a, b))
             print(f"profiled {shape}", flush=True)
 
 

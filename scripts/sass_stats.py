@@ -21,7 +21,8 @@ CONFIGS = {
     "split2_64x128": ("normal", 64, 2112, 7168, 1, 64, 128, 34, {"num_k_splits": 2}),
     "masked_128x128": ("masked", 4096, 4096, 7168, 1, 128, 128, 132, {}),
 }
-OPCODES = ("MEMBAR", "CCTL", "FENCE", "SYNCS", "BAR", "HGMMA", "WARPGROUP", "UTMALDG", "UTMASTG", "FADD")
+# FP8 wgmma shows as QGMMA in Hopper SASS (HGMMA is the fp16/bf16 form).
+OPCODES = ("MEMBAR", "CCTL", "FENCE", "SYNCS", "BAR", "QGMMA", "WARPGROUP", "UTMALDG", "UTMASTG", "FADD")
 
 
 def count_opcodes(sass: str) -> collections.Counter:

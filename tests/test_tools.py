@@ -28,13 +28,14 @@ def test_forced_variants_are_recorded(tmp_path):
     rows = bench.Rows(str(tmp_path / "results.json"), {"device": "cpu"})
     variants = bench.forced_variants(k_splits=(2,), multicast=True, block_ns=(64,), stages=(3,), pingpong=True)
     bench.bench_normal(FixedTimer(), [(128, 256, 256)], rows, variants)
-    bench.bench_masked(FixedTimer(), [(2, 64, 256, 256)], rows, variants)
+    shape = (2, 64, 256, 256)
+    bench.bench_masked(FixedTimer(), [(shape, 45.6, bench.masked_draws([shape])[0])], rows, variants)
     normal, masked = rows
     for label in ("split2", "mc2", "pp", "bn64", "st3"):
         assert normal[f"{label}_us"] == 2.0 and normal[f"{label}_diff"] <= 3e-6, (label, normal)
     assert "mc2_us" not in masked  # multicast is for normal GEMMs only
     assert masked["pp_us"] == 2.0 and masked["pp_diff"] <= 3e-6, masked
-    assert len(masked["rows"]) == 2 and masked["calc_diff"] <= 3e-6
+    assert len(masked["rows"]) == 2 and masked["calc_diff"] <= 3e-6 and masked["vs_seed"] == 45.6 / 2.0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["layout"] for r in saved["rows"]] == ["normal", "masked"]
 
@@ -47,8 +48,8 @@ def test_sass_opcode_counts():
         /*0010*/                   MOV R1, c[0x0][0x28] ;                      /* 0x00000a0000017a02 */
         /*0020*/              @!PT MEMBAR.ALL.GPU ;                            /* 0x0000000000007992 */
         /*0030*/               @P0 SYNCS.ARRIVE.TRANS64.RED.A1T0 RZ, [UR4+URZ], RZ ; /* 0x0000000000007992 */
-        /*0040*/              @UP1 HGMMA.64x208x32.F32.E4M3.E4M3 R24, gdesc[UR8], RZ ; /* 0x0000000000007992 */
+        /*0040*/              @UP1 QGMMA.64x208x32.F32.E4M3.E4M3 R24, gdesc[UR8], RZ ; /* 0x0000000000007992 */
         /*0050*/                   MEMBAR.SC.CTA ;                             /* 0x0000000000007992 */
     """
     counts = sass_stats.count_opcodes(listing)
-    assert counts == {"MOV": 1, "MEMBAR": 2, "SYNCS": 1, "HGMMA": 1}, counts
+    assert counts == {"MOV": 1, "MEMBAR": 2, "SYNCS": 1, "QGMMA": 1}, counts
