@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
+import tables
 from profiling import Timer
 from shapes import CONTIGUOUS_ANCHORS, DECODE_M, MASKED_ANCHORS, MASKED_MMAX, NK_PAIRS, NORMAL_ANCHORS
 
@@ -276,11 +276,6 @@ def print_row(r):
     )
 
 
-def geomean(xs):
-    xs = [x for x in xs if x > 0]
-    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--only", default="normal,decode,contiguous,masked")
@@ -333,12 +328,9 @@ def main():
         shapes = list(zip(MASKED, SEED_MASKED_US, masked_draws(MASKED)))
         bench_masked(timer, [s for s in pick(shapes) if args.match in grouped_label(*s[0])], rows, variants)
     for layout in ("normal", "decode", "contiguous", "masked"):
-        sel = [r for r in rows if r["layout"] == layout]
-        if sel:
-            print(
-                f"geomean speedup {layout}: {geomean([r['speedup'] for r in sel]):.3f} "
-                f"(min {min(r['speedup'] for r in sel):.3f}), max calc_diff {max(r['calc_diff'] for r in sel):.2g}"
-            )
+        table = tables.markdown(rows, layout)
+        if table:
+            print(f"\n{table}")
     rows.save()
 
 

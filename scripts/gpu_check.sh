@@ -64,7 +64,7 @@ for what in "$@"; do
       # "--xla" (profile_case.py's options; --xla also runs XLA's dot, and the default NCU_KERNEL then matches
       # cuBLASLt's kernels too). One report per run, plus a text summary with the tensor-pipe activity.
       step "ncu: ${NCU_SHAPES:=4096x7168x576}"
-      timeout 400 ncu --clock-control none --kernel-name "${NCU_KERNEL:-regex:dgpt_kernel|gemm|xmma|cutlass}" \
+      timeout 400 ncu --clock-control none --profile-from-start off --kernel-name "${NCU_KERNEL:-regex:dgpt_kernel|gemm|xmma|cutlass}" \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
         --section LaunchStats --section Occupancy --section ComputeWorkloadAnalysis \
         --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed,sm__cycles_elapsed.avg.per_second \

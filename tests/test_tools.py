@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 import bench  # noqa: E402
+import tables  # noqa: E402
 
 
 class FixedTimer:
@@ -38,6 +39,10 @@ def test_forced_variants_are_recorded(tmp_path):
     assert len(masked["rows"]) == 2 and masked["calc_diff"] <= 3e-6 and masked["vs_seed"] == 45.6 / 2.0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["layout"] for r in saved["rows"]] == ["normal", "masked"]
+    table = tables.markdown(saved["rows"], "masked").splitlines()
+    assert table[0].startswith("| G, expected_m, N, K | valid rows | jax_dgpt µs |") and "pp µs" in table[0]
+    assert table[2].startswith(f"| G=2 m=64 N=256 K=256 | {'+'.join(map(str, masked['rows']))} | 2.00 |")
+    assert "geomean seed / ours 22.800" in table[-1] and tables.markdown(saved["rows"], "contiguous") == ""
 
 
 def test_sass_opcode_counts():
