@@ -60,11 +60,11 @@ for what in "$@"; do
       step "end to end: host overhead, cold compile, warm-cache first call"
       python3 benchmarks/end_to_end.py --out "$OUT" 2>&1 | tee "$OUT/end_to_end.log" | tail -20 ;;
     ncu)
-      # Nsight Compute (clocks left alone): NCU_SHAPES="4096x7168x576 64x2112x7168", NCU_ARGS="--multicast" or
-      # "--xla" (profile_case.py's options; --xla also runs XLA's dot, and the default NCU_KERNEL then matches
-      # cuBLASLt's kernels too). One report per run, plus a text summary with the tensor-pipe activity.
+      # Nsight Compute on the GEMM kernel only (clocks left alone): NCU_SHAPES="4096x7168x576 64x2112x7168",
+      # NCU_ARGS="--multicast" (profile_case.py's options). One report per run, plus a text summary with the
+      # tensor-pipe activity. (Calling cuProfilerStart through ctypes under ncu crashed the process on the H200.)
       step "ncu: ${NCU_SHAPES:=4096x7168x576}"
-      timeout 400 ncu --clock-control none --profile-from-start off --kernel-name "${NCU_KERNEL:-regex:dgpt_kernel|gemm|xmma|cutlass}" \
+      timeout 400 ncu --clock-control none --kernel-name "${NCU_KERNEL:-dgpt_kernel}" \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
         --section LaunchStats --section Occupancy --section ComputeWorkloadAnalysis \
         --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed,sm__cycles_elapsed.avg.per_second \

@@ -1,15 +1,11 @@
 """Runs jitted jax_dgpt GEMMs for Nsight Compute (`scripts/gpu_check.sh ncu`): one call per shape, so the
 report holds one dgpt_kernel launch per shape (ncu flushes the caches before each replay pass).
 
-    python scripts/profile_case.py 4096x7168x576 64x2112x7168 [--multicast] [--pingpong] [--block-n 128] [--xla]
-
---xla also runs XLA's own FP8 dot (cuBLASLt) on each shape, for a report that holds both kernels
-(gpu_check.sh's NCU_KERNEL picks which launches ncu profiles).
+    python scripts/profile_case.py 4096x7168x576 64x2112x7168 [--multicast] [--pingpong] [--block-n 128]
 """
 
 import argparse
 import contextlib
-import ctypes
 
 import jax
 from smoke import fp8  # same folder: scripts/ is on sys.path when run as a script
@@ -18,19 +14,13 @@ import jax_dgpt
 from jax_dgpt import heuristics
 
 
-def xla_dot(x, y):
-    return jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())), preferred_element_type=jax.numpy.bfloat16)
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("shapes", nargs="+", help="MxNxK of normal GEMMs")
     p.add_argument("--multicast", action="store_true", help="force B multicast")
     p.add_argument("--pingpong", action="store_true", help="force pingpong (math warpgroups take turns)")
     p.add_argument("--block-n", type=int, default=None, help="force BLOCK_N")
-    p.add_argument("--xla", action="store_true", help="also run XLA's FP8 dot on each shape")
     args = p.parse_args()
-    calls = []
     with contextlib.ExitStack() as forced:
         if args.multicast:
             forced.enter_context(heuristics.force_multicast(2))
@@ -42,18 +32,8 @@ def main():
             m, n, k = (int(x) for x in shape.split("x"))
             a, b = fp8((m, k), 0), fp8((n, k), 1)
             f = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))  # traced inside the forced context
-            calls.append((f"jax_dgpt {shape}", f, a, b))
-            if args.xla:
-                calls.append((f"xla {shape}", jax.jit(xla_dot), a, b))
-            for _, fn, x, y in calls[-2 if args.xla else -1 :]:
-                jax.block_until_ready(fn(x, y))  # compile and autotune outside the profiled range
-    # ncu --profile-from-start off sees only the launches between these two driver calls.
-    driver = ctypes.CDLL("libcuda.so.1")
-    driver.cuProfilerStart()
-    for label, fn, x, y in calls:
-        jax.block_until_ready(fn(x, y))
-        print(f"profiled {label}", flush=True)
-    driver.cuProfilerStop()
+            jax.block_until_ready(f(a, b))
+            print(f"profiled {shape}", flush=True)
 
 
 if __name__ == "__main__":
