@@ -97,8 +97,9 @@ class GemmConfig:
 
 # --- forced settings (tests, benchmarks, tuning) --------------------------------------------------
 # NOTES: split-K is chosen by `auto_k_splits` only where the H200 benchmark measured a gain
-# (benchmarks/KERNEL_LOG.md, v2). B multicast is correct on the GPU but measured 1.45-1.87x slower than the
-# plain kernel on every large-M shape (KERNEL_LOG.md, v3 measured), so the heuristics never choose it.
+# (benchmarks/KERNEL_LOG.md, v2). B multicast and pingpong are correct on the GPU but measured 0.96-1.03x of
+# the plain kernel's time on six large-M shapes (KERNEL_LOG.md, fourth session): no gain, so the heuristics
+# never choose them.
 # The force_* contexts below set either (and tile parameters) for ops traced inside them; the public ops
 # read `forced_overrides` when called and pass it down as one static parameter.
 _forced: contextvars.ContextVar[tuple[tuple[str, int], ...]] = contextvars.ContextVar("forced", default=())
@@ -156,9 +157,10 @@ def forced_multicast() -> int | None:
 def force_pingpong(pingpong: int = 1) -> contextlib.AbstractContextManager[None]:
     """Ops lowered inside this context with 128-row tiles let their two math warpgroups take turns (1) or not (0).
 
-    An experiment not yet measured on a GPU (benchmarks/KERNEL_LOG.md, v5 candidate): each warpgroup issues
-    a K block's wgmmas only after the other issued its own, so one warpgroup's fp32 promotion overlaps the
-    other's tensor-core work. Tiles of 64 rows have one math warpgroup and ignore it.
+    An experiment (benchmarks/KERNEL_LOG.md, v5 and fourth session): each warpgroup issues a K block's wgmmas
+    only after the other issued its own, so one warpgroup's fp32 promotion overlaps the other's tensor-core
+    work. Measured on the H200 it neither gains nor loses more than 3%. Tiles of 64 rows have one math
+    warpgroup and ignore it.
     """
     value = static_int("jax_dgpt.heuristics.force_pingpong", "pingpong", pingpong)
     if value not in (0, 1):
