@@ -1,9 +1,9 @@
 """GPU tests of pingpong (the two math warpgroups of a 128-row tile take turns issuing each K block's wgmma).
 
 The heuristics do not choose it (measured no faster, benchmarks/KERNEL_LOG.md); these tests force it with
-``heuristics.force_pingpong()`` on fresh functions and hold it to the contract of every other path: float64 agreement (calc_diff <= 3e-6),
-NaN-poisoned outputs fully written, and, since turns only reorder when each warpgroup issues its own
-unchanged arithmetic, results bitwise equal to the kernel without them.
+``heuristics.force_pingpong()`` on fresh functions and hold it to the contract of every other path: float64
+agreement (calc_diff <= 3e-6), NaN-poisoned outputs fully written, and, since turns only reorder when each
+warpgroup issues its own unchanged arithmetic, results bitwise equal to the kernel without them.
 """
 
 from __future__ import annotations
