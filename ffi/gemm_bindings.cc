@@ -80,15 +80,18 @@ void bind_gemm(nb::module_& m) {
     return d;
   }, "FFI state types for jax.ffi.register_ffi_type(platform='CUDA').");
 
-  m.def("smem_size", [](int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_k_splits) {
+  m.def("smem_size", [](int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_k_splits,
+                        int64_t pingpong) {
     if (block_m <= 0 || block_n <= 0 || num_stages <= 0 || block_m > 256 || block_n > 256 || num_stages > 64 ||
-        num_k_splits <= 0 || num_k_splits > 8) {
+        num_k_splits <= 0 || num_k_splits > 8 || (pingpong != 0 && pingpong != 1)) {
       throw nb::value_error(
-          "smem_size: block_m and block_n must be in [1, 256], num_stages in [1, 64], num_k_splits in [1, 8]");
+          "smem_size: block_m and block_n must be in [1, 256], num_stages in [1, 64], num_k_splits in [1, 8], "
+          "pingpong 0 or 1");
     }
-    return layout::smem_size(block_m, block_n, num_stages, num_k_splits);
+    return layout::smem_size(block_m, block_n, num_stages, num_k_splits, pingpong);
   }, nb::arg("block_m"), nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_k_splits") = 1,
-  "Bytes of dynamic shared memory the kernel needs for this tile and stage count.");
+  nb::arg("pingpong") = 0,
+  "Bytes of dynamic shared memory the kernel needs for this tile, stage count, split count and pingpong.");
 
   m.def("generate_source", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
                               int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms,

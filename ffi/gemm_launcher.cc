@@ -59,14 +59,15 @@ Status validate(const GemmConfig& c) {
     return fail("B multicast is for normal GEMMs without split-K");
   }
   if (c.pingpong != 0 && c.pingpong != 1) return fail("pingpong must be 0 or 1");
-  if (c.pingpong == 1 && c.block_m != 128) {
-    return fail("pingpong needs block_m=128 (two math warpgroups to alternate)");
+  // On 64-row tiles pingpong splits each tile's K blocks between two warpgroups of one CTA.
+  if (c.pingpong == 1 && c.block_m == 64 && (c.num_k_splits != 1 || c.num_multicast != 1)) {
+    return fail("pingpong on block_m=64 (K split inside the CTA) excludes split-K and B multicast");
   }
   if (c.num_sms % c.cluster_size() != 0) {
     return fail("num_sms must be a multiple of num_k_splits * num_multicast (whole clusters)");
   }
   if (c.type == GemmType::kContiguous && 128 % c.block_m != 0) return fail("contiguous layout needs block_m to divide 128");
-  const uint32_t smem = layout::smem_size(c.block_m, c.block_n, c.num_stages, c.num_k_splits);
+  const uint32_t smem = layout::smem_size(c.block_m, c.block_n, c.num_stages, c.num_k_splits, c.pingpong);
   if (smem > layout::kMaxSmemBytes) {
     return fail("needs " + std::to_string(smem) + " bytes of shared memory, more than " +
                 std::to_string(layout::kMaxSmemBytes));
@@ -95,7 +96,8 @@ Status GemmKernel::create(const GemmConfig& config, GemmKernel** out) {
   DGPT_RETURN_IF_ERROR(compile(config, /*ptxas_verbose=*/false, &entry));
   auto* kernel = new GemmKernel();
   kernel->config_ = config;
-  kernel->smem_bytes_ = layout::smem_size(config.block_m, config.block_n, config.num_stages, config.num_k_splits);
+  kernel->smem_bytes_ =
+      layout::smem_size(config.block_m, config.block_n, config.num_stages, config.num_k_splits, config.pingpong);
   Status status = jit::load_kernel(entry, "dgpt_kernel", &kernel->kernel_);
   if (!status.ok()) {
     delete kernel;
@@ -220,7 +222,7 @@ Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d
   launch.gridDimX = static_cast<unsigned>(c.num_sms);
   launch.gridDimY = 1;
   launch.gridDimZ = 1;
-  launch.blockDimX = layout::num_threads(static_cast<uint32_t>(c.block_m));
+  launch.blockDimX = layout::num_threads(static_cast<uint32_t>(c.block_m), static_cast<uint32_t>(c.pingpong));
   launch.blockDimY = 1;
   launch.blockDimZ = 1;
   launch.sharedMemBytes = smem_bytes_;

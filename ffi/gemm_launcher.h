@@ -32,7 +32,7 @@ struct GemmConfig {
   int64_t num_sms = 0;     // grid size (whole clusters: a multiple of cluster_size())
   int64_t num_k_splits = 1;  // CTAs of a cluster sharing one tile, one K slice each
   int64_t num_multicast = 1;  // normal GEMMs: CTAs of a cluster sharing one B tile (vertically adjacent tiles)
-  int64_t pingpong = 0;       // 1: the two math warpgroups take turns issuing wgmma (block_m 128)
+  int64_t pingpong = 0;       // 1: two math warpgroups take turns: per K block (block_m 128) or K blocks (64)
 
   static GemmConfig make(GemmType type, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
                          int64_t block_n, int64_t num_stages, int64_t num_sms, int64_t num_k_splits,

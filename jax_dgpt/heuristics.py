@@ -80,7 +80,7 @@ class GemmConfig:
     num_sms: int
     num_k_splits: int = 1  # CTAs of a cluster sharing one tile, one K slice each (split-K)
     num_multicast: int = 1  # normal GEMMs: CTAs of a cluster sharing one B tile (vertically adjacent tiles)
-    pingpong: int = 0  # 1: the two math warpgroups (block_m 128) take turns issuing each K block's wgmma
+    pingpong: int = 0  # 1: two math warpgroups take turns (128 rows: per K block; 64 rows: alternate K blocks)
 
     def as_attributes(self) -> dict[str, int]:
         """The config as FFI attributes: the names C++ binds, plain ``int`` values (i64)."""
@@ -155,12 +155,15 @@ def forced_multicast() -> int | None:
 
 
 def force_pingpong(pingpong: int = 1) -> contextlib.AbstractContextManager[None]:
-    """Ops lowered inside this context with 128-row tiles let their two math warpgroups take turns (1) or not (0).
+    """Ops lowered inside this context let two math warpgroups take turns (1) or not (0).
 
-    An experiment (benchmarks/KERNEL_LOG.md, v5 and fourth session): each warpgroup issues a K block's wgmmas
-    only after the other issued its own, so one warpgroup's fp32 promotion overlaps the other's tensor-core
-    work. Measured on the H200 it neither gains nor loses more than 3%. Tiles of 64 rows have one math
-    warpgroup and ignore it.
+    An experiment (benchmarks/KERNEL_LOG.md). On 128-row tiles each warpgroup issues a K block's wgmmas
+    only after the other issued its own, so one warpgroup's fp32 promotion overlaps the other's
+    tensor-core work; measured on the H200 it neither gains nor loses more than 3%. On 64-row tiles a
+    second math warpgroup takes every other K block of the same rows, halving the serial chain of
+    (wait, wgmma, promote) per warpgroup without a cluster; it replaces split-K there. The two halves'
+    sums are added in a fixed order, so results are reproducible but not bitwise equal to the kernel
+    without pingpong.
     """
     value = static_int("jax_dgpt.heuristics.force_pingpong", "pingpong", pingpong)
     if value not in (0, 1):
@@ -243,20 +246,21 @@ def last_wave_occupancy(tiles: int, num_sms: int) -> int:
     return tiles - (num_waves(tiles, num_sms) - 1) * num_sms
 
 
-def fits_in_shared_memory(block_m: int, block_n: int, num_k_splits: int = 1) -> bool:
-    """Whether the tile fits with the minimum stage count (split-K adds an fp32 partial tile)."""
+def fits_in_shared_memory(block_m: int, block_n: int, num_k_splits: int = 1, pingpong: int = 0) -> bool:
+    """Whether the tile fits with the minimum stage count (split-K, and pingpong on 64-row tiles, add an
+    fp32 partial tile)."""
     native = _native()
-    return int(native.smem_size(block_m, block_n, MIN_STAGES, num_k_splits)) <= int(native.MAX_SMEM_BYTES)
+    return int(native.smem_size(block_m, block_n, MIN_STAGES, num_k_splits, pingpong)) <= int(native.MAX_SMEM_BYTES)
 
 
-def select_num_stages(block_m: int, block_n: int, num_k_splits: int = 1) -> int:
+def select_num_stages(block_m: int, block_n: int, num_k_splits: int = 1, pingpong: int = 0) -> int:
     """The largest stage count whose shared memory (as the kernel lays it out) fits in one SM."""
     native = _native()
     limit = int(native.MAX_SMEM_BYTES)
     for stages in range(MAX_STAGES, MIN_STAGES - 1, -1):
-        if int(native.smem_size(block_m, block_n, stages, num_k_splits)) <= limit:
+        if int(native.smem_size(block_m, block_n, stages, num_k_splits, pingpong)) <= limit:
             return stages
-    needed = int(native.smem_size(block_m, block_n, MIN_STAGES, num_k_splits))
+    needed = int(native.smem_size(block_m, block_n, MIN_STAGES, num_k_splits, pingpong))
     raise ValueError(
         f"jax_dgpt.heuristics: block_m={block_m} block_n={block_n} does not fit in shared memory "
         f"with {MIN_STAGES} stages ({needed} > {limit} bytes)"
@@ -304,8 +308,10 @@ def select_config(
         choose (:func:`auto_k_splits`).
       num_multicast: "normal" only: 2 lets pairs of CTAs (vertically adjacent tiles) share each B
         tile through TMA multicast; None or 1: no multicast. Excludes split-K.
-      pingpong: 1 lets the two math warpgroups of a 128-row tile take turns issuing wgmma; None or 0:
-        off. Ignored (0) for 64-row tiles.
+      pingpong: 1 lets two math warpgroups take turns: on a 128-row tile each issues its 64 rows' wgmma
+        for a K block after the other; on a 64-row tile a second warpgroup takes every other K block of
+        the same rows (K split inside the CTA, which replaces split-K: num_k_splits 1, no multicast).
+        None or 0: off.
       block_m, block_n, num_stages: fix these instead of choosing them (experiments, :func:`force_tile`);
         a value the kernel cannot take raises ValueError.
 
@@ -342,9 +348,17 @@ def select_config(
         raise ValueError(f"jax_dgpt.heuristics: num_multicast={multicast} needs at least as many SMs, got {num_sms}")
     if pingpong is not None and static_int("jax_dgpt.heuristics", "pingpong", pingpong) not in (0, 1):
         raise ValueError(f"jax_dgpt.heuristics: pingpong must be 0 or 1, got {pingpong}")
+    pingpong = int(bool(pingpong))
+    interleave_k = pingpong == 1 and block_m == 64  # the kernel's K split inside the CTA
+    if interleave_k and (multicast > 1 or num_k_splits not in (None, 1)):
+        raise ValueError(
+            "jax_dgpt.heuristics: pingpong on 64-row tiles splits K inside the CTA and excludes split-K and "
+            f"multicast, got num_k_splits={num_k_splits} num_multicast={multicast}"
+        )
     if num_k_splits is None:
         # Never more CTAs than the SMs the caller allows (set_num_sms).
-        splits = 1 if multicast > 1 else min(auto_k_splits(kind, m_eff, n, k), num_sms)
+        auto = 1 if multicast > 1 or interleave_k else auto_k_splits(kind, m_eff, n, k)
+        splits = min(auto, num_sms)
     else:
         splits = _positive_int("num_k_splits", num_k_splits)
     if splits > 8:
@@ -360,12 +374,12 @@ def select_config(
                 f"jax_dgpt.heuristics: block_n must be a multiple of {BLOCK_N_STEP} in "
                 f"[{BLOCK_N_STEP}, {MAX_BLOCK_N[block_m]}], got {forced}"
             )
-        if not fits_in_shared_memory(block_m, forced, splits):
+        if not fits_in_shared_memory(block_m, forced, splits, pingpong):
             raise ValueError(f"jax_dgpt.heuristics: block_m={block_m} block_n={forced} does not fit in shared memory")
         candidates = (forced,)
     best: tuple[int, int, int] | None = None  # (waves, -occupancy, -block_n): smaller is better
     for block_n in candidates:
-        if not fits_in_shared_memory(block_m, block_n, splits):
+        if not fits_in_shared_memory(block_m, block_n, splits, pingpong):
             continue
         tiles = _scheduled_units(kind, m_eff, n, num_groups, block_m, block_n, multicast)
         key = (num_waves(tiles, units), -last_wave_occupancy(tiles, units), -block_n)
@@ -377,7 +391,7 @@ def select_config(
     tiles = _scheduled_units(kind, m_eff, n, num_groups, block_m, block_n, multicast)
     # Whole clusters; each cluster walks its units (tiles, or tile pairs) like one CTA does alone.
     clusters = units if kind == "masked" else min(units, tiles)
-    stages = select_num_stages(block_m, block_n, splits)
+    stages = select_num_stages(block_m, block_n, splits, pingpong)
     if num_stages is not None:
         forced = _positive_int("num_stages", num_stages)
         if not MIN_STAGES <= forced <= stages:
@@ -393,7 +407,7 @@ def select_config(
         num_sms=int(clusters * splits * multicast),
         num_k_splits=int(splits),
         num_multicast=int(multicast),
-        pingpong=int(bool(pingpong) and block_m == 128),
+        pingpong=pingpong,
     )
 
 

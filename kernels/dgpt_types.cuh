@@ -53,9 +53,16 @@ constexpr u32 kMaxSmemBytes = 232448;  // 227 KiB, the sm_90 opt-in limit per bl
 DGPT_HOST_DEVICE constexpr u32 align_up(u32 x, u32 a) { return (x + a - 1) / a * a; }
 DGPT_HOST_DEVICE constexpr u32 ceil_div(u32 x, u32 y) { return (x + y - 1) / y; }
 
-// One math warpgroup per 64 rows up to two; a 256-row block gives each warpgroup 128 rows.
-DGPT_HOST_DEVICE constexpr u32 num_math_warpgroups(u32 block_m) { return block_m == 64 ? 1 : 2; }
-DGPT_HOST_DEVICE constexpr u32 num_threads(u32 block_m) { return 128 * (num_math_warpgroups(block_m) + 1); }
+// One math warpgroup per 64 rows. Pingpong on a 64-row tile adds a second one that takes the odd K
+// blocks of the same rows (the K chain of each warpgroup halves; their partial sums meet in shared memory).
+DGPT_HOST_DEVICE constexpr u32 num_math_warpgroups(u32 block_m, u32 pingpong = 0) {
+  return block_m == 64 && pingpong == 0 ? 1 : 2;
+}
+DGPT_HOST_DEVICE constexpr u32 num_threads(u32 block_m, u32 pingpong = 0) {
+  return 128 * (num_math_warpgroups(block_m, pingpong) + 1);
+}
+// Whether the math warpgroups split each tile's K blocks between them (pingpong on 64-row tiles).
+DGPT_HOST_DEVICE constexpr bool interleaves_k(u32 block_m, u32 pingpong) { return block_m == 64 && pingpong != 0; }
 
 // The D tile leaves shared memory in atoms of one swizzle width each: 64-column atoms (128B swizzle)
 // for the first BLOCK_N / 64 * 64 columns, then the tail (BLOCK_N % 64 columns: 16, 32 or 48) in the
@@ -76,14 +83,16 @@ DGPT_HOST_DEVICE constexpr u32 swizzle_d_bytes(u32 cols) {
 DGPT_HOST_DEVICE constexpr u32 smem_d_bytes(u32 block_m, u32 block_n) { return align_up(block_m * block_n * 2, 1024); }
 DGPT_HOST_DEVICE constexpr u32 smem_a_stage_bytes(u32 block_m) { return block_m * kBlockK; }
 DGPT_HOST_DEVICE constexpr u32 smem_b_stage_bytes(u32 block_n) { return block_n * kBlockK; }
-// Split-K (the CTAs of a cluster share a tile, one K slice each): a fp32 tile of partial sums.
-DGPT_HOST_DEVICE constexpr u32 smem_split_bytes(u32 block_m, u32 block_n, u32 num_k_splits) {
-  return num_k_splits > 1 ? block_m * block_n * 4 : 0;
+// A fp32 tile of partial sums: split-K (the CTAs of a cluster share a tile, one K slice each), or the
+// odd K blocks' sums of a 64-row pingpong tile.
+DGPT_HOST_DEVICE constexpr u32 smem_split_bytes(u32 block_m, u32 block_n, u32 num_k_splits, u32 pingpong = 0) {
+  return num_k_splits > 1 || interleaves_k(block_m, pingpong) ? block_m * block_n * 4 : 0;
 }
-DGPT_HOST_DEVICE constexpr u32 smem_size(u32 block_m, u32 block_n, u32 num_stages, u32 num_k_splits = 1) {
+DGPT_HOST_DEVICE constexpr u32 smem_size(u32 block_m, u32 block_n, u32 num_stages, u32 num_k_splits = 1,
+                                         u32 pingpong = 0) {
   return smem_d_bytes(block_m, block_n) +
          num_stages * (smem_a_stage_bytes(block_m) + smem_b_stage_bytes(block_n)) +
-         smem_split_bytes(block_m, block_n, num_k_splits) + num_stages * 2 * 8 +
+         smem_split_bytes(block_m, block_n, num_k_splits, pingpong) + num_stages * 2 * 8 +
          (num_k_splits > 1 ? 2 * 8 : 0) + 1024;
 }
 

@@ -34,19 +34,25 @@ struct Sm90Fp8Gemm {
   static_assert(kMulticast == 1 || kMulticast == 2, "B multicast over 1 or 2 CTAs");
   static_assert(kMulticast == 1 || (kType == GemmType::kNormal && kNumKSplits == 1),
                 "B multicast: normal GEMMs only (grouped row blocks may use different B), without split-K");
-  static_assert(kPingpong <= 1 && (kPingpong == 0 || kBlockM == 128),
-                "pingpong is on (1) or off (0); on needs two math warpgroups (BLOCK_M 128)");
+  static_assert(kPingpong <= 1, "pingpong is on (1) or off (0)");
+  static_assert(kPingpong == 0 || kBlockM == 128 || (kNumKSplits == 1 && kMulticast == 1),
+                "pingpong on 64-row tiles splits K inside the CTA: no split-K cluster, no multicast");
   // Each CTA's half of a multicast B box must start on a 128B-swizzle period (8 rows of 128 bytes).
   static_assert(kBlockN % (8 * kMulticast) == 0, "BLOCK_N must split into whole swizzle periods");
 
   static constexpr u32 kBlockK = layout::kBlockK;
-  static constexpr u32 kNumMathWarpgroups = layout::num_math_warpgroups(kBlockM);
+  static constexpr u32 kNumMathWarpgroups = layout::num_math_warpgroups(kBlockM, kPingpong);
   static constexpr u32 kNumMathThreads = 128 * kNumMathWarpgroups;
-  static constexpr u32 kNumThreads = layout::num_threads(kBlockM);
+  static constexpr u32 kNumThreads = layout::num_threads(kBlockM, kPingpong);
+  // Pingpong on a 64-row tile: warpgroup w takes the tile's K blocks kb_begin + w, + w + 2, ...; warpgroup
+  // 1 hands its fp32 sums to warpgroup 0 through shared memory, which adds them and stores the tile.
+  static constexpr bool kInterleaveK = layout::interleaves_k(kBlockM, kPingpong);
+  // Math warps that read (and release) each stage.
+  static constexpr u32 kNumReaderWarps = (kInterleaveK ? 128 : kNumMathThreads) / 32;
   static constexpr u32 kNumKBlocks = layout::ceil_div(kK, kBlockK);
   static constexpr u32 kKBlocksPerSplit = layout::ceil_div(kNumKBlocks, kNumKSplits);
   static constexpr u32 kClusterSize = kNumKSplits * kMulticast;
-  static constexpr u32 kSmemSplit = layout::smem_split_bytes(kBlockM, kBlockN, kNumKSplits);
+  static constexpr u32 kSmemSplit = layout::smem_split_bytes(kBlockM, kBlockN, kNumKSplits, kPingpong);
   static constexpr u32 kNumAccum = kBlockN / 2;  // fp32 per thread for 64 x BLOCK_N
   static constexpr u32 kSmemD = layout::smem_d_bytes(kBlockM, kBlockN);
   static constexpr u32 kSmemA = layout::smem_a_stage_bytes(kBlockM);
@@ -70,8 +76,9 @@ struct Sm90Fp8Gemm {
   // Pingpong: the two math warpgroups take turns issuing each K block's wgmmas (named barriers
   // kTurnBarrier + warpgroup; 1 and 2 belong to the epilogue), so one warpgroup's promotion runs while
   // the tensor core works through the other's batch instead of both promoting at once.
-  static constexpr bool kTakeTurns = kPingpong == 1;
-  // Named barriers: 0 is __syncthreads, 1 + warpgroup the epilogue's, kTurnBarrier + warpgroup the turns.
+  static constexpr bool kTakeTurns = kPingpong == 1 && kBlockM == 128;
+  // Named barriers: 0 is __syncthreads, 1 + warpgroup the epilogue's, kTurnBarrier + warpgroup the turns;
+  // with kInterleaveK, kTurnBarrier is "warpgroup 1's partials are written" and kTurnBarrier + 1 "read".
   static constexpr u32 kTurnBarrier = 3;
   static_assert(kTurnBarrier > kNumMathWarpgroups && kTurnBarrier + 2 <= 16, "named barrier ids overlap");
 
@@ -116,8 +123,9 @@ struct Sm90Fp8Gemm {
       if constexpr (kTailCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d_tail);
       for (u32 s = 0; s < kNumStages; ++s) {
         ptx::mbarrier_init(&smem.full[s], 1);
-        // One arrival per math warp; with multicast, of both CTAs (either one's TMA refills the stage).
-        ptx::mbarrier_init(&smem.empty[s], kMulticast * kNumMathThreads / 32);
+        // One arrival per math warp that reads the stage; with multicast, of both CTAs (either one's TMA
+        // refills the stage).
+        ptx::mbarrier_init(&smem.empty[s], kMulticast * kNumReaderWarps);
       }
       if constexpr (kNumKSplits > 1) {
         // NOTES: every math thread arrives (not one lane per warp after __syncwarp): each thread's own
@@ -240,6 +248,10 @@ struct Sm90Fp8Gemm {
     if constexpr (kTakeTurns) {
       if (warpgroup == 1) ptx::named_barrier_arrive(kTurnBarrier, 2 * 128);
     }
+    // K interleave: the partial-sum buffer starts free.
+    if constexpr (kInterleaveK) {
+      if (warpgroup == 0) ptx::named_barrier_arrive(kTurnBarrier + 1, 2 * 128);
+    }
     while (scheduler.next_tile(tile)) {
 #pragma unroll
       for (u32 i = 0; i < kNumAccum; ++i) result[i] = 0.0f;
@@ -252,9 +264,11 @@ struct Sm90Fp8Gemm {
       }
       if (tile.compute) {
         for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
+          // Both warpgroups count every stage (the ring's phases), each reads only its own K blocks.
+          if (kInterleaveK && ((kb - kb_begin) & 1) != warpgroup) continue;
           const u32 stage = iter % kNumStages;
           ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
-          const u8* a_tile = smem.a + stage * kSmemA + warpgroup * layout::kWgmmaM * kBlockK;
+          const u8* a_tile = smem.a + stage * kSmemA + (kInterleaveK ? 0 : warpgroup) * layout::kWgmmaM * kBlockK;
           const u8* b_tile = smem.b + stage * kSmemB;
           const u64 desc_a = ptx::make_smem_desc_sw128(a_tile);
           const u64 desc_b = ptx::make_smem_desc_sw128(b_tile);
@@ -285,12 +299,21 @@ struct Sm90Fp8Gemm {
         if (tile.compute) reduce_k_splits(smem, handshakes++, result);
         if (ptx::cluster_ctarank() != 0) continue;
       }
+      if constexpr (kInterleaveK) {
+        // Warpgroup 0 adds warpgroup 1's sums (even blocks' sum + odd blocks' sum: a fixed order) and stores.
+        if (tile.compute) reduce_k_interleave(smem, warpgroup, thread, result);
+        if (warpgroup != 0) continue;
+      }
       store_tile(params, smem, tile, warpgroup, warp, lane, result);
     }
     // Both warpgroups walk the same tiles and K blocks, so turns match; the last one is warpgroup 1's
     // arrival for a turn of warpgroup 0 that never comes: take it, leaving the barrier clean.
     if constexpr (kTakeTurns) {
       if (warpgroup == 0) ptx::named_barrier_sync(kTurnBarrier, 2 * 128);
+    }
+    // K interleave: warpgroup 0's last "read" arrival has no tile after it: take it.
+    if constexpr (kInterleaveK) {
+      if (warpgroup == 1) ptx::named_barrier_sync(kTurnBarrier + 1, 2 * 128);
     }
     if constexpr (kNumKSplits > 1) {
       // NOTES: rank 0 reads this CTA's shared memory: stay alive until it has read the last tile.
@@ -351,6 +374,34 @@ struct Sm90Fp8Gemm {
     }
 #pragma unroll 1
     for (u32 r = 1; r < kNumKSplits; ++r) ptx::mbarrier_arrive_remote(ptx::map_to_rank(smem.split_free(), r));
+  }
+
+  // K interleave (64-row pingpong): warpgroup 1 writes its fp32 sums to shared memory once warpgroup 0 has
+  // read the previous tile's, warpgroup 0 waits for them and adds them to its own. Same quad layout as
+  // the split-K partials ([accumulator quad][thread][4]): conflict-free 16-byte accesses.
+  __device__ static void reduce_k_interleave(const Smem& smem, u32 warpgroup, u32 thread,
+                                             float (&result)[kNumAccum]) {
+    static_assert(kNumAccum % 4 == 0, "partials move in float4 quads");
+    float4* partials = reinterpret_cast<float4*>(smem.split()) + thread;
+    if (warpgroup == 1) {
+      ptx::named_barrier_sync(kTurnBarrier + 1, 2 * 128);
+#pragma unroll
+      for (u32 q = 0; q < kNumAccum / 4; ++q) {
+        partials[q * 128] = make_float4(result[4 * q], result[4 * q + 1], result[4 * q + 2], result[4 * q + 3]);
+      }
+      ptx::named_barrier_arrive(kTurnBarrier, 2 * 128);
+      return;
+    }
+    ptx::named_barrier_sync(kTurnBarrier, 2 * 128);
+#pragma unroll
+    for (u32 q = 0; q < kNumAccum / 4; ++q) {
+      const float4 p = partials[q * 128];
+      result[4 * q] += p.x;
+      result[4 * q + 1] += p.y;
+      result[4 * q + 2] += p.z;
+      result[4 * q + 3] += p.w;
+    }
+    ptx::named_barrier_arrive(kTurnBarrier + 1, 2 * 128);
   }
 
   // Byte offset of (row, col) of a region of D atoms kSwizzle bytes wide (kBlockM rows each), with the
@@ -438,7 +489,7 @@ struct Sm90Fp8Gemm {
 
 // Defines the kernel entry point `dgpt_kernel` for one configuration (used by generated sources).
 #define DGPT_DEFINE_SM90_FP8_GEMM(TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST, PINGPONG)         \
-  extern "C" __global__ void __launch_bounds__(::dgpt::layout::num_threads(BLOCK_M), 1)                      \
+  extern "C" __global__ void __launch_bounds__(::dgpt::layout::num_threads(BLOCK_M, PINGPONG), 1)            \
       dgpt_kernel(const __grid_constant__ ::dgpt::GemmParams params) {                                       \
     extern __shared__ __align__(1024) ::dgpt::u8 dgpt_smem[];                                                \
     ::dgpt::Sm90Fp8Gemm<::dgpt::GemmType::TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST,             \

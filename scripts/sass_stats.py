@@ -19,6 +19,7 @@ CONFIGS = {
     "multicast_128x208": ("normal", 4096, 7168, 16384, 1, 128, 208, 132, {"num_multicast": 2}),
     "pingpong_128x208": ("normal", 4096, 7168, 16384, 1, 128, 208, 132, {"pingpong": 1}),
     "split2_64x128": ("normal", 64, 2112, 7168, 1, 64, 128, 34, {"num_k_splits": 2}),
+    "pingpong_64x32": ("normal", 16, 2112, 7168, 1, 64, 32, 66, {"pingpong": 1}),
     "masked_128x128": ("masked", 4096, 4096, 7168, 1, 128, 128, 132, {}),
 }
 # FP8 wgmma shows as QGMMA in Hopper SASS (HGMMA is the fp16/bf16 form).
@@ -36,7 +37,7 @@ def main(out_dir: str) -> int:
     print("| config | " + " | ".join(OPCODES) + " |")
     print("|---" * (len(OPCODES) + 1) + "|")
     for label, (kind, m, n, k, groups, block_m, block_n, sms, extra) in CONFIGS.items():
-        stages = heuristics.select_num_stages(block_m, block_n, extra.get("num_k_splits", 1))
+        stages = heuristics.select_num_stages(block_m, block_n, extra.get("num_k_splits", 1), extra.get("pingpong", 0))
         entry = _C.compile_gemm(kind, m, n, k, groups, block_m, block_n, stages, sms, **extra)
         sass = subprocess.run(["cuobjdump", "-sass", entry["path"]], capture_output=True, text=True, check=True).stdout
         with open(os.path.join(out_dir, f"sass_{label}.txt"), "w") as f:

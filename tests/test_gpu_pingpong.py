@@ -73,3 +73,46 @@ def test_pingpong_grouped_layouts():
         np.testing.assert_array_equal(_bits(masked[gi, :rows]), _bits(plain_masked[gi, :rows]))
     np.testing.assert_array_equal(_bits(contiguous), _bits(plain_contiguous))
     assert_close_to_f64(contiguous[256:512], ac[256:512], b[2], context="pingpong contiguous expert 2")
+
+
+# --- 64-row tiles: a second math warpgroup takes the odd K blocks of the same rows ------------------
+SHAPES_64 = [
+    (16, 2112, 7168),  # decode: 56 K blocks, replaces the default's split-K cluster
+    (40, 1000, 1040),  # 9 K blocks: warpgroup 0 takes 5, warpgroup 1 takes 4; M, N and K tails
+    (64, 256, 128),  # one K block: warpgroup 1 has nothing to add
+    (1, 7168, 2048),  # M = 1: the trimmed A box
+]
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES_64)
+def test_pingpong_64_row_tiles_match_float64_and_are_reproducible(m, n, k):
+    config = heuristics.select_config("normal", m, n, k, 1, 132, pingpong=1)
+    assert (config.block_m, config.pingpong, config.num_k_splits) == (64, 1, 1), config
+    a, b = generate_fp8((m, k), key=m + 5), generate_fp8((n, k), key=n + 6)
+    with heuristics.force_pingpong():
+        out = run_into_poison(lambda x, y: jax_dgpt.gemm(x, y), a, b, out_shape=(m, n))
+        again = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(a, b)
+    assert not np.isnan(to_f64(out)).any(), f"M={m} N={n} K={k}: unwritten elements"
+    assert_close_to_f64(out, a, b, context=f"pingpong 64-row gemm M={m} N={n} K={k}")
+    # The two halves meet in a fixed order: the same bits on every run (not the plain kernel's bits).
+    np.testing.assert_array_equal(_bits(out), _bits(again))
+
+
+def test_pingpong_64_row_grouped_layouts():
+    g, n, k = 3, 384, 1536
+    b = generate_fp8((g, n, k), key=41)
+    a = generate_fp8((g, 128, k), key=42)
+    masked_m = jnp.asarray([100, 7, 0], jnp.int32)  # expected_m = 32: 64-row tiles
+    ac = generate_fp8((64, k), key=43)
+    idx = np.full(64, -1, np.int32)
+    idx[:40] = 1  # M = 64: one 64-row block of expert 1 plus padding
+    m_indices = jnp.asarray(idx)
+    with heuristics.force_pingpong():
+        masked = jax.jit(lambda x, y, m: jax_dgpt.grouped_gemm_masked(x, y, m, 32))(a, b, masked_m)
+        contiguous = run_into_poison(
+            lambda x, y, i: jax_dgpt.grouped_gemm_contiguous(x, y, i), ac, b, m_indices, out_shape=(64, n)
+        )
+    for gi, rows in enumerate([100, 7]):
+        assert_close_to_f64(masked[gi, :rows], a[gi, :rows], b[gi], context=f"pingpong 64-row masked group {gi}")
+    assert_close_to_f64(contiguous[:40], ac[:40], b[1], context="pingpong 64-row contiguous expert 1")
+    assert not np.asarray(to_f64(contiguous[40:])).any(), "padding rows must come out as zero"

@@ -286,8 +286,17 @@ def test_pingpong_is_off_unless_forced_and_checked():
     assert heuristics.select_config("normal", 4096, 7168, 2048, 1, 132).pingpong == 0
     assert heuristics.select_config("normal", 4096, 7168, 2048, 1, 132, pingpong=1).pingpong == 1
     assert heuristics.select_config("masked", 4096, 4096, 7168, 2, 132, expected_m=512, pingpong=1).pingpong == 1
-    # 64-row tiles have one math warpgroup: nothing to alternate with.
-    assert heuristics.select_config("normal", 64, 7168, 2048, 1, 132, pingpong=1).pingpong == 0
+    # 64-row tiles: a second math warpgroup takes every other K block, replacing split-K.
+    assert heuristics.select_config("normal", 16, 2112, 7168, 1, 132).num_k_splits == 2
+    small = heuristics.select_config("normal", 16, 2112, 7168, 1, 132, pingpong=1)
+    assert (small.block_m, small.pingpong, small.num_k_splits, small.num_multicast) == (64, 1, 1, 1), small
+    # Its fp32 partial tile counts against shared memory (the stage count is what still fits).
+    wide = heuristics.select_config("normal", 64, 7168, 2048, 1, 132, pingpong=1, block_n=208)
+    assert _C.smem_size(64, 208, wide.num_stages, 1, 1) <= _C.MAX_SMEM_BYTES
+    assert _C.smem_size(64, 208, wide.num_stages + 1, 1, 1) > _C.MAX_SMEM_BYTES
+    for clash in (dict(num_k_splits=2), dict(num_multicast=2)):
+        with pytest.raises(ValueError, match="pingpong on 64-row tiles splits K inside the CTA"):
+            heuristics.select_config("normal", 16, 2112, 7168, 1, 132, pingpong=1, **clash)
     with pytest.raises(ValueError, match="pingpong must be 0 or 1"):
         heuristics.select_config("normal", 256, 512, 256, 1, 132, pingpong=2)
     with pytest.raises(ValueError, match="pingpong must be 0 or 1"), heuristics.force_pingpong(3):

@@ -355,7 +355,7 @@ def test_multicast_configs_are_validated(kind, splits, multicast, sms, rule):
         _C.generate_source(kind, 256, 512, 256, groups, 128, 128, 4, sms, splits, multicast)
 
 
-# --- pingpong (math warpgroups taking turns; not chosen by the heuristics yet) ----------------------
+# --- pingpong (math warpgroups taking turns; measured no faster on 128-row tiles, never chosen) --------
 @pytest.mark.parametrize(
     "kind, block_n, splits, multicast",
     [
@@ -397,12 +397,39 @@ def test_pingpong_configs_compile_without_spills(kind, block_n, splits, multicas
     assert source.rstrip().endswith(", 1)"), source
 
 
+# Pingpong on 64-row tiles: a second math warpgroup takes the odd K blocks of the same rows.
 @pytest.mark.parametrize(
-    "block_m, pingpong, rule",
-    [(64, 1, "pingpong needs block_m=128"), (128, 2, "pingpong must be 0 or 1"), (128, -1, "pingpong must be 0 or 1")],
+    "kind, block_n",
+    [("normal", 16), ("normal", 64), ("normal", 128), ("normal", 208), ("contiguous", 128), ("masked", 208)],
 )
-def test_pingpong_configs_are_validated(block_m, pingpong, rule):
+def test_pingpong_64_row_configs_compile_without_spills(kind, block_n, tmp_path, monkeypatch):
+    monkeypatch.setenv("DG_JIT_CACHE_DIR", str(tmp_path))
+    from jax_dgpt import _C, heuristics
+
+    stages = heuristics.select_num_stages(64, block_n, 1, 1)
+    groups = 1 if kind == "normal" else 4
+    m = 64 if kind == "contiguous" else 4096
+    result = _C.compile_gemm(kind, m, 2112, 7168, groups, 64, block_n, stages, 132, ptxas_verbose=True, pingpong=1)
+    log = result["log"]
+    context = f"pingpong 64-row {kind} block_n={block_n} stages={stages}\n{log}"
+    assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in log, context
+    assert "Potential Performance Loss" not in log, context
+    # Three warpgroups (two math, one producer) and a fp32 partial tile in shared memory.
+    assert _C.smem_size(64, block_n, stages, 1, 1) == _C.smem_size(64, block_n, stages, 1, 0) + 64 * block_n * 4
+    assert _C.smem_size(64, block_n, stages, 1, 1) <= _C.MAX_SMEM_BYTES
+
+
+@pytest.mark.parametrize(
+    "block_m, pingpong, splits, multicast, rule",
+    [
+        (64, 1, 2, 1, "pingpong on block_m=64 .* excludes split-K and B multicast"),
+        (64, 1, 1, 2, "pingpong on block_m=64 .* excludes split-K and B multicast"),
+        (128, 2, 1, 1, "pingpong must be 0 or 1"),
+        (128, -1, 1, 1, "pingpong must be 0 or 1"),
+    ],
+)
+def test_pingpong_configs_are_validated(block_m, pingpong, splits, multicast, rule):
     from jax_dgpt import _C
 
     with pytest.raises(ValueError, match=rule):
-        _C.generate_source("normal", 256, 512, 256, 1, block_m, 128, 4, 132, 1, 1, pingpong)
+        _C.generate_source("normal", 256, 512, 256, 1, block_m, 128, 4, 132, splits, multicast, pingpong)

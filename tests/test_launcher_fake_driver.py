@@ -130,9 +130,15 @@ def test_small_m_and_grouped_parameters(fake_driver_dir, tmp_path):
         g = _C._LauncherForTests("masked", 512, 256, 1024, 3, 128, 128, 6, 132)
         g.launch(0x40000, 0x50000, 0x60000, 0x70000)
         out["masked"] = dict(params=last_params(), launch=last_launch())
+        pp = _C._LauncherForTests("normal", 5, 256, 4096, 1, 64, 128, PP_STAGES, 4, pingpong=1)
+        pp.launch(0x10000, 0x20000, 0x30000)
+        out["pingpong"] = dict(launch=last_launch())
         print(json.dumps(out))
-    """.replace("STAGES", str(stages)),
+    """.replace("PP_STAGES", str(heuristics.select_num_stages(64, 128, 1, 1))).replace("STAGES", str(stages)),
     )
+    # Pingpong on a 64-row tile: two math warpgroups plus the producer, and the fp32 partial tile.
+    pp_stages = heuristics.select_num_stages(64, 128, 1, 1)
+    assert r["pingpong"]["launch"] == dict(grid=4, cluster=1, smem=_C.smem_size(64, 128, pp_stages, 1, 1), block=384)
     small = r["small"]
     assert small["params"]["a_box_rows"] == 8 and small["params"]["maps"]["a"]["box_rows"] == 8  # trimmed A box
     assert small["params"]["maps"]["d_tail"]["address"] == 0 and small["encodes"] == 3  # 128 columns: no tail map
