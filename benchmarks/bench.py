@@ -1,6 +1,8 @@
 """Side-by-side benchmark: jax_dgpt against XLA's own FP8/bf16 paths, in one process and one run.
 
     python benchmarks/bench.py [--only normal,decode,contiguous,masked] [--quick] [--out DIR]
+        [--shapes MxNxK,...] [--match G=32] [--k-splits 2,4] [--multicast] [--pingpong] [--block-m 64]
+        [--block-n 128,160] [--stages 3,4]
 
 Prints one markdown table per layout (device µs from the profiler, TFLOPS, GB/s, speedups, calc_diff)
 and writes results.json and a chart into --out.
