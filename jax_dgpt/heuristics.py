@@ -257,7 +257,9 @@ def select_num_stages(block_m: int, block_n: int, num_k_splits: int = 1, pingpon
     """The largest stage count whose shared memory (as the kernel lays it out) fits in one SM."""
     native = _native()
     limit = int(native.MAX_SMEM_BYTES)
-    for stages in range(MAX_STAGES, MIN_STAGES - 1, -1):
+    # Pingpong on 64-row tiles: the two warpgroups alternate stages, so the ring needs an even length.
+    step = 2 if block_m == 64 and pingpong else 1
+    for stages in range(MAX_STAGES, MIN_STAGES - 1, -step):
         if int(native.smem_size(block_m, block_n, stages, num_k_splits, pingpong)) <= limit:
             return stages
     needed = int(native.smem_size(block_m, block_n, MIN_STAGES, num_k_splits, pingpong))
@@ -399,6 +401,8 @@ def select_config(
                 f"jax_dgpt.heuristics: num_stages must be in [{MIN_STAGES}, {stages}] for block_m={block_m} "
                 f"block_n={block_n} (shared memory), got {forced}"
             )
+        if interleave_k and forced % 2:
+            raise ValueError(f"jax_dgpt.heuristics: pingpong on 64-row tiles needs an even num_stages, got {forced}")
         stages = forced
     return GemmConfig(
         block_m=block_m,

@@ -44,11 +44,13 @@ struct Sm90Fp8Gemm {
   static constexpr u32 kNumMathWarpgroups = layout::num_math_warpgroups(kBlockM, kPingpong);
   static constexpr u32 kNumMathThreads = 128 * kNumMathWarpgroups;
   static constexpr u32 kNumThreads = layout::num_threads(kBlockM, kPingpong);
-  // Pingpong on a 64-row tile: warpgroup w takes the tile's K blocks kb_begin + w, + w + 2, ...; warpgroup
-  // 1 hands its fp32 sums to warpgroup 0 through shared memory, which adds them and stores the tile.
+  // Pingpong on a 64-row tile: warpgroup w takes the stages of the ring with iter % 2 == w (every other K
+  // block); warpgroup 1 hands its fp32 sums to warpgroup 0 through shared memory, which adds them and
+  // stores the tile.
   static constexpr bool kInterleaveK = layout::interleaves_k(kBlockM, kPingpong);
   // Math warps that read (and release) each stage.
   static constexpr u32 kNumReaderWarps = (kInterleaveK ? 128 : kNumMathThreads) / 32;
+  static_assert(!kInterleaveK || kNumStages % 2 == 0, "pingpong on 64-row tiles needs an even stage count");
   static constexpr u32 kNumKBlocks = layout::ceil_div(kK, kBlockK);
   static constexpr u32 kKBlocksPerSplit = layout::ceil_div(kNumKBlocks, kNumKSplits);
   static constexpr u32 kClusterSize = kNumKSplits * kMulticast;
@@ -264,8 +266,11 @@ struct Sm90Fp8Gemm {
       }
       if (tile.compute) {
         for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
-          // Both warpgroups count every stage (the ring's phases), each reads only its own K blocks.
-          if (kInterleaveK && ((kb - kb_begin) & 1) != warpgroup) continue;
+          // Both warpgroups count every stage; each reads (and releases) the stages of its parity of iter.
+          // NOTES: by iter, not by kb: with an even stage count a stage then always has the same reader, so
+          // a parity wait never meets the other warpgroup's unfinished phase (try_wait.parity sees only
+          // the current phase's parity).
+          if (kInterleaveK && (iter & 1) != warpgroup) continue;
           const u32 stage = iter % kNumStages;
           ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
           const u8* a_tile = smem.a + stage * kSmemA + (kInterleaveK ? 0 : warpgroup) * layout::kWgmmaM * kBlockK;

@@ -36,8 +36,9 @@ def main():
     try:
         with heuristics.force_pingpong(), heuristics.force_tile(block_n=16):
             dp = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(ap, bp)
-        # Pingpong on 64-row tiles (M = 40): two warpgroups split each tile's 9 K blocks, 17 tiles on 4 CTAs.
-        with heuristics.force_pingpong(), heuristics.force_tile(block_n=16):
+        # Pingpong on 64-row tiles (M = 40): two warpgroups alternate the stages of a 2-stage ring over 17 tiles
+        # of 9 K blocks on 4 CTAs (each stage keeps one reader while the ring wraps across tiles).
+        with heuristics.force_pingpong(), heuristics.force_tile(block_n=16, num_stages=2):
             dq = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(ap[:40], bp)
     finally:
         jax_dgpt.set_num_sms(jax.devices()[0].core_count)

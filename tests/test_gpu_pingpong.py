@@ -1,9 +1,11 @@
-"""GPU tests of pingpong (the two math warpgroups of a 128-row tile take turns issuing each K block's wgmma).
+"""GPU tests of pingpong: two math warpgroups taking turns at the tensor core.
 
-The heuristics do not choose it (measured no faster, benchmarks/KERNEL_LOG.md); these tests force it with
-``heuristics.force_pingpong()`` on fresh functions and hold it to the contract of every other path: float64
-agreement (calc_diff <= 3e-6), NaN-poisoned outputs fully written, and, since turns only reorder when each
-warpgroup issues its own unchanged arithmetic, results bitwise equal to the kernel without them.
+On 128-row tiles each warpgroup issues its own 64 rows' wgmma for a K block after the other; the arithmetic
+is unchanged, so results must be bitwise equal to the kernel without turns. On 64-row tiles a second
+warpgroup takes every other stage of the ring (alternate K blocks of the same rows) and hands its sums to the
+first, which changes the summation order: those results must match float64 and be reproducible run to run.
+The heuristics do not choose pingpong (128-row turns measured no faster, benchmarks/KERNEL_LOG.md); these
+tests force it with ``heuristics.force_pingpong()`` on fresh functions, with NaN-poisoned outputs.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ SHAPES_64 = [
     (40, 1000, 1040),  # 9 K blocks: warpgroup 0 takes 5, warpgroup 1 takes 4; M, N and K tails
     (64, 256, 128),  # one K block: warpgroup 1 has nothing to add
     (1, 7168, 2048),  # M = 1: the trimmed A box
+    (16, 32768, 512),  # 4 K blocks, 256 tiles on 132 CTAs: the stage ring wraps across tiles
 ]
 
 
@@ -96,6 +99,16 @@ def test_pingpong_64_row_tiles_match_float64_and_are_reproducible(m, n, k):
     assert_close_to_f64(out, a, b, context=f"pingpong 64-row gemm M={m} N={n} K={k}")
     # The two halves meet in a fixed order: the same bits on every run (not the plain kernel's bits).
     np.testing.assert_array_equal(_bits(out), _bits(again))
+
+
+@pytest.mark.parametrize("m,n,k", [(40, 1024, 384), (8, 4096, 1152)])
+def test_pingpong_64_row_tiles_with_two_stages_and_odd_k_blocks(m, n, k):
+    """Two stages and 3 or 9 K blocks per tile: which warpgroup reads a stage must not depend on the tile."""
+    a, b = generate_fp8((m, k), key=m + 7), generate_fp8((n, k), key=n + 8)
+    with heuristics.force_pingpong(), heuristics.force_tile(num_stages=2):
+        out = run_into_poison(lambda x, y: jax_dgpt.gemm(x, y), a, b, out_shape=(m, n))
+    assert not np.isnan(to_f64(out)).any(), f"M={m} N={n} K={k}: unwritten elements"
+    assert_close_to_f64(out, a, b, context=f"pingpong 64-row, 2 stages, M={m} N={n} K={k}")
 
 
 def test_pingpong_64_row_grouped_layouts():

@@ -294,6 +294,10 @@ def test_pingpong_is_off_unless_forced_and_checked():
     wide = heuristics.select_config("normal", 64, 7168, 2048, 1, 132, pingpong=1, block_n=208)
     assert _C.smem_size(64, 208, wide.num_stages, 1, 1) <= _C.MAX_SMEM_BYTES
     assert _C.smem_size(64, 208, wide.num_stages + 1, 1, 1) > _C.MAX_SMEM_BYTES
+    for block_n in (16, 64, 128, 160, 176, 208):  # the two warpgroups alternate stages: an even ring
+        assert heuristics.select_num_stages(64, block_n, 1, 1) % 2 == 0
+    with pytest.raises(ValueError, match="even num_stages"):
+        heuristics.select_config("normal", 16, 2112, 7168, 1, 132, pingpong=1, num_stages=3)
     for clash in (dict(num_k_splits=2), dict(num_multicast=2)):
         with pytest.raises(ValueError, match="pingpong on 64-row tiles splits K inside the CTA"):
             heuristics.select_config("normal", 16, 2112, 7168, 1, 132, pingpong=1, **clash)

@@ -414,6 +414,7 @@ def test_pingpong_64_row_configs_compile_without_spills(kind, block_n, tmp_path,
     context = f"pingpong 64-row {kind} block_n={block_n} stages={stages}\n{log}"
     assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in log, context
     assert "Potential Performance Loss" not in log, context
+    assert stages % 2 == 0, stages  # the warpgroups alternate stages: each stage keeps one reader
     # Three warpgroups (two math, one producer) and a fp32 partial tile in shared memory.
     assert _C.smem_size(64, block_n, stages, 1, 1) == _C.smem_size(64, block_n, stages, 1, 0) + 64 * block_n * 4
     assert _C.smem_size(64, block_n, stages, 1, 1) <= _C.MAX_SMEM_BYTES
@@ -424,6 +425,7 @@ def test_pingpong_64_row_configs_compile_without_spills(kind, block_n, tmp_path,
     [
         (64, 1, 2, 1, "pingpong on block_m=64 .* excludes split-K and B multicast"),
         (64, 1, 1, 2, "pingpong on block_m=64 .* excludes split-K and B multicast"),
+        (64, 1, 1, 1, "pingpong on block_m=64 needs an even num_stages"),
         (128, 2, 1, 1, "pingpong must be 0 or 1"),
         (128, -1, 1, 1, "pingpong must be 0 or 1"),
     ],
@@ -431,5 +433,6 @@ def test_pingpong_64_row_configs_compile_without_spills(kind, block_n, tmp_path,
 def test_pingpong_configs_are_validated(block_m, pingpong, splits, multicast, rule):
     from jax_dgpt import _C
 
+    stages = 3 if "even" in rule else 4
     with pytest.raises(ValueError, match=rule):
-        _C.generate_source("normal", 256, 512, 256, 1, block_m, 128, 4, 132, splits, multicast, pingpong)
+        _C.generate_source("normal", 256, 512, 256, 1, block_m, 128, stages, 132, splits, multicast, pingpong)
