@@ -11,7 +11,7 @@ import json
 import math
 import sys
 
-# layout: (column title, row key or function) pairs. Times in µs, throughput in TFLOPS and GB/s.
+# layout: (column title, row key) pairs. Times in µs, throughput in TFLOPS and GB/s.
 COLUMNS = {
     "normal": [
         ("M×N×K", "shape"),
@@ -79,7 +79,6 @@ def markdown(rows: list[dict], layout: str) -> str:
     columns = COLUMNS[layout]
     # Forced variants (bench.py --block-n …) add "<label>_us" keys: one more column each.
     extra = sorted({k for r in sel for k in r if k.endswith("_us") and k not in {key for _, key in columns}})
-    extra = [k for k in extra if k not in ("seed_h100_us",)]
     header = [title for title, _ in columns] + [k[:-3] + " µs" for k in extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sel:

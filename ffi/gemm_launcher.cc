@@ -60,12 +60,12 @@ Status validate(const GemmConfig& c) {
   }
   if (c.pingpong != 0 && c.pingpong != 1) return fail("pingpong must be 0 or 1");
   // On 64-row tiles pingpong splits each tile's K blocks between two warpgroups of one CTA.
-  if (c.pingpong == 1 && c.block_m == 64 && (c.num_k_splits != 1 || c.num_multicast != 1)) {
-    return fail("pingpong on block_m=64 (K split inside the CTA) excludes split-K and B multicast");
-  }
-  // Each stage must always have the same reader (the warpgroups alternate stages).
-  if (c.pingpong == 1 && c.block_m == 64 && c.num_stages % 2 != 0) {
-    return fail("pingpong on block_m=64 needs an even num_stages");
+  if (layout::interleaves_k(static_cast<uint32_t>(c.block_m), static_cast<uint32_t>(c.pingpong))) {
+    if (c.num_k_splits != 1 || c.num_multicast != 1) {
+      return fail("pingpong on block_m=64 (K split inside the CTA) excludes split-K and B multicast");
+    }
+    // Each stage must always have the same reader (the warpgroups alternate stages).
+    if (c.num_stages % 2 != 0) return fail("pingpong on block_m=64 needs an even num_stages");
   }
   if (c.num_sms % c.cluster_size() != 0) {
     return fail("num_sms must be a multiple of num_k_splits * num_multicast (whole clusters)");

@@ -246,6 +246,11 @@ def last_wave_occupancy(tiles: int, num_sms: int) -> int:
     return tiles - (num_waves(tiles, num_sms) - 1) * num_sms
 
 
+def _interleaves_k(block_m: int, pingpong: int) -> bool:
+    """Pingpong on a 64-row tile: two warpgroups split each tile's K blocks (layout::interleaves_k in C++)."""
+    return block_m == 64 and bool(pingpong)
+
+
 def fits_in_shared_memory(block_m: int, block_n: int, num_k_splits: int = 1, pingpong: int = 0) -> bool:
     """Whether the tile fits with the minimum stage count (split-K, and pingpong on 64-row tiles, add an
     fp32 partial tile)."""
@@ -258,7 +263,7 @@ def select_num_stages(block_m: int, block_n: int, num_k_splits: int = 1, pingpon
     native = _native()
     limit = int(native.MAX_SMEM_BYTES)
     # Pingpong on 64-row tiles: the two warpgroups alternate stages, so the ring needs an even length.
-    step = 2 if block_m == 64 and pingpong else 1
+    step = 2 if _interleaves_k(block_m, pingpong) else 1
     for stages in range(MAX_STAGES, MIN_STAGES - 1, -step):
         if int(native.smem_size(block_m, block_n, stages, num_k_splits, pingpong)) <= limit:
             return stages
@@ -351,7 +356,7 @@ def select_config(
     if pingpong is not None and static_int("jax_dgpt.heuristics", "pingpong", pingpong) not in (0, 1):
         raise ValueError(f"jax_dgpt.heuristics: pingpong must be 0 or 1, got {pingpong}")
     pingpong = int(bool(pingpong))
-    interleave_k = pingpong == 1 and block_m == 64  # the kernel's K split inside the CTA
+    interleave_k = _interleaves_k(block_m, pingpong)
     if interleave_k and (multicast > 1 or num_k_splits not in (None, 1)):
         raise ValueError(
             "jax_dgpt.heuristics: pingpong on 64-row tiles splits K inside the CTA and excludes split-K and "
