@@ -8,7 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import calc_diff, generate_contiguous_indices, generate_fp8, to_f64
+from jax_dgpt.testing import calc_diff, generate_contiguous_indices, generate_fp8, to_f64
 
 import jax_dgpt
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import pytest
-from conftest import assert_close_to_f64, generate_contiguous_indices, generate_fp8
+from jax_dgpt.testing import assert_close_to_f64, generate_contiguous_indices, generate_fp8
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version

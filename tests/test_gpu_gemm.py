@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
+from jax_dgpt.testing import (
     assert_close_to_f64,
     calc_diff,
     generate_fp8,
@@ -19,7 +19,7 @@ from conftest import (
     run_into_poison,
     to_f64,
 )
-from shapes import NORMAL_ANCHORS, ODD_M
+from jax_dgpt.testing import NORMAL_ANCHORS, ODD_M
 
 import jax_dgpt
 

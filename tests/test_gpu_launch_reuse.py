@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close_to_f64, generate_fp8
+from jax_dgpt.testing import assert_close_to_f64, generate_fp8
 
 import jax_dgpt
 

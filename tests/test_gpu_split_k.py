@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
+from jax_dgpt.testing import (
     assert_close_to_f64,
     calc_diff,
     generate_fp8,

@@ -8,7 +8,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import pytest
-from shapes import NORMAL_ANCHORS, ODD_M
+from jax_dgpt.testing import NORMAL_ANCHORS, ODD_M
 
 from jax_dgpt import _C, config, heuristics, primitives
 

@@ -20,7 +20,7 @@ import re
 import struct
 
 import pytest
-from shapes import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX, NORMAL_ANCHORS, ODD_M
+from jax_dgpt.testing import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX, NORMAL_ANCHORS, ODD_M
 
 import jax_dgpt  # noqa: F401  (loads the extension and points it at kernels/)
 from jax_dgpt import _native, device, heuristics

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import calc_diff
+from jax_dgpt.testing import calc_diff
 from jax import lax
 
 pytest.importorskip("flax")
