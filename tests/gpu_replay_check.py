@@ -8,9 +8,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_dgpt.testing import calc_diff, generate_contiguous_indices, generate_fp8, to_f64
 
 import jax_dgpt
+from jax_dgpt.testing import calc_diff, generate_contiguous_indices, generate_fp8, to_f64
 
 G, MMAX, N, K = 4, 256, 512, 256
 

@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import pytest
-from jax_dgpt.testing import assert_close_to_f64, generate_contiguous_indices, generate_fp8
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 import jax_dgpt
 from jax_dgpt import _native
+from jax_dgpt.testing import assert_close_to_f64, generate_contiguous_indices, generate_fp8
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import jax_dgpt
 from jax_dgpt.testing import (
+    NORMAL_ANCHORS,
+    ODD_M,
     assert_close_to_f64,
     calc_diff,
     generate_fp8,
@@ -19,9 +23,6 @@ from jax_dgpt.testing import (
     run_into_poison,
     to_f64,
 )
-from jax_dgpt.testing import NORMAL_ANCHORS, ODD_M
-
-import jax_dgpt
 
 pytestmark = pytest.mark.gpu
 

@@ -11,10 +11,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax_dgpt.testing import calc_diff, generate_fp8, matmul_nt_f64, record_diff, run_into_poison, to_f64
-from jax_dgpt.testing import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX
 
 import jax_dgpt
+from jax_dgpt.testing import (
+    CONTIGUOUS_ANCHORS,
+    MASKED_ANCHORS,
+    MASKED_MMAX,
+    calc_diff,
+    generate_fp8,
+    matmul_nt_f64,
+    record_diff,
+    run_into_poison,
+    to_f64,
+)
 
 pytestmark = pytest.mark.gpu
 

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax_dgpt.testing import assert_close_to_f64, generate_fp8
 
 import jax_dgpt
+from jax_dgpt.testing import assert_close_to_f64, generate_fp8
 
 pytestmark = pytest.mark.gpu
 

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax_dgpt.testing import assert_close_to_f64, generate_fp8, run_into_poison, to_f64
 
 import jax_dgpt
 from jax_dgpt import heuristics
+from jax_dgpt.testing import assert_close_to_f64, generate_fp8, run_into_poison, to_f64
 
 pytestmark = pytest.mark.gpu
 

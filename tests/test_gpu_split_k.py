@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import jax_dgpt
+from jax_dgpt import heuristics
 from jax_dgpt.testing import (
     assert_close_to_f64,
     calc_diff,
@@ -20,9 +23,6 @@ from jax_dgpt.testing import (
     run_into_poison,
     to_f64,
 )
-
-import jax_dgpt
-from jax_dgpt import heuristics
 
 pytestmark = pytest.mark.gpu
 

@@ -8,9 +8,9 @@ import itertools
 import jax
 import jax.numpy as jnp
 import pytest
-from jax_dgpt.testing import NORMAL_ANCHORS, ODD_M
 
 from jax_dgpt import _C, config, heuristics, primitives
+from jax_dgpt.testing import NORMAL_ANCHORS, ODD_M
 
 # Every (N, K) of the anchors, 8192 x 8192 included.
 NK_PAIRS = sorted({(n, k) for _, n, k in NORMAL_ANCHORS})

@@ -20,10 +20,10 @@ import re
 import struct
 
 import pytest
-from jax_dgpt.testing import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX, NORMAL_ANCHORS, ODD_M
 
 import jax_dgpt  # noqa: F401  (loads the extension and points it at kernels/)
 from jax_dgpt import _native, device, heuristics
+from jax_dgpt.testing import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX, NORMAL_ANCHORS, ODD_M
 
 C = _native.load()
 NUM_SMS = device.DEFAULT_NUM_SMS  # what a CPU-side lowering uses (an H100 SXM)

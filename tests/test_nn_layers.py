@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax_dgpt.testing import calc_diff
 from jax import lax
+
+from jax_dgpt.testing import calc_diff
 
 pytest.importorskip("flax")
 from flax import nnx  # noqa: E402

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax_dgpt.testing import assert_close_to_f64, generate_contiguous_indices, generate_fp8, to_f64
 
 import jax_dgpt
+from jax_dgpt.testing import assert_close_to_f64, generate_contiguous_indices, generate_fp8, to_f64
 
 
 def enumerate_gemm_shapes():
