@@ -1,4 +1,6 @@
-// Python bindings of the GEMM family: FFI registrations and debug entry points for tests.
+// Python bindings of the GEMM family: FFI registrations, the configuration's rules and limits, and
+// debug entry points for tests. Every entry point takes the kernel configuration as one dict with the
+// fields of jax_dgpt.kernel_config.KernelConfig (KernelConfig.as_attribute()).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 
@@ -7,8 +9,9 @@
 #include <string>
 
 #include "gemm_handlers.h"
-#include "jit_bindings.h"
 #include "gemm_launcher.h"
+#include "jit_bindings.h"
+#include "kernel_config.h"
 
 namespace nb = nanobind;
 
@@ -28,18 +31,37 @@ nb::dict stages(XLA_FFI_Handler* instantiate, XLA_FFI_Handler* initialize, XLA_F
   return d;
 }
 
-GemmConfig make_config(const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
-                       int64_t block_n, int64_t num_stages, int64_t num_sms, int64_t num_k_splits,
-                       int64_t num_multicast, int64_t pingpong) {
-  GemmType type;
-  const Status status = parse_gemm_type(kind, &type);
+// A Python dict of the config's fields as a KernelConfig, not yet checked; ValueError on a missing,
+// extra or mistyped field.
+KernelConfig decode_config(const nb::dict& dict) {
+  auto get_int = [&](const char* name, long long* value) -> Status {
+    if (!dict.contains(name)) return Status::Error(std::string("config lacks field '") + name + "'");
+    nb::handle item = dict[name];
+    if (!nb::isinstance<nb::int_>(item) || nb::isinstance<nb::bool_>(item)) {
+      return Status::Error(std::string("config field '") + name + "' must be an int");
+    }
+    *value = nb::cast<long long>(item);
+    return Status::Ok();
+  };
+  auto get_layout = [&](std::string* layout) -> Status {
+    if (!dict.contains("layout") || !nb::isinstance<nb::str>(dict["layout"])) {
+      return Status::Error("config field 'layout' must be a str");
+    }
+    *layout = nb::cast<std::string>(dict["layout"]);
+    return Status::Ok();
+  };
+  KernelConfig config;
+  const Status status = read_config(dict.size(), get_int, get_layout, &config);
   if (!status.ok()) throw nb::value_error(status.message().c_str());
-  const GemmConfig c =
-      GemmConfig::make(type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits, num_multicast,
-                       pingpong);
-  const Status valid = validate(c);
+  return config;
+}
+
+// decode_config, then the validity rules (ValueError naming the rule).
+KernelConfig checked_config(const nb::dict& dict) {
+  const KernelConfig config = decode_config(dict);
+  const Status valid = check_config(config);
   if (!valid.ok()) throw nb::value_error(valid.message().c_str());
-  return c;
+  return config;
 }
 
 // The host side of one kernel (compile, load, prepare, launch) without XLA: for tests that run the
@@ -52,22 +74,55 @@ void check(const Status& status) {
   if (!status.ok()) throw std::runtime_error(status.message());
 }
 
+void bind_config(nb::module_& m) {
+  m.def("config_fields", []() {
+    nb::list names;
+    for (const std::string& name : config_field_names()) names.append(name);
+    return nb::tuple(names);
+  }, "The kernel configuration's field names, in declaration order (kernels/kernel_config.cuh).");
+
+  m.def("limits", []() {
+    nb::dict d;
+    for (const auto& [name, value] : config_limits()) d[name.c_str()] = value;
+    return d;
+  }, "Every limit of the kernel configuration (block sizes, alignments, shared memory), by name.");
+
+  m.def("check_config", [](const nb::dict& dict) -> nb::object {
+    const Status valid = check_config(decode_config(dict));
+    if (valid.ok()) return nb::none();
+    return nb::str(valid.message().c_str());
+  }, nb::arg("config"),
+  "None when the config is valid, else the rule it breaks. Raises ValueError for a malformed dict.");
+
+  m.def("smem_size", [](const nb::dict& dict) { return smem_size(checked_config(dict)); }, nb::arg("config"),
+        "Bytes of dynamic shared memory the kernel of a valid config needs.");
+
+  m.def("generate_source", [](const nb::dict& dict) { return generate_source(checked_config(dict)); },
+        nb::arg("config"), "The translation unit the JIT compiles for a valid config.");
+
+  m.def("compile_gemm", [](const nb::dict& dict, bool ptxas_verbose) {
+    const KernelConfig config = checked_config(dict);
+    jit::CubinEntry entry;
+    Status status;
+    {
+      nb::gil_scoped_release release;
+      status = compile(config, ptxas_verbose, &entry);
+    }
+    if (!status.ok()) throw std::runtime_error(status.message());
+    return cubin_entry_dict(entry);
+  }, nb::arg("config"), nb::arg("ptxas_verbose") = false,
+  "JIT-compiles (or fetches from the cache) the kernel of a valid config; no GPU needed.");
+}
+
 }  // namespace
 
 void bind_gemm(nb::module_& m) {
-  m.attr("MAX_SMEM_BYTES") = layout::kMaxSmemBytes;
-  m.attr("BLOCK_K") = layout::kBlockK;
-  m.attr("MAX_BLOCK_N") = kMaxBlockN;
-  nb::list attributes;
-  for (const std::string& name : handlers::instantiate_attribute_names()) attributes.append(name);
-  m.attr("INSTANTIATE_ATTRIBUTES") = nb::tuple(attributes);
-
   m.def("registrations", []() {
     nb::dict d;
-    d["dgpt_gemm"] = stages(dgpt_gemm_instantiate, dgpt_gemm_initialize, dgpt_gemm_execute);
-    d["dgpt_m_grouped_contiguous"] =
+    d["dgpt_gemm_normal"] = stages(dgpt_normal_instantiate, dgpt_normal_initialize, dgpt_normal_execute);
+    d["dgpt_gemm_contiguous"] =
         stages(dgpt_contiguous_instantiate, dgpt_contiguous_initialize, dgpt_contiguous_execute);
-    d["dgpt_m_grouped_masked"] = stages(dgpt_masked_instantiate, dgpt_masked_initialize, dgpt_masked_execute);
+    d["dgpt_gemm_masked"] = stages(dgpt_masked_instantiate, dgpt_masked_initialize, dgpt_masked_execute);
     return d;
   }, "FFI target name -> {stage name: PyCapsule} for jax.ffi.register_ffi_target(platform='CUDA').");
 
@@ -80,48 +135,23 @@ void bind_gemm(nb::module_& m) {
     return d;
   }, "FFI state types for jax.ffi.register_ffi_type(platform='CUDA').");
 
-  m.def("smem_size", [](int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_k_splits,
-                        int64_t pingpong) {
-    if (block_m <= 0 || block_n <= 0 || num_stages <= 0 || block_m > 256 || block_n > 256 || num_stages > 64 ||
-        num_k_splits <= 0 || num_k_splits > 8 || (pingpong != 0 && pingpong != 1)) {
-      throw nb::value_error(
-          "smem_size: block_m and block_n must be in [1, 256], num_stages in [1, 64], num_k_splits in [1, 8], "
-          "pingpong 0 or 1");
-    }
-    return layout::smem_size(block_m, block_n, num_stages, num_k_splits, pingpong);
-  }, nb::arg("block_m"), nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_k_splits") = 1,
-  nb::arg("pingpong") = 0,
-  "Bytes of dynamic shared memory the kernel needs for this tile, stage count, split count and pingpong.");
-
-  m.def("generate_source", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
-                              int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms,
-                              int64_t num_k_splits, int64_t num_multicast, int64_t pingpong) {
-    return generate_source(make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits,
-                                       num_multicast, pingpong));
-  }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
-  nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("num_k_splits") = 1,
-  nb::arg("num_multicast") = 1, nb::arg("pingpong") = 0);
+  bind_config(m);
 
   nb::class_<LauncherForTests>(m, "_LauncherForTests",
                                "One kernel's host side (compile, load, prepare device 0, launch) outside XLA; for "
                                "tests with a stand-in driver.")
       .def("__init__",
-           [](LauncherForTests* self, const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
-              int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms, int64_t num_k_splits,
-              int64_t num_multicast, int64_t pingpong) {
-             const GemmConfig c = make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms,
-                                              num_k_splits, num_multicast, pingpong);
+           [](LauncherForTests* self, const nb::dict& dict) {
+             const KernelConfig config = checked_config(dict);
              GemmKernel* kernel = nullptr;
              {
                nb::gil_scoped_release release;
-               check(GemmKernel::create(c, &kernel));
+               check(GemmKernel::create(config, &kernel));
              }
              new (self) LauncherForTests{std::unique_ptr<GemmKernel>(kernel)};
              check(self->kernel->prepare(0));
            },
-           nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
-           nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("num_k_splits") = 1,
-           nb::arg("num_multicast") = 1, nb::arg("pingpong") = 0)
+           nb::arg("config"))
       .def("launch",
            [](const LauncherForTests& self, uintptr_t a, uintptr_t b, uintptr_t d, uintptr_t grouped_layout) {
              check(self.kernel->launch(nullptr, reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(b),
@@ -129,24 +159,6 @@ void bind_gemm(nb::module_& m) {
            },
            nb::arg("a"), nb::arg("b"), nb::arg("d"), nb::arg("grouped_layout") = 0,
            "Launches on the null stream with these device addresses; raises RuntimeError on failure.");
-
-  m.def("compile_gemm", [](const std::string& kind, int64_t m, int64_t n, int64_t k, int64_t num_groups,
-                           int64_t block_m, int64_t block_n, int64_t num_stages, int64_t num_sms, bool ptxas_verbose,
-                           int64_t num_k_splits, int64_t num_multicast, int64_t pingpong) {
-    const GemmConfig c = make_config(kind, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits,
-                                     num_multicast, pingpong);
-    jit::CubinEntry entry;
-    Status status;
-    {
-      nb::gil_scoped_release release;
-      status = compile(c, ptxas_verbose, &entry);
-    }
-    if (!status.ok()) throw std::runtime_error(status.message());
-    return cubin_entry_dict(entry);
-  }, nb::arg("kind"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("num_groups"), nb::arg("block_m"),
-  nb::arg("block_n"), nb::arg("num_stages"), nb::arg("num_sms"), nb::arg("ptxas_verbose") = false,
-  nb::arg("num_k_splits") = 1, nb::arg("num_multicast") = 1, nb::arg("pingpong") = 0,
-  "JIT-compiles (or fetches from the cache) the kernel of one configuration; no GPU needed.");
 }
 
 }  // namespace dgpt

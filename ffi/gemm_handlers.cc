@@ -4,10 +4,9 @@
 #include "gemm_handlers.h"
 
 #include <exception>
-#include <iterator>
 #include <memory>
 #include <string>
-#include <vector>
+#include <string_view>
 
 #include "gemm_launcher.h"
 
@@ -34,18 +33,36 @@ ffi::Error to_ffi(const Status& status, const char* op) {
   return ffi::Error::Internal(std::string(op) + ": " + status.message());
 }
 
-template <GemmType kType>
-ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(int64_t m, int64_t n, int64_t k, int64_t num_groups,
-                                                       int64_t block_m, int64_t block_n, int64_t num_stages,
-                                                       int64_t num_sms, int64_t num_k_splits,
-                                                       int64_t num_multicast, int64_t pingpong) {
+// The "config" dictionary attribute (jax_dgpt/kernel_config.py) as a KernelConfig.
+Status decode_config(const ffi::Dictionary& dict, KernelConfig* out) {
+  auto get_int = [&](const char* name, long long* value) -> Status {
+    ffi::ErrorOr<int64_t> got = dict.get<int64_t>(name);
+    if (!got.has_value()) return Status::Error(std::string("config field '") + name + "': " + got.error().message());
+    *value = *got;
+    return Status::Ok();
+  };
+  auto get_layout = [&](std::string* layout) -> Status {
+    ffi::ErrorOr<std::string_view> got = dict.get<std::string_view>("layout");
+    if (!got.has_value()) return Status::Error("config field 'layout': " + got.error().message());
+    *layout = std::string(*got);
+    return Status::Ok();
+  };
+  return read_config(dict.size(), get_int, get_layout, out);
+}
+
+template <Layout kLayout>
+ffi::ErrorOr<std::unique_ptr<KernelState>> instantiate(ffi::Dictionary config_attribute) {
   try {
-    const GemmConfig config = GemmConfig::make(kType, m, n, k, num_groups, block_m, block_n, num_stages, num_sms,
-                                               num_k_splits, num_multicast, pingpong);
-    const Status valid = validate(config);
-    if (!valid.ok()) return ffi::Unexpected(ffi::Error::InvalidArgument("jax_dgpt instantiate: " + valid.message()));
+    KernelConfig config;
+    Status status = decode_config(config_attribute, &config);
+    if (status.ok() && config.layout != kLayout) {
+      status = Status::Error(std::string("config layout '") + layout_name(config.layout) + "' sent to the " +
+                             layout_name(kLayout) + " target");
+    }
+    if (status.ok()) status = check_config(config);
+    if (!status.ok()) return ffi::Unexpected(ffi::Error::InvalidArgument("jax_dgpt instantiate: " + status.message()));
     GemmKernel* kernel = nullptr;
-    const Status status = GemmKernel::create(config, &kernel);
+    status = GemmKernel::create(config, &kernel);
     if (!status.ok()) return ffi::Unexpected(to_ffi(status, "jax_dgpt instantiate"));
     auto state = std::make_unique<KernelState>();
     state->kernel.reset(kernel);
@@ -108,7 +125,7 @@ ffi::Error launch(const KernelState* state, CUstream stream, const ffi::AnyBuffe
 
 ffi::Error execute_normal(CUstream stream, KernelState* state, ffi::AnyBuffer a, ffi::AnyBuffer b,
                           ffi::Result<ffi::AnyBuffer> d) {
-  const GemmConfig& c = state->kernel->config();
+  const KernelConfig& c = state->kernel->config();
   DGPT_RETURN_IF_FFI_ERROR(check_buffer("a", a, ffi::F8E4M3FN, {c.m, c.k}));
   DGPT_RETURN_IF_FFI_ERROR(check_buffer("b", b, ffi::F8E4M3FN, {c.n, c.k}));
   DGPT_RETURN_IF_FFI_ERROR(check_buffer("out", *d, ffi::BF16, {c.m, c.n}));
@@ -117,7 +134,7 @@ ffi::Error execute_normal(CUstream stream, KernelState* state, ffi::AnyBuffer a,
 
 ffi::Error execute_contiguous(CUstream stream, KernelState* state, ffi::AnyBuffer a, ffi::AnyBuffer b,
                               ffi::AnyBuffer m_indices, ffi::Result<ffi::AnyBuffer> d) {
-  const GemmConfig& c = state->kernel->config();
+  const KernelConfig& c = state->kernel->config();
   DGPT_RETURN_IF_FFI_ERROR(check_buffer("a", a, ffi::F8E4M3FN, {c.m, c.k}));
   DGPT_RETURN_IF_FFI_ERROR(check_buffer("b", b, ffi::F8E4M3FN, {c.num_groups, c.n, c.k}));
   DGPT_RETURN_IF_FFI_ERROR(check_buffer("m_indices", m_indices, ffi::S32, {c.m}));
@@ -127,7 +144,7 @@ ffi::Error execute_contiguous(CUstream stream, KernelState* state, ffi::AnyBuffe
 
 ffi::Error execute_masked(CUstream stream, KernelState* state, ffi::AnyBuffer a, ffi::AnyBuffer b,
                           ffi::AnyBuffer masked_m, ffi::Result<ffi::AnyBuffer> d) {
-  const GemmConfig& c = state->kernel->config();
+  const KernelConfig& c = state->kernel->config();
   DGPT_RETURN_IF_FFI_ERROR(check_buffer("a", a, ffi::F8E4M3FN, {c.num_groups, c.m, c.k}));
   DGPT_RETURN_IF_FFI_ERROR(check_buffer("b", b, ffi::F8E4M3FN, {c.num_groups, c.n, c.k}));
   DGPT_RETURN_IF_FFI_ERROR(check_buffer("masked_m", masked_m, ffi::S32, {c.num_groups}));
@@ -149,33 +166,8 @@ ffi::Error guarded(ffi::Error (*fn)(Args...), Args... args) {
 
 }  // namespace
 
-// The attributes every GEMM custom call carries (jax_dgpt/heuristics.py and primitives.py produce
-// them; a CPU test compares the names with the lowered program).
-constexpr const char* kInstantiateAttributes[] = {"m",          "n",       "k",            "num_groups",
-                                                  "block_m",    "block_n", "num_stages",   "num_sms",
-                                                  "num_k_splits", "num_multicast", "pingpong"};
-
-auto instantiate_binding() {
-  const auto& a = kInstantiateAttributes;
-  return ffi::Ffi::BindInstantiate()
-      .Attr<int64_t>(a[0])
-      .Attr<int64_t>(a[1])
-      .Attr<int64_t>(a[2])
-      .Attr<int64_t>(a[3])
-      .Attr<int64_t>(a[4])
-      .Attr<int64_t>(a[5])
-      .Attr<int64_t>(a[6])
-      .Attr<int64_t>(a[7])
-      .Attr<int64_t>(a[8])
-      .Attr<int64_t>(a[9])
-      .Attr<int64_t>(a[10]);
-}
-static_assert(sizeof(kInstantiateAttributes) / sizeof(kInstantiateAttributes[0]) == 11,
-              "instantiate() and its binding take every attribute");
-
-std::vector<std::string> instantiate_attribute_names() {
-  return std::vector<std::string>(std::begin(kInstantiateAttributes), std::end(kInstantiateAttributes));
-}
+// One attribute: the whole kernel configuration (jax_dgpt/kernel_config.py produces it).
+auto instantiate_binding() { return ffi::Ffi::BindInstantiate().Attr<ffi::Dictionary>("config"); }
 
 auto initialize_binding() {
   return ffi::Ffi::BindInitialize().Ctx<ffi::State<KernelState>>().Ctx<ffi::DeviceOrdinal>();
@@ -187,20 +179,20 @@ auto execute_binding() {
 
 }  // namespace dgpt::handlers
 
-using dgpt::GemmType;
+using dgpt::Layout;
 namespace h = dgpt::handlers;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_gemm_instantiate, h::instantiate<GemmType::kNormal>, h::instantiate_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_contiguous_instantiate, h::instantiate<GemmType::kContiguous>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_normal_instantiate, h::instantiate<Layout::kNormal>, h::instantiate_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_contiguous_instantiate, h::instantiate<Layout::kContiguous>,
                               h::instantiate_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_masked_instantiate, h::instantiate<GemmType::kMasked>, h::instantiate_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_masked_instantiate, h::instantiate<Layout::kMasked>, h::instantiate_binding());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_gemm_initialize, h::initialize, h::initialize_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_normal_initialize, h::initialize, h::initialize_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_contiguous_initialize, h::initialize, h::initialize_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_masked_initialize, h::initialize, h::initialize_binding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    dgpt_gemm_execute,
+    dgpt_normal_execute,
     [](CUstream s, h::KernelState* st, xla::ffi::AnyBuffer a, xla::ffi::AnyBuffer b,
        xla::ffi::Result<xla::ffi::AnyBuffer> d) { return h::guarded(h::execute_normal, s, st, a, b, d); },
     h::execute_binding()

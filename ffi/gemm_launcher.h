@@ -1,5 +1,5 @@
-// Host side of the sm90 FP8 GEMM family: validates a configuration, generates and JIT-compiles
-// its kernel, prepares it per device and launches it. Knows nothing about XLA.
+// Host side of the sm90 FP8 GEMM family: JIT-compiles the kernel of one checked configuration,
+// prepares it per device and launches it. Knows nothing about XLA.
 #pragma once
 
 #include <cuda.h>
@@ -12,57 +12,21 @@
 #include <vector>
 
 #include "dgpt_types.cuh"
+#include "kernel_config.h"
 #include "jit/kernel_cache.h"
 #include "jit/kernel_runtime.h"
 #include "jit/status.h"
 
 namespace dgpt {
 
-// Everything the Python heuristics decide, as FFI attributes. m and num_groups are run-time
-// values of the kernel (one cubin serves every M); the rest are compile-time constants.
-struct GemmConfig {
-  GemmType type = GemmType::kNormal;
-  int64_t m = 0;           // rows of A (Mmax per group for masked)
-  int64_t n = 0;
-  int64_t k = 0;
-  int64_t num_groups = 1;
-  int64_t block_m = 0;
-  int64_t block_n = 0;
-  int64_t num_stages = 0;
-  int64_t num_sms = 0;     // grid size (whole clusters: a multiple of cluster_size())
-  int64_t num_k_splits = 1;  // CTAs of a cluster sharing one tile, one K slice each
-  int64_t num_multicast = 1;  // normal GEMMs: CTAs of a cluster sharing one B tile (vertically adjacent tiles)
-  int64_t pingpong = 0;       // 1: two math warpgroups take turns: per K block (block_m 128) or K blocks (64)
-
-  static GemmConfig make(GemmType type, int64_t m, int64_t n, int64_t k, int64_t num_groups, int64_t block_m,
-                         int64_t block_n, int64_t num_stages, int64_t num_sms, int64_t num_k_splits,
-                         int64_t num_multicast, int64_t pingpong) {
-    return GemmConfig{type, m, n, k, num_groups, block_m, block_n, num_stages, num_sms, num_k_splits, num_multicast,
-                      pingpong};
-  }
-  int64_t cluster_size() const { return num_k_splits * num_multicast; }
-  std::string describe() const;
-};
-
-const char* gemm_type_name(GemmType type);  // "normal", "contiguous", "masked"
-Status parse_gemm_type(const std::string& name, GemmType* out);
-
-// The widest BLOCK_N that compiles without register spills for every layout.
-constexpr int64_t kMaxBlockN = 208;
-
-// Checks a configuration against the kernel's compile-time rules.
-Status validate(const GemmConfig& config);
-
-// The tiny translation unit the JIT compiles for `config`.
-std::string generate_source(const GemmConfig& config);
-
 // Compiles (or fetches from the cache) the cubin for `config`.
-Status compile(const GemmConfig& config, bool ptxas_verbose, jit::CubinEntry* out);
+// Checks `config` first.
+Status compile(const KernelConfig& config, bool ptxas_verbose, jit::CubinEntry* out);
 
 // A compiled, loaded kernel plus the per-device setup done by `prepare`.
 class GemmKernel {
  public:
-  static Status create(const GemmConfig& config, GemmKernel** out);  // owned by caller
+  static Status create(const KernelConfig& config, GemmKernel** out);  // owned by caller
 
   // Checks the device (sm_90) and raises the kernel's shared-memory limit on it; once per device.
   Status prepare(int device_ordinal);
@@ -71,15 +35,15 @@ class GemmKernel {
   // same) and launches on `stream`. No sync, no allocation.
   Status launch(CUstream stream, const void* a, const void* b, void* d, const int32_t* grouped_layout) const;
 
-  const GemmConfig& config() const { return config_; }
+  const KernelConfig& config() const { return config_; }
 
  private:
-  GemmConfig config_;
+  KernelConfig config_;
   jit::LoadedKernel kernel_;
   uint32_t smem_bytes_ = 0;
   std::mutex mutex_;
   std::vector<bool> prepared_;  // by device ordinal, guarded by mutex_
-  // CTAs launched: config_.num_sms, or for clusters at most the co-resident clusters' CTAs (0: not yet
+  // CTAs launched: config_.grid_size, or for clusters at most the co-resident clusters' CTAs (0: not yet
   // asked). Found on the first launch, whose stream names the context the driver must ask.
   mutable std::atomic<int> grid_{0};
 

@@ -11,12 +11,8 @@ import jax
 
 __all__ = ["TARGETS", "kernels_dir", "load"]
 
-# The FFI targets the extension provides, by op (the names the CUDA lowerings call).
-TARGETS = {
-    "gemm": "dgpt_gemm",
-    "contiguous": "dgpt_m_grouped_contiguous",
-    "masked": "dgpt_m_grouped_masked",
-}
+# The FFI targets the extension provides, by layout (the names the CUDA lowerings call).
+TARGETS = {layout: f"dgpt_gemm_{layout}" for layout in ("normal", "contiguous", "masked")}
 _PLATFORM = "CUDA"
 
 _lock = threading.Lock()

@@ -15,18 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import device, heuristics
+from . import device, forcing
 from ._ints import static_int
-from .primitives import (
-    BF16,
-    FP8,
-    INT32,
-    K_ALIGNMENT,
-    N_ALIGNMENT,
-    contiguous_p,
-    gemm_p,
-    masked_p,
-)
+from .kernel_config import limits
+from .primitives import BF16, FP8, INT32, contiguous_p, gemm_p, masked_p
 
 __all__ = [
     "gemm",
@@ -38,14 +30,13 @@ __all__ = [
     "m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked",
 ]
 
-# NOTES: each expert's rows must start at a multiple of the largest block_m the heuristics may pick
-# for the contiguous layout, so that no row tile spans two experts.
-M_ALIGNMENT_FOR_CONTIGUOUS_LAYOUT = 128
-
 
 def get_m_alignment_for_contiguous_layout() -> int:
-    """The row alignment (128) at which every expert's rows must start in the contiguous layout."""
-    return M_ALIGNMENT_FOR_CONTIGUOUS_LAYOUT
+    """The row alignment (128) at which every expert's rows must start in the contiguous layout.
+
+    NOTES: the kernel reads one expert per block of this many rows, so no row tile spans two experts.
+    """
+    return limits()["m_alignment_contiguous"]
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -106,14 +97,15 @@ def _slice_n(out: jax.Array, n: int) -> jax.Array:
 def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int) -> tuple[jax.Array, jax.Array]:
     """Zero-pads K (of A and B) to a multiple of 16 and N (of B) to a multiple of 8, only where
     needed."""
-    a, b = _pad_to(a, -1, K_ALIGNMENT), _pad_to(b, -1, K_ALIGNMENT)
-    return a, _pad_to(b, b_n_axis, N_ALIGNMENT)
+    k_alignment, n_alignment = limits()["k_alignment"], limits()["n_alignment"]
+    a, b = _pad_to(a, -1, k_alignment), _pad_to(b, -1, k_alignment)
+    return a, _pad_to(b, b_n_axis, n_alignment)
 
 
 # --- jitted bodies (static: num_sms, overrides, expected_m) -----------------------------------------
 # NOTES: everything the CUDA lowering's heuristics read besides shapes is a static argument here and a
 # primitive parameter below, so the jit caches keep configs apart.
-Overrides = tuple[tuple[str, int], ...]  # heuristics.forced_overrides(): settings forced by a context
+Overrides = forcing.Overrides  # fields forced by a jax_dgpt.forcing context
 
 
 @functools.partial(jax.jit, static_argnames=("num_sms", "overrides"))
@@ -175,7 +167,7 @@ def gemm(a: jax.Array, b: jax.Array) -> jax.Array:
         a,
         b,
         num_sms=device.get_num_sms(),
-        overrides=heuristics.forced_overrides("normal"),
+        overrides=forcing.forced_overrides(),
     )
 
 
@@ -211,9 +203,7 @@ def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) ->
     (i_m,) = _check_array(op, "m_indices", m_indices, INT32, "M")
     _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
     _check_equal(op, "M (rows)", ("a", m), ("m_indices", i_m))
-    return _contiguous(
-        a, b, m_indices, num_sms=device.get_num_sms(), overrides=heuristics.forced_overrides("contiguous")
-    )
+    return _contiguous(a, b, m_indices, num_sms=device.get_num_sms(), overrides=forcing.forced_overrides())
 
 
 def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, expected_m: int) -> jax.Array:
@@ -256,7 +246,7 @@ def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, expecte
         masked_m,
         expected_m=expected,
         num_sms=device.get_num_sms(),
-        overrides=heuristics.forced_overrides("masked"),
+        overrides=forcing.forced_overrides(),
     )
 
 

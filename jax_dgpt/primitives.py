@@ -1,10 +1,11 @@
-"""The three JAX primitives: shape rules, CPU and CUDA lowerings, batching.
+"""The three JAX primitives, one per layout: shape rules, CPU and CUDA lowerings, batching.
 
-The primitives take operands the kernel can consume directly (K a multiple of 16, N a multiple of 8,
-no empty dimension); the public wrappers in :mod:`jax_dgpt.ops` validate user input and pad to get
-there. Parameters: ``num_sms`` on every primitive, ``expected_m`` on the masked one; both plain
-``int`` (see :func:`plain_int`). The CPU lowering runs :mod:`jax_dgpt.reference`; the CUDA lowering
-calls the FFI target with the heuristics' config as attributes.
+The primitives take operands the kernel can consume directly (K a multiple of ``k_alignment``, N of
+``n_alignment``, no empty dimension); the public wrappers in :mod:`jax_dgpt.ops` validate user input
+and pad to get there. Parameters: ``num_sms`` and ``overrides`` (forced config fields) on every
+primitive, ``expected_m`` on the masked one; all static. The CPU lowering runs
+:mod:`jax_dgpt.reference`; the CUDA lowering calls the layout's FFI target with the heuristics'
+:class:`KernelConfig` as its one ``config`` attribute.
 """
 
 from __future__ import annotations
@@ -25,26 +26,10 @@ from jax.interpreters import ad, batching, mlir
 from . import config, device, heuristics, reference
 from ._ints import static_int
 from ._native import TARGETS
+from .forcing import Overrides
+from .kernel_config import limits
 
-__all__ = [
-    "K_ALIGNMENT",
-    "N_ALIGNMENT",
-    "SPECS",
-    "OpSpec",
-    "contiguous_p",
-    "ffi_attributes",
-    "gemm_p",
-    "masked_p",
-    "plain_int",
-]
-
-# NOTES: TMA needs every global row stride to be a multiple of 16 bytes: 16 fp8 values of K, 8 bf16
-# values of N.
-K_ALIGNMENT = 16
-N_ALIGNMENT = 8
-# Largest sizes the kernel's 32-bit tile arithmetic and TMA descriptors take (checked again in C++).
-MAX_DIM = 1 << 31
-MAX_GROUPS = 1 << 20
+__all__ = ["SPECS", "OpSpec", "contiguous_p", "gemm_p", "masked_p", "plain_int"]
 
 FP8 = np.dtype(jnp.float8_e4m3fn)
 BF16 = np.dtype(jnp.bfloat16)
@@ -56,69 +41,65 @@ def plain_int(name: str, value: Any) -> int:
     return static_int("jax_dgpt", name, value)
 
 
-def ffi_attributes(**values: Any) -> dict[str, int]:
-    """FFI attributes as plain ints (lowered as i64, the type the C++ handlers bind)."""
-    return {name: plain_int(name, value) for name, value in values.items()}
-
-
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
-    """What differs between the three ops: names, operand shapes and the problem each describes."""
+    """What differs between the three layouts: names, operand shapes and the problem each describes."""
 
     op: str  # public name, used in messages
-    kind: str  # heuristics layout: "normal", "contiguous", "masked"
-    target: str  # FFI target
+    layout: str  # "normal", "contiguous", "masked"
     operand_ranks: tuple[int, ...]
     reference: Callable[..., jax.Array]
 
-    def problem(self, *avals: Any) -> tuple[int, int, int, int]:
+    @property
+    def target(self) -> str:
+        return TARGETS[self.layout]
+
+    def dims(self, *avals: Any) -> tuple[int, int, int, int]:
         """(m, n, k, num_groups) as the kernel sees them; m is Mmax for the masked layout."""
         a, b = avals[0], avals[1]
-        if self.kind == "normal":
+        if self.layout == "normal":
             return a.shape[0], b.shape[0], a.shape[1], 1
-        if self.kind == "contiguous":
+        if self.layout == "contiguous":
             return a.shape[0], b.shape[1], a.shape[1], b.shape[0]
         return a.shape[1], b.shape[1], a.shape[2], b.shape[0]
 
     def out_shape(self, *avals: Any) -> tuple[int, ...]:
-        m, n, _, g = self.problem(*avals)
-        return (g, m, n) if self.kind == "masked" else (m, n)
+        m, n, _, g = self.dims(*avals)
+        return (g, m, n) if self.layout == "masked" else (m, n)
 
 
 SPECS = {
-    "gemm": OpSpec("gemm", "normal", TARGETS["gemm"], (2, 2), reference.gemm),
-    "contiguous": OpSpec(
-        "grouped_gemm_contiguous",
-        "contiguous",
-        TARGETS["contiguous"],
-        (2, 3, 1),
-        reference.grouped_gemm_contiguous,
-    ),
-    "masked": OpSpec("grouped_gemm_masked", "masked", TARGETS["masked"], (3, 3, 1), reference.grouped_gemm_masked),
+    "normal": OpSpec("gemm", "normal", (2, 2), reference.gemm),
+    "contiguous": OpSpec("grouped_gemm_contiguous", "contiguous", (2, 3, 1), reference.grouped_gemm_contiguous),
+    "masked": OpSpec("grouped_gemm_masked", "masked", (3, 3, 1), reference.grouped_gemm_masked),
 }
 
 
 # --- shape rules ----------------------------------------------------------------------------------
 def _abstract_eval(spec: OpSpec, *avals: Any, **params: Any) -> jax.core.ShapedArray:
-    # The public wrappers give users readable errors; these checks guard direct binds.
-    where = f"jax_dgpt primitive {spec.target}"
+    # The public wrappers check dtypes and ranks with readable errors; the size limits are checked here.
+    where = f"jax_dgpt.{spec.op}"
+    lim = limits()
     if tuple(len(x.shape) for x in avals) != spec.operand_ranks:
         raise ValueError(f"{where}: operand ranks must be {spec.operand_ranks}, got {tuple(x.shape for x in avals)}")
     for name, aval, dtype in zip(("a", "b", "m_indices/masked_m"), avals, (FP8, FP8, INT32)):
         if np.dtype(aval.dtype) != dtype:
             raise TypeError(f"{where}: {name} must have dtype {dtype.name}, got {np.dtype(aval.dtype).name}")
-    m, n, k, g = spec.problem(*avals)
+    m, n, k, g = spec.dims(*avals)
     b_k = avals[1].shape[-1]
-    if b_k != k or min(m, n, k, g) <= 0 or k % K_ALIGNMENT or n % N_ALIGNMENT:
+    if b_k != k or min(m, n, k, g) <= 0 or k % lim["k_alignment"] or n % lim["n_alignment"]:
         raise ValueError(
-            f"{where}: needs equal K, no empty dimension, K % {K_ALIGNMENT} == 0 and "
-            f"N % {N_ALIGNMENT} == 0 (the public wrapper pads); got {[x.shape for x in avals]}"
+            f"{where} (primitive {spec.target}): needs equal K, no empty dimension, K % {lim['k_alignment']} == 0 "
+            f"and N % {lim['n_alignment']} == 0 (the public wrapper pads); got {[x.shape for x in avals]}"
         )
-    if max(m, n, k) > MAX_DIM or g > MAX_GROUPS:
-        raise ValueError(f"{where}: M, N and K must be at most 2**31 and G at most 2**20, got M={m} N={n} K={k} G={g}")
-    if spec.kind == "masked" and (avals[0].shape[0] != g or avals[2].shape != (g,)):
+    if max(m, n, k) > lim["max_dim"] or g > lim["max_groups"]:
+        raise ValueError(
+            f"{where}: M, N and K must be at most {lim['max_dim']} and G at most {lim['max_groups']}, "
+            f"got M={m} N={n} K={k} G={g}"
+        )
+    if spec.layout == "masked" and (avals[0].shape[0] != g or avals[2].shape != (g,)):
         raise ValueError(f"{where}: a, b and masked_m must agree on G, got {[x.shape for x in avals]}")
-    if spec.kind == "contiguous" and avals[2].shape != (m,):
+    if spec.layout == "contiguous" and avals[2].shape != (m,):
         raise ValueError(f"{where}: m_indices must have shape ({m},), got {avals[2].shape}")
     return jax.core.ShapedArray(spec.out_shape(*avals), BF16)
 
@@ -141,17 +122,19 @@ def _cuda_lowering(spec: OpSpec) -> Callable[..., Any]:
         ctx: mlir.LoweringRuleContext,
         *operands: Any,
         num_sms: int,
-        overrides: tuple[tuple[str, int], ...] = (),
+        overrides: Overrides = (),
         expected_m: int | None = None,
     ):
         device.check_cuda_devices()
-        m, n, k, g = (plain_int(name, v) for name, v in zip("mnkg", spec.problem(*ctx.avals_in)))
-        cfg = heuristics.select_config(spec.kind, m, n, k, g, num_sms, expected_m=expected_m, **dict(overrides))
+        m, n, k, g = (plain_int(name, v) for name, v in zip("mnkg", spec.dims(*ctx.avals_in)))
+        problem = heuristics.Problem(spec.layout, m, n, k, g, expected_m)
+        try:
+            cfg = heuristics.select_config(problem, num_sms, overrides)
+        except ValueError as error:
+            raise ValueError(f"jax_dgpt.{spec.op}: {error}") from None
         if config.settings.print_configs:
-            key = (spec.op, m, n, k, g, expected_m, num_sms, overrides)
-            _print_config_once(key, heuristics.describe(spec.op, m, n, k, g, cfg, expected_m=expected_m))
-        attributes = ffi_attributes(m=m, n=n, k=k, num_groups=g, **cfg.as_attributes())
-        return jax.ffi.ffi_lowering(spec.target)(ctx, *operands, **attributes)
+            _print_config_once((spec.op, problem, num_sms, overrides), heuristics.describe(spec.op, problem, cfg))
+        return jax.ffi.ffi_lowering(spec.target)(ctx, *operands, config=cfg.as_attribute())
 
     return lowering
 
@@ -160,7 +143,7 @@ def _cpu_lowering(spec: OpSpec) -> Callable[..., Any]:
     def fn(
         *operands: jax.Array,
         num_sms: int,
-        overrides: tuple[tuple[str, int], ...] = (),
+        overrides: Overrides = (),
         expected_m: int | None = None,
     ) -> jax.Array:
         del num_sms, overrides, expected_m  # heuristic inputs: no effect on the result
@@ -211,7 +194,7 @@ def _batch_gemm(args: tuple[Any, ...], dims: tuple[int | None, ...], **params: A
     a, b = args
     a_dim, b_dim = dims
     if b_dim is None and a.shape[a_dim] == 0:
-        return _empty_batch("gemm", args, dims), 0
+        return _empty_batch("normal", args, dims), 0
     if b_dim is None:
         # Only A is mapped: fold the batch into M, one launch.
         a = jnp.moveaxis(a, a_dim, 0)
@@ -250,7 +233,7 @@ def _define(key: str) -> Primitive:
     return prim
 
 
-gemm_p = _define("gemm")
+gemm_p = _define("normal")
 contiguous_p = _define("contiguous")
 masked_p = _define("masked")
 
@@ -269,5 +252,5 @@ def _not_differentiable(op: str) -> Callable[..., Any]:
     return rule
 
 
-for _spec, _prim in ((SPECS["gemm"], gemm_p), (SPECS["contiguous"], contiguous_p), (SPECS["masked"], masked_p)):
+for _spec, _prim in ((SPECS["normal"], gemm_p), (SPECS["contiguous"], contiguous_p), (SPECS["masked"], masked_p)):
     ad.primitive_jvps[_prim] = _not_differentiable(_spec.op)

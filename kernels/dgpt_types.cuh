@@ -16,13 +16,6 @@ using u32 = unsigned int;
 using u64 = unsigned long long;
 using i32 = int;
 
-// Which problem the core kernel solves; the tile scheduler is the only part that differs.
-enum class GemmType : u32 {
-  kNormal = 0,      // D[M,N] = A[M,K] * B[N,K]^T
-  kContiguous = 1,  // D[M,N] = A[M,K] * B[e(m),N,K]^T, e(m) = m_indices[m], -1 = padding row
-  kMasked = 2,      // D[g,m,N] = A[g,m,K] * B[g,N,K]^T for m < masked_m[g]
-};
-
 // Same size as CUtensorMap (128 bytes) and the 64-byte alignment TMA needs, so the kernel needs no
 // driver header (NVRTC). CUDA 13 declares CUtensorMap 128-byte aligned; the host copies it bytewise.
 struct alignas(64) TmaDescriptor {
@@ -32,7 +25,7 @@ struct alignas(64) TmaDescriptor {
 // The kernel's only parameter, passed as a __grid_constant__ so TMA can use the descriptors in place.
 struct GemmParams {
   TmaDescriptor tma_a;  // A as (K, M, G_a), fp8, box (BLOCK_K, BLOCK_M, 1), 128B swizzle
-  TmaDescriptor tma_b;  // B as (K, N, G), fp8, box (BLOCK_K, BLOCK_N / num_multicast, 1), 128B swizzle
+  TmaDescriptor tma_b;  // B as (K, N, G), fp8, box (BLOCK_K, BLOCK_N, 1), 128B swizzle
   TmaDescriptor tma_d;       // D as (N, M, G_a), bf16, box (64 columns, 64 rows, 1), 128B swizzle
   TmaDescriptor tma_d_tail;  // the same D, box (tail atom width, 64 rows, 1): BLOCK_N % 64 columns
   const i32* grouped_layout;  // m_indices [M] (contiguous) or masked_m [G] (masked); else null
@@ -44,25 +37,14 @@ struct GemmParams {
   u32 a_box_rows;
 };
 
-namespace layout {
+// Tile and shared-memory arithmetic of the kernel, shared with the host (kernel_config.cuh).
+namespace tile {
 
-constexpr u32 kBlockK = 128;       // fp8 elements = bytes: one 128B-swizzle row
-constexpr u32 kWgmmaM = 64;        // rows per wgmma
-constexpr u32 kMaxSmemBytes = 232448;  // 227 KiB, the sm_90 opt-in limit per block
+constexpr u32 kBlockK = 128;  // K per stage; fp8 elements = bytes: one 128B-swizzle row
+constexpr u32 kWgmmaM = 64;   // rows per wgmma
 
 DGPT_HOST_DEVICE constexpr u32 align_up(u32 x, u32 a) { return (x + a - 1) / a * a; }
 DGPT_HOST_DEVICE constexpr u32 ceil_div(u32 x, u32 y) { return (x + y - 1) / y; }
-
-// One math warpgroup per 64 rows. Pingpong on a 64-row tile adds a second one that takes the odd K
-// blocks of the same rows (the K chain of each warpgroup halves; their partial sums meet in shared memory).
-DGPT_HOST_DEVICE constexpr u32 num_math_warpgroups(u32 block_m, u32 pingpong = 0) {
-  return block_m == 64 && pingpong == 0 ? 1 : 2;
-}
-DGPT_HOST_DEVICE constexpr u32 num_threads(u32 block_m, u32 pingpong = 0) {
-  return 128 * (num_math_warpgroups(block_m, pingpong) + 1);
-}
-// Whether the math warpgroups split each tile's K blocks between them (pingpong on 64-row tiles).
-DGPT_HOST_DEVICE constexpr bool interleaves_k(u32 block_m, u32 pingpong) { return block_m == 64 && pingpong != 0; }
 
 // The D tile leaves shared memory in atoms of one swizzle width each: 64-column atoms (128B swizzle)
 // for the first BLOCK_N / 64 * 64 columns, then the tail (BLOCK_N % 64 columns: 16, 32 or 48) in the
@@ -77,24 +59,24 @@ DGPT_HOST_DEVICE constexpr u32 swizzle_d_bytes(u32 cols) {
   return (cols * 2) % 128 == 0 ? 128 : ((cols * 2) % 64 == 0 ? 64 : 32);
 }
 
-// Shared memory: [D tile][A stages][B stages][split-K partials][full barriers][empty barriers]
+// Shared memory: [D tile][A stages][B stages][K-split partials][full barriers][empty barriers]
 // [split-K barriers], base aligned to 1024 bytes (the 128B swizzle period); the extra 1024 covers
 // aligning the dynamic base.
 DGPT_HOST_DEVICE constexpr u32 smem_d_bytes(u32 block_m, u32 block_n) { return align_up(block_m * block_n * 2, 1024); }
 DGPT_HOST_DEVICE constexpr u32 smem_a_stage_bytes(u32 block_m) { return block_m * kBlockK; }
 DGPT_HOST_DEVICE constexpr u32 smem_b_stage_bytes(u32 block_n) { return block_n * kBlockK; }
-// A fp32 tile of partial sums: split-K (the CTAs of a cluster share a tile, one K slice each), or the
-// odd K blocks' sums of a 64-row pingpong tile.
-DGPT_HOST_DEVICE constexpr u32 smem_split_bytes(u32 block_m, u32 block_n, u32 num_k_splits, u32 pingpong = 0) {
-  return num_k_splits > 1 || interleaves_k(block_m, pingpong) ? block_m * block_n * 4 : 0;
+// A fp32 tile of partial sums when K is split: over a cluster (the other ranks' K slices), or inside
+// the CTA (k_interleave: the second warpgroup's K blocks).
+DGPT_HOST_DEVICE constexpr u32 smem_partials_bytes(u32 block_m, u32 block_n, u32 num_k_splits, bool k_interleave) {
+  return num_k_splits > 1 || k_interleave ? block_m * block_n * 4 : 0;
 }
-DGPT_HOST_DEVICE constexpr u32 smem_size(u32 block_m, u32 block_n, u32 num_stages, u32 num_k_splits = 1,
-                                         u32 pingpong = 0) {
+DGPT_HOST_DEVICE constexpr u32 smem_size(u32 block_m, u32 block_n, u32 num_stages, u32 num_k_splits,
+                                         bool k_interleave) {
   return smem_d_bytes(block_m, block_n) +
          num_stages * (smem_a_stage_bytes(block_m) + smem_b_stage_bytes(block_n)) +
-         smem_split_bytes(block_m, block_n, num_k_splits, pingpong) + num_stages * 2 * 8 +
+         smem_partials_bytes(block_m, block_n, num_k_splits, k_interleave) + num_stages * 2 * 8 +
          (num_k_splits > 1 ? 2 * 8 : 0) + 1024;
 }
 
-}  // namespace layout
+}  // namespace tile
 }  // namespace dgpt

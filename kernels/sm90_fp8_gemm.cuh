@@ -4,12 +4,12 @@
 // One persistent CTA per SM walks tiles from the scheduler. Warp-specialised:
 //   - the last warpgroup is the producer: one thread issues TMA loads of A and B tiles into a
 //     ring of shared-memory stages guarded by full/empty mbarriers;
-//   - one or two math warpgroups (64 rows each) issue wgmma over each 128-wide K block, then add
-//     the block's result into fp32 registers ("promotion": the tensor core's FP8 accumulator is
-//     narrower than fp32), and finally write bf16 through stmatrix + TMA store.
-// Clusters (optional, never both): split-K (kNumKSplits CTAs share a tile, one K slice each) or
-// B multicast (normal GEMMs: 2 CTAs take vertically adjacent tiles; each loads half of the shared
-// B tile into both CTAs, halving B's L2 -> SM traffic).
+//   - one or two math warpgroups issue wgmma over each 128-wide K block, then add the block's
+//     result into fp32 registers ("promotion": the tensor core's FP8 accumulator is narrower than
+//     fp32), and finally write bf16 through stmatrix + TMA store.
+// K splitting (kKSplit) is the one variant of the main loop: none; over a cluster (num_k_splits CTAs
+// share a tile, one K slice each, and rank 0 adds the slices); or inside the CTA (k_interleave: a
+// second math warpgroup takes every other K block of the same 64 rows, and warpgroup 0 adds the two).
 #pragma once
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ != 900 || !defined(__CUDA_ARCH_FEAT_SM90_ALL))
@@ -17,75 +17,75 @@
 #endif
 
 #include "dgpt_types.cuh"
+#include "kernel_config.cuh"
 #include "ptx.cuh"
 #include "tile_scheduler.cuh"
 #include "wgmma_fp8.cuh"
 
 namespace dgpt {
 
-template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumStages, u32 kNumKSplits,
-          u32 kMulticast, u32 kPingpong>
-struct Sm90Fp8Gemm {
-  static_assert(kBlockM == 64 || kBlockM == 128, "BLOCK_M must be 64 or 128");
-  static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "BLOCK_N must be a multiple of 16 in [16, 256]");
-  static_assert(kK % 16 == 0 && kN % 8 == 0, "TMA needs 16-byte row strides: K % 16 == 0, N % 8 == 0");
-  static_assert(kNumStages >= 2, "need at least two pipeline stages");
-  static_assert(kNumKSplits >= 1 && kNumKSplits <= 8, "split-K over a cluster of 1 to 8 CTAs");
-  static_assert(kMulticast == 1 || kMulticast == 2, "B multicast over 1 or 2 CTAs");
-  static_assert(kMulticast == 1 || (kType == GemmType::kNormal && kNumKSplits == 1),
-                "B multicast: normal GEMMs only (grouped row blocks may use different B), without split-K");
-  static_assert(kPingpong <= 1, "pingpong is on (1) or off (0)");
-  static_assert(kPingpong == 0 || kBlockM == 128 || (kNumKSplits == 1 && kMulticast == 1),
-                "pingpong on 64-row tiles splits K inside the CTA: no split-K cluster, no multicast");
-  // Each CTA's half of a multicast B box must start on a 128B-swizzle period (8 rows of 128 bytes).
-  static_assert(kBlockN % (8 * kMulticast) == 0, "BLOCK_N must split into whole swizzle periods");
+enum class KSplit : u32 {
+  kNone = 0,        // one math warpgroup per 64 rows reads every K block
+  kCluster = 1,     // num_k_splits CTAs of a cluster, one K slice each; partials meet in rank 0's registers
+  kWarpgroups = 2,  // k_interleave: two math warpgroups of one CTA, alternate K blocks of the same rows
+};
 
-  static constexpr u32 kBlockK = layout::kBlockK;
-  static constexpr u32 kNumMathWarpgroups = layout::num_math_warpgroups(kBlockM, kPingpong);
+// `Config::value` is a constexpr KernelConfig whose compile-time fields are set (a generated source).
+template <class Config>
+struct Sm90Fp8Gemm {
+  static constexpr KernelConfig kConfig = Config::value;
+  static_assert(static_config_error(kConfig) == nullptr, "invalid kernel config: see dgpt::static_config_error");
+
+  static constexpr Layout kLayout = kConfig.layout;
+  static constexpr u32 kBlockM = static_cast<u32>(kConfig.block_m);
+  static constexpr u32 kBlockN = static_cast<u32>(kConfig.block_n);
+  static constexpr u32 kN = static_cast<u32>(kConfig.n);
+  static constexpr u32 kK = static_cast<u32>(kConfig.k);
+  static constexpr u32 kNumStages = static_cast<u32>(kConfig.num_stages);
+  static constexpr u32 kNumKSplits = static_cast<u32>(kConfig.num_k_splits);
+  static constexpr KSplit kKSplit =
+      kConfig.k_interleave ? KSplit::kWarpgroups : (kNumKSplits > 1 ? KSplit::kCluster : KSplit::kNone);
+
+  static constexpr u32 kBlockK = tile::kBlockK;
+  static constexpr u32 kNumMathWarpgroups = num_math_warpgroups(kConfig);
   static constexpr u32 kNumMathThreads = 128 * kNumMathWarpgroups;
-  static constexpr u32 kNumThreads = layout::num_threads(kBlockM, kPingpong);
-  // Pingpong on a 64-row tile: warpgroup w takes the stages of the ring with iter % 2 == w (every other K
-  // block); warpgroup 1 hands its fp32 sums to warpgroup 0 through shared memory, which adds them and
-  // stores the tile.
-  static constexpr bool kInterleaveK = layout::interleaves_k(kBlockM, kPingpong);
-  // Math warps that read (and release) each stage.
-  static constexpr u32 kNumReaderWarps = (kInterleaveK ? 128 : kNumMathThreads) / 32;
-  static_assert(!kInterleaveK || kNumStages % 2 == 0, "pingpong on 64-row tiles needs an even stage count");
-  static constexpr u32 kNumKBlocks = layout::ceil_div(kK, kBlockK);
-  static constexpr u32 kKBlocksPerSplit = layout::ceil_div(kNumKBlocks, kNumKSplits);
-  static constexpr u32 kClusterSize = kNumKSplits * kMulticast;
-  static constexpr u32 kSmemSplit = layout::smem_split_bytes(kBlockM, kBlockN, kNumKSplits, kPingpong);
+  static constexpr u32 kNumThreads = num_threads(kConfig);
+  static constexpr u32 kClusterSize = cluster_size(kConfig);
+  // Math warps that read (and release) each stage: all of them, or one warpgroup's with k_interleave.
+  static constexpr u32 kNumReaderWarps = (kKSplit == KSplit::kWarpgroups ? 128 : kNumMathThreads) / 32;
+  static constexpr u32 kNumKBlocks = tile::ceil_div(kK, kBlockK);
+  static constexpr u32 kKBlocksPerSplit = tile::ceil_div(kNumKBlocks, kNumKSplits);
+  static constexpr u32 kSmemPartials =
+      tile::smem_partials_bytes(kBlockM, kBlockN, kNumKSplits, kKSplit == KSplit::kWarpgroups);
   static constexpr u32 kNumAccum = kBlockN / 2;  // fp32 per thread for 64 x BLOCK_N
-  static constexpr u32 kSmemD = layout::smem_d_bytes(kBlockM, kBlockN);
-  static constexpr u32 kSmemA = layout::smem_a_stage_bytes(kBlockM);
-  static constexpr u32 kSmemB = layout::smem_b_stage_bytes(kBlockN);
+  static constexpr u32 kSmemD = tile::smem_d_bytes(kBlockM, kBlockN);
+  static constexpr u32 kSmemA = tile::smem_a_stage_bytes(kBlockM);
+  static constexpr u32 kSmemB = tile::smem_b_stage_bytes(kBlockN);
   // The D tile in shared memory: 64-column atoms (128B swizzle), then the tail's narrower atoms.
-  static constexpr u32 kMainCols = layout::d_main_cols(kBlockN);
-  static constexpr u32 kTailCols = layout::d_tail_cols(kBlockN);
-  static constexpr u32 kNumMainAtoms = kMainCols / layout::kDAtomCols;
-  static constexpr u32 kTailSwizzle = layout::swizzle_d_bytes(kTailCols);  // bytes per row of a tail atom
+  static constexpr u32 kMainCols = tile::d_main_cols(kBlockN);
+  static constexpr u32 kTailCols = tile::d_tail_cols(kBlockN);
+  static constexpr u32 kNumMainAtoms = kMainCols / tile::kDAtomCols;
+  static constexpr u32 kTailSwizzle = tile::swizzle_d_bytes(kTailCols);  // bytes per row of a tail atom
   static constexpr u32 kTailAtomCols = kTailSwizzle / 2;
   static constexpr u32 kNumTailAtoms = kTailCols / kTailAtomCols;
   static constexpr u32 kSmemDMain = kBlockM * kMainCols * 2;
   // Each atom (and each warpgroup's 64 rows of it) must start on its swizzle's period for TMA.
-  static_assert(kSmemDMain % 1024 == 0 && (layout::kWgmmaM * kTailSwizzle) % (8 * kTailSwizzle) == 0,
+  static_assert(kSmemDMain % 1024 == 0 && (tile::kWgmmaM * kTailSwizzle) % (8 * kTailSwizzle) == 0,
                 "D atoms must start on their swizzle period");
+  static_assert(kNumAccum % 4 == 0, "K-split partials move in float4 quads");
   // NOTES: the producer needs few registers; giving them to the math warpgroups lets the two
   // fp32 accumulators (wgmma's and the promoted one) stay in registers.
   static constexpr u32 kProducerRegs = 40;
   static constexpr u32 kMathRegs = 232;
   static constexpr u32 kNumNBlocksPerBand = 8;
-  // Pingpong: the two math warpgroups take turns issuing each K block's wgmmas (named barriers
-  // kTurnBarrier + warpgroup; 1 and 2 belong to the epilogue), so one warpgroup's promotion runs while
-  // the tensor core works through the other's batch instead of both promoting at once.
-  static constexpr bool kTakeTurns = kPingpong == 1 && kBlockM == 128;
-  // Named barriers: 0 is __syncthreads, 1 + warpgroup the epilogue's, kTurnBarrier + warpgroup the turns;
-  // with kInterleaveK, kTurnBarrier is "warpgroup 1's partials are written" and kTurnBarrier + 1 "read".
-  static constexpr u32 kTurnBarrier = 3;
-  static_assert(kTurnBarrier > kNumMathWarpgroups && kTurnBarrier + 2 <= 16, "named barrier ids overlap");
+  // Named barriers: 0 is __syncthreads, 1 + warpgroup the epilogue's; with k_interleave, "warpgroup 1's
+  // partials are written" and "warpgroup 0 has read them".
+  static constexpr u32 kPartialsWrittenBarrier = 3;
+  static constexpr u32 kPartialsFreeBarrier = 4;
+  static_assert(kPartialsWrittenBarrier > kNumMathWarpgroups, "named barrier ids overlap");
 
   using Mma = mma::WgmmaFp8<kBlockN>;
-  using Scheduler = sched::TileScheduler<kType, kBlockM, kBlockN, kN, kNumNBlocksPerBand, kNumKSplits, kMulticast>;
+  using Scheduler = sched::TileScheduler<kLayout, kBlockM, kBlockN, kN, kNumNBlocksPerBand, kClusterSize>;
 
   struct Smem {
     u8* d;
@@ -93,10 +93,10 @@ struct Sm90Fp8Gemm {
     u8* b;  // stage s at b + s * kSmemB
     u64* full;
     u64* empty;
-    // Split-K only, behind the stages: the fp32 partial tile that rank 0 of the cluster reads,
-    // and after `empty` two barriers: split_ready (rank 0: the other ranks' partials are written)
-    // and split_free (other ranks: rank 0 has read this CTA's partials).
-    __device__ float* split() const { return reinterpret_cast<float*>(b + kNumStages * kSmemB); }
+    // K splitting only, behind the stages: the fp32 partial tile that rank 0 (or warpgroup 0) reads,
+    // and, for a cluster, after `empty` two barriers: split_ready (rank 0: the other ranks' partials
+    // are written) and split_free (other ranks: rank 0 has read this CTA's partials).
+    __device__ float* partials() const { return reinterpret_cast<float*>(b + kNumStages * kSmemB); }
     __device__ u64* split_ready() const { return empty + kNumStages; }
     __device__ u64* split_free() const { return empty + kNumStages + 1; }
   };
@@ -104,12 +104,12 @@ struct Sm90Fp8Gemm {
   __device__ static Smem carve(u8* raw) {
     // NOTES: swizzled TMA boxes and wgmma descriptors assume 1024-byte aligned tiles.
     const u32 base = ptx::smem_addr(raw);
-    u8* p = raw + (layout::align_up(base, 1024) - base);
+    u8* p = raw + (tile::align_up(base, 1024) - base);
     Smem s;
     s.d = p;
     s.a = p + kSmemD;
     s.b = s.a + kNumStages * kSmemA;
-    s.full = reinterpret_cast<u64*>(s.b + kNumStages * kSmemB + kSmemSplit);
+    s.full = reinterpret_cast<u64*>(s.b + kNumStages * kSmemB + kSmemPartials);
     s.empty = s.full + kNumStages;
     return s;
   }
@@ -118,25 +118,7 @@ struct Sm90Fp8Gemm {
     const Smem smem = carve(smem_raw);
     const u32 warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
 
-    if (threadIdx.x == kNumMathThreads) {
-      ptx::tma_prefetch_descriptor(&params.tma_a);
-      ptx::tma_prefetch_descriptor(&params.tma_b);
-      if constexpr (kMainCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d);
-      if constexpr (kTailCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d_tail);
-      for (u32 s = 0; s < kNumStages; ++s) {
-        ptx::mbarrier_init(&smem.full[s], 1);
-        // One arrival per math warp that reads the stage; with multicast, of both CTAs (either one's TMA
-        // refills the stage).
-        ptx::mbarrier_init(&smem.empty[s], kMulticast * kNumReaderWarps);
-      }
-      if constexpr (kNumKSplits > 1) {
-        // NOTES: every math thread arrives (not one lane per warp after __syncwarp): each thread's own
-        // release orders its own partial-sum accesses, which the PTX memory model (and racecheck) can follow.
-        ptx::mbarrier_init(smem.split_ready(), (kNumKSplits - 1) * kNumMathThreads);
-        ptx::mbarrier_init(smem.split_free(), kNumMathThreads);
-      }
-      ptx::fence_barrier_init();
-    }
+    if (threadIdx.x == kNumMathThreads) init_barriers(params, smem);
     if (params.a_box_rows < kBlockM) zero_unloaded_a_rows(smem, params.a_box_rows);
     __syncthreads();
     // Other CTAs of the cluster arrive on this CTA's barriers: all must be initialised first.
@@ -153,9 +135,25 @@ struct Sm90Fp8Gemm {
       ptx::setmaxnreg_inc<kMathRegs>();
       consume(params, smem, warpgroup);
     }
-    // Multicast: the peer still writes into this CTA's stages and arrives on its empty barriers
-    // until it has finished its last tile; stay resident until both CTAs are done.
-    if constexpr (kMulticast > 1) ptx::cluster_sync_unaligned();
+  }
+
+  // One thread: descriptor prefetch and every mbarrier.
+  __device__ static void init_barriers(const GemmParams& params, const Smem& smem) {
+    ptx::tma_prefetch_descriptor(&params.tma_a);
+    ptx::tma_prefetch_descriptor(&params.tma_b);
+    if constexpr (kMainCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d);
+    if constexpr (kTailCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d_tail);
+    for (u32 s = 0; s < kNumStages; ++s) {
+      ptx::mbarrier_init(&smem.full[s], 1);
+      ptx::mbarrier_init(&smem.empty[s], kNumReaderWarps);  // one arrival per math warp that reads it
+    }
+    if constexpr (kKSplit == KSplit::kCluster) {
+      // NOTES: every math thread arrives (not one lane per warp after __syncwarp): each thread's own
+      // release orders its own partial-sum accesses, which the PTX memory model (and racecheck) can follow.
+      ptx::mbarrier_init(smem.split_ready(), (kNumKSplits - 1) * kNumMathThreads);
+      ptx::mbarrier_init(smem.split_free(), kNumMathThreads);
+    }
+    ptx::fence_barrier_init();
   }
 
   // With a trimmed A box, rows [a_box_rows, BLOCK_M) of every stage are never loaded: zero them once
@@ -170,9 +168,9 @@ struct Sm90Fp8Gemm {
     ptx::fence_proxy_async_shared();
   }
 
-  // This CTA's K blocks: all of them, or with split-K the slice of its rank in the cluster.
+  // This CTA's K blocks: all of them, or over a cluster the slice of its rank.
   __device__ static u32 first_k_block() {
-    if constexpr (kNumKSplits == 1) {
+    if constexpr (kKSplit != KSplit::kCluster) {
       return 0;
     } else {
       const u32 first = ptx::cluster_ctarank() * kKBlocksPerSplit;
@@ -190,46 +188,20 @@ struct Sm90Fp8Gemm {
     sched::Tile tile;
     u32 iter = 0;
     const u32 kb_begin = first_k_block(), kb_end = end_k_block();
+    // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
+    const u32 stage_bytes = params.a_box_rows * kBlockK + kSmemB;
     while (scheduler.next_tile(tile)) {
       if (!tile.compute) continue;
       const i32 m = static_cast<i32>(tile.m_block * kBlockM);
       const i32 n = static_cast<i32>(tile.n_block * kBlockN);
-      if constexpr (kMulticast == 1) {
-        for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
-          const u32 stage = iter % kNumStages;
-          ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
-          // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
-          ptx::mbarrier_arrive_expect_tx(&smem.full[stage], params.a_box_rows * kBlockK + kSmemB);
-          const i32 k = static_cast<i32>(kb * kBlockK);
-          ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
-          ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, tile.group_b);
-        }
-      } else {
-        produce_multicast(params, smem, tile, m, n, kb_begin, kb_end, iter);
+      for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
+        const u32 stage = iter % kNumStages;
+        ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
+        ptx::mbarrier_arrive_expect_tx(&smem.full[stage], stage_bytes);
+        const i32 k = static_cast<i32>(kb * kBlockK);
+        ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
+        ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, tile.group_b);
       }
-    }
-  }
-
-  // Producer with B multicast: this CTA loads its half of the B tile into both CTAs' stages, so a
-  // stage is refilled only once both CTAs' math warps released it. A row block past M (odd block
-  // count) loads no A: its result is never stored, but the CTA still feeds the peer its half of B.
-  __device__ static void produce_multicast(const GemmParams& params, const Smem& smem, const sched::Tile& tile, i32 m,
-                                           i32 n, u32 kb_begin, u32 kb_end, u32& iter) {
-    constexpr u32 kHalf = kBlockN / kMulticast;  // B rows each CTA loads for both
-    const u32 rank = ptx::cluster_ctarank();
-    const bool load_a = static_cast<u32>(m) < params.shape_m;
-    // The peer's half of B lands here too and counts towards this CTA's barrier.
-    const u32 bytes = (load_a ? params.a_box_rows * kBlockK : 0u) + kSmemB;
-    for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
-      const u32 stage = iter % kNumStages;
-      // The arrivals are signals that both CTAs' wgmmas finished reading the stage (no data to acquire).
-      ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
-      ptx::mbarrier_arrive_expect_tx(&smem.full[stage], bytes);
-      const i32 k = static_cast<i32>(kb * kBlockK);
-      if (load_a) ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
-      ptx::tma_load_3d_multicast(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB + rank * kHalf * kBlockK, k,
-                                 n + static_cast<i32>(rank * kHalf), tile.group_b,
-                                 static_cast<u16>((1u << kMulticast) - 1));
     }
   }
 
@@ -243,105 +215,81 @@ struct Sm90Fp8Gemm {
 
     Scheduler scheduler(params);
     sched::Tile tile;
-    u32 iter = 0;
-    u32 handshakes = 0;  // split-K reductions done (the phase of the split barriers)
-    const u32 kb_begin = first_k_block(), kb_end = end_k_block();
-    // Turns: warpgroup 0 issues first; every turn ends with an arrival on the other's barrier.
-    if constexpr (kTakeTurns) {
-      if (warpgroup == 1) ptx::named_barrier_arrive(kTurnBarrier, 2 * 128);
-    }
-    // K interleave: the partial-sum buffer starts free.
-    if constexpr (kInterleaveK) {
-      if (warpgroup == 0) ptx::named_barrier_arrive(kTurnBarrier + 1, 2 * 128);
+    u32 iter = 0;        // stages of the ring this CTA has consumed (both warpgroups count all of them)
+    u32 handshakes = 0;  // cluster K-split reductions done (the phase of the split barriers)
+    // k_interleave: the partial-sum buffer starts free.
+    if constexpr (kKSplit == KSplit::kWarpgroups) {
+      if (warpgroup == 0) ptx::named_barrier_arrive(kPartialsFreeBarrier, 2 * 128);
     }
     while (scheduler.next_tile(tile)) {
 #pragma unroll
       for (u32 i = 0; i < kNumAccum; ++i) result[i] = 0.0f;
-
-      if (kMulticast > 1 && tile.m_block * kBlockM >= params.shape_m) {
-        // Multicast, a row block past M: nothing to compute or store, but the peer's producer needs
-        // this CTA's stages back; pass them through.
-        release_stages_unused(smem, lane, kb_begin, kb_end, iter);
-        continue;
-      }
-      if (tile.compute) {
-        for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
-          // Both warpgroups count every stage; each reads (and releases) the stages of its parity of iter.
-          // NOTES: by iter, not by kb: with an even stage count a stage then always has the same reader, so
-          // a parity wait never meets the other warpgroup's unfinished phase (try_wait.parity sees only
-          // the current phase's parity).
-          if (kInterleaveK && (iter & 1) != warpgroup) continue;
-          const u32 stage = iter % kNumStages;
-          ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
-          const u8* a_tile = smem.a + stage * kSmemA + (kInterleaveK ? 0 : warpgroup) * layout::kWgmmaM * kBlockK;
-          const u8* b_tile = smem.b + stage * kSmemB;
-          const u64 desc_a = ptx::make_smem_desc_sw128(a_tile);
-          const u64 desc_b = ptx::make_smem_desc_sw128(b_tile);
-          if constexpr (kTakeTurns) ptx::named_barrier_sync(kTurnBarrier + warpgroup, 2 * 128);
-#pragma unroll
-          for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
-          ptx::wgmma_fence();
-#pragma unroll
-          for (u32 kk = 0; kk < kBlockK / 32; ++kk) {
-            // NOTES: a 32-byte K step stays inside the 128B swizzle row: advance the start address
-            // field (16-byte units) by 2 per step.
-            Mma::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);
-          }
-          ptx::wgmma_commit();
-          if constexpr (kTakeTurns) ptx::named_barrier_arrive(kTurnBarrier + (warpgroup ^ 1), 2 * 128);
-#pragma unroll
-          for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
-          ptx::wgmma_wait<0>();
-          // The stage can be refilled as soon as this warp's wgmmas have read it (with multicast,
-          // both CTAs' producers write it: tell both).
-          release_stage(smem, lane, stage);
-#pragma unroll
-          for (u32 i = 0; i < kNumAccum; ++i) result[i] += accum[i];
-        }
-      }
-      if constexpr (kNumKSplits > 1) {
-        // Rank 0 of the cluster sums the K slices in rank order and stores the tile.
-        if (tile.compute) reduce_k_splits(smem, handshakes++, result);
-        if (ptx::cluster_ctarank() != 0) continue;
-      }
-      if constexpr (kInterleaveK) {
-        // Warpgroup 0 adds warpgroup 1's sums (even blocks' sum + odd blocks' sum: a fixed order) and stores.
-        if (tile.compute) reduce_k_interleave(smem, warpgroup, thread, result);
-        if (warpgroup != 0) continue;
-      }
+      if (tile.compute) accumulate_tile(smem, warpgroup, lane, iter, accum, result);
+      if (!combine_partials(smem, tile, warpgroup, thread, handshakes, result)) continue;
       store_tile(params, smem, tile, warpgroup, warp, lane, result);
     }
-    // Both warpgroups walk the same tiles and K blocks, so turns match; the last one is warpgroup 1's
-    // arrival for a turn of warpgroup 0 that never comes: take it, leaving the barrier clean.
-    if constexpr (kTakeTurns) {
-      if (warpgroup == 0) ptx::named_barrier_sync(kTurnBarrier, 2 * 128);
-    }
-    // K interleave: warpgroup 0's last "read" arrival has no tile after it: take it.
-    if constexpr (kInterleaveK) {
-      if (warpgroup == 1) ptx::named_barrier_sync(kTurnBarrier + 1, 2 * 128);
-    }
-    if constexpr (kNumKSplits > 1) {
-      // NOTES: rank 0 reads this CTA's shared memory: stay alive until it has read the last tile.
-      if (ptx::cluster_ctarank() != 0) ptx::mbarrier_wait_cluster(smem.split_free(), (handshakes & 1) ^ 1);
-    }
+    finish_partials(smem, warpgroup, handshakes);
     if (thread == 0) ptx::tma_store_wait_all();
   }
 
-  // One arrival per warp on the stage's empty barrier; with multicast on both CTAs' (lane r tells rank r).
-  __device__ static void release_stage(const Smem& smem, u32 lane, u32 stage) {
-    if constexpr (kMulticast == 1) {
+  // The main loop of one tile: for each K block this warpgroup reads, wgmma into `accum`, then
+  // promote into the fp32 `result`.
+  __device__ static void accumulate_tile(const Smem& smem, u32 warpgroup, u32 lane, u32& iter,
+                                         float (&accum)[kNumAccum], float (&result)[kNumAccum]) {
+    constexpr bool kAlternate = kKSplit == KSplit::kWarpgroups;
+    const u32 kb_begin = first_k_block(), kb_end = end_k_block();
+    for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
+      // k_interleave: warpgroup w reads the stages with iter % 2 == w. NOTES: by iter, not by kb: with an
+      // even ring a stage then always has the same reader (see static_config_error).
+      if (kAlternate && (iter & 1) != warpgroup) continue;
+      const u32 stage = iter % kNumStages;
+      ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
+      const u32 row_block = kAlternate ? 0 : warpgroup;  // which 64 rows of the A stage
+      const u64 desc_a = ptx::make_smem_desc_sw128(smem.a + stage * kSmemA + row_block * tile::kWgmmaM * kBlockK);
+      const u64 desc_b = ptx::make_smem_desc_sw128(smem.b + stage * kSmemB);
+#pragma unroll
+      for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
+      ptx::wgmma_fence();
+#pragma unroll
+      for (u32 kk = 0; kk < kBlockK / 32; ++kk) {
+        // NOTES: a 32-byte K step stays inside the 128B swizzle row: advance the start address
+        // field (16-byte units) by 2 per step.
+        Mma::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);
+      }
+      ptx::wgmma_commit();
+#pragma unroll
+      for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
+      ptx::wgmma_wait<0>();
+      // The stage can be refilled as soon as this warp's wgmmas have read it.
       if (lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
-    } else {
-      if (lane < kMulticast) ptx::mbarrier_arrive_signal(ptx::map_to_rank(&smem.empty[stage], lane));
+#pragma unroll
+      for (u32 i = 0; i < kNumAccum; ++i) result[i] += accum[i];
     }
   }
 
-  // Waits for each stage of a tile and hands it back without reading it.
-  __device__ static void release_stages_unused(const Smem& smem, u32 lane, u32 kb_begin, u32 kb_end, u32& iter) {
-    for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
-      const u32 stage = iter % kNumStages;
-      ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
-      release_stage(smem, lane, stage);
+  // Adds the other K parts' sums into the storing thread's `result`; returns whether this thread
+  // stores the tile (rank 0 of a cluster, warpgroup 0 with k_interleave, everyone otherwise).
+  __device__ static bool combine_partials(const Smem& smem, const sched::Tile& tile, u32 warpgroup, u32 thread,
+                                          u32& handshakes, float (&result)[kNumAccum]) {
+    if constexpr (kKSplit == KSplit::kCluster) {
+      if (tile.compute) reduce_k_splits(smem, handshakes++, result);
+      return ptx::cluster_ctarank() == 0;
+    } else if constexpr (kKSplit == KSplit::kWarpgroups) {
+      if (tile.compute) reduce_k_interleave(smem, warpgroup, thread, result);
+      return warpgroup == 0;
+    } else {
+      return true;
+    }
+  }
+
+  // After the last tile: leave the K-split handshakes clean.
+  __device__ static void finish_partials(const Smem& smem, u32 warpgroup, u32 handshakes) {
+    if constexpr (kKSplit == KSplit::kCluster) {
+      // NOTES: rank 0 reads this CTA's shared memory: stay alive until it has read the last tile.
+      if (ptx::cluster_ctarank() != 0) ptx::mbarrier_wait_cluster(smem.split_free(), (handshakes & 1) ^ 1);
+    } else if constexpr (kKSplit == KSplit::kWarpgroups) {
+      // Warpgroup 0's last "read" arrival has no tile after it: take it.
+      if (warpgroup == 1) ptx::named_barrier_sync(kPartialsFreeBarrier, 2 * 128);
     }
   }
 
@@ -350,9 +298,8 @@ struct Sm90Fp8Gemm {
   // Partials are laid out [accumulator quad][math thread][4] so every access is a conflict-free
   // 16-byte vector and rank 0's threads read exactly the fragments they hold.
   __device__ static void reduce_k_splits(const Smem& smem, u32 handshake, float (&result)[kNumAccum]) {
-    static_assert(kNumAccum % 4 == 0, "partials move in float4 quads");
     const u32 rank = ptx::cluster_ctarank();
-    float4* mine = reinterpret_cast<float4*>(smem.split()) + threadIdx.x;
+    float4* mine = reinterpret_cast<float4*>(smem.partials()) + threadIdx.x;
     if (rank != 0) {
       // The buffer is free once rank 0 has read the previous tile's partials.
       ptx::mbarrier_wait_cluster(smem.split_free(), (handshake & 1) ^ 1);
@@ -381,23 +328,22 @@ struct Sm90Fp8Gemm {
     for (u32 r = 1; r < kNumKSplits; ++r) ptx::mbarrier_arrive_remote(ptx::map_to_rank(smem.split_free(), r));
   }
 
-  // K interleave (64-row pingpong): warpgroup 1 writes its fp32 sums to shared memory once warpgroup 0 has
+  // k_interleave: warpgroup 1 writes its fp32 sums to shared memory once warpgroup 0 has
   // read the previous tile's, warpgroup 0 waits for them and adds them to its own. Same quad layout as
   // the split-K partials ([accumulator quad][thread][4]): conflict-free 16-byte accesses.
   __device__ static void reduce_k_interleave(const Smem& smem, u32 warpgroup, u32 thread,
                                              float (&result)[kNumAccum]) {
-    static_assert(kNumAccum % 4 == 0, "partials move in float4 quads");
-    float4* partials = reinterpret_cast<float4*>(smem.split()) + thread;
+    float4* partials = reinterpret_cast<float4*>(smem.partials()) + thread;
     if (warpgroup == 1) {
-      ptx::named_barrier_sync(kTurnBarrier + 1, 2 * 128);
+      ptx::named_barrier_sync(kPartialsFreeBarrier, 2 * 128);
 #pragma unroll
       for (u32 q = 0; q < kNumAccum / 4; ++q) {
         partials[q * 128] = make_float4(result[4 * q], result[4 * q + 1], result[4 * q + 2], result[4 * q + 3]);
       }
-      ptx::named_barrier_arrive(kTurnBarrier, 2 * 128);
+      ptx::named_barrier_arrive(kPartialsWrittenBarrier, 2 * 128);
       return;
     }
-    ptx::named_barrier_sync(kTurnBarrier, 2 * 128);
+    ptx::named_barrier_sync(kPartialsWrittenBarrier, 2 * 128);
 #pragma unroll
     for (u32 q = 0; q < kNumAccum / 4; ++q) {
       const float4 p = partials[q * 128];
@@ -406,7 +352,7 @@ struct Sm90Fp8Gemm {
       result[4 * q + 2] += p.z;
       result[4 * q + 3] += p.w;
     }
-    ptx::named_barrier_arrive(kTurnBarrier + 1, 2 * 128);
+    ptx::named_barrier_arrive(kPartialsFreeBarrier, 2 * 128);
   }
 
   // Byte offset of (row, col) of a region of D atoms kSwizzle bytes wide (kBlockM rows each), with the
@@ -428,10 +374,10 @@ struct Sm90Fp8Gemm {
   __device__ static void store_tile(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
                                     u32 warpgroup, u32 warp, u32 lane, float (&result)[kNumAccum]) {
     const u32 thread = warp * 32 + lane;
-    const u32 row_base = warpgroup * layout::kWgmmaM;  // first tile row of this warpgroup
+    const u32 row_base = warpgroup * tile::kWgmmaM;  // first tile row of this warpgroup
     const u32 m_tile = tile.m_block * kBlockM;
 
-    if constexpr (kType == GemmType::kContiguous) {
+    if constexpr (kLayout == Layout::kContiguous) {
       // Rows of another expert or padding (-1, out of range) inside this block come out as zero.
       const u32 r0 = m_tile + row_base + warp * 16 + lane / 4;
       const i32 expert = tile.compute ? static_cast<i32>(tile.group_b) : -1;
@@ -472,7 +418,7 @@ struct Sm90Fp8Gemm {
 #pragma unroll
         for (u32 atom = 0; atom < kNumMainAtoms; ++atom) {
           ptx::tma_store_3d(&params.tma_d, smem.d + atom * (kBlockM * 128) + row_base * 128,
-                            n_tile + static_cast<i32>(atom * layout::kDAtomCols), m_rows,
+                            n_tile + static_cast<i32>(atom * tile::kDAtomCols), m_rows,
                             static_cast<i32>(tile.group_a));
         }
       }
@@ -492,12 +438,11 @@ struct Sm90Fp8Gemm {
 
 }  // namespace dgpt
 
-// Defines the kernel entry point `dgpt_kernel` for one configuration (used by generated sources).
-#define DGPT_DEFINE_SM90_FP8_GEMM(TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST, PINGPONG)         \
-  extern "C" __global__ void __launch_bounds__(::dgpt::layout::num_threads(BLOCK_M, PINGPONG), 1)            \
-      dgpt_kernel(const __grid_constant__ ::dgpt::GemmParams params) {                                       \
-    extern __shared__ __align__(1024) ::dgpt::u8 dgpt_smem[];                                                \
-    ::dgpt::Sm90Fp8Gemm<::dgpt::GemmType::TYPE, BLOCK_M, BLOCK_N, N, K, STAGES, K_SPLITS, MULTICAST,             \
-                        PINGPONG>::run(                                                                       \
-        params, dgpt_smem);                                                                                   \
+// Defines the kernel entry point `dgpt_kernel` for one configuration (used by generated sources):
+// CONFIG is a type whose `value` is a constexpr dgpt::KernelConfig.
+#define DGPT_DEFINE_SM90_FP8_GEMM(CONFIG)                                                                  \
+  extern "C" __global__ void __launch_bounds__(::dgpt::num_threads(CONFIG::value), 1)                     \
+      dgpt_kernel(const __grid_constant__ ::dgpt::GemmParams params) {                                    \
+    extern __shared__ __align__(1024) ::dgpt::u8 dgpt_smem[];                                             \
+    ::dgpt::Sm90Fp8Gemm<CONFIG>::run(params, dgpt_smem);                                                  \
   }

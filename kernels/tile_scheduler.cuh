@@ -2,7 +2,7 @@
 // warpgroups) runs its own copy and walks the same tile sequence, decided only by device data.
 #pragma once
 
-#include "dgpt_types.cuh"
+#include "kernel_config.cuh"
 #include "ptx.cuh"
 
 namespace dgpt::sched {
@@ -15,26 +15,23 @@ struct Tile {
   bool compute;  // false: every row is padding, write zeros without loading anything
 };
 
-// A cluster (consecutive blockIdx.x) walks tiles as one unit. With split-K its kNumKSplits CTAs take
-// the same tile; with B multicast (normal GEMMs) a unit is kMulticast vertically adjacent row blocks
-// sharing one column block, and cluster rank r takes row block kMulticast * unit_row + r.
-template <GemmType kType, u32 kBlockM, u32 kBlockN, u32 kN, u32 kNumNBlocksPerBand, u32 kNumKSplits, u32 kMulticast>
+// A cluster (consecutive blockIdx.x) walks tiles as one unit: with split-K its kClusterSize CTAs take
+// the same tile, one K slice each.
+template <Layout kLayout, u32 kBlockM, u32 kBlockN, u32 kN, u32 kNumNBlocksPerBand, u32 kClusterSize>
 struct TileScheduler {
-  static constexpr u32 kNumNBlocks = layout::ceil_div(kN, kBlockN);
-  static constexpr u32 kClusterSize = kNumKSplits * kMulticast;
-  static_assert(kMulticast == 1 || kType == GemmType::kNormal, "multicast units: normal GEMMs only");
+  static constexpr u32 kNumNBlocks = tile::ceil_div(kN, kBlockN);
 
   const GemmParams& params;
   u32 next;              // next linear tile index of this CTA
   u32 group = 0;         // masked: group holding `next`
   u32 group_start = 0;   // masked: linear index of that group's first tile
-  u32 num_m_blocks = 0;  // normal/contiguous: all rows (in units of kMulticast blocks); masked: rows of `group`
+  u32 num_m_blocks = 0;  // normal/contiguous: all rows; masked: rows of `group`
 
   __device__ explicit TileScheduler(const GemmParams& p) : params(p), next(blockIdx.x / kClusterSize) {
-    if constexpr (kType == GemmType::kMasked) {
+    if constexpr (kLayout == Layout::kMasked) {
       num_m_blocks = masked_m_blocks(0);
     } else {
-      num_m_blocks = layout::ceil_div(layout::ceil_div(p.shape_m, kBlockM), kMulticast);
+      num_m_blocks = tile::ceil_div(p.shape_m, kBlockM);
     }
   }
 
@@ -43,7 +40,7 @@ struct TileScheduler {
     if (g >= params.num_groups) return 0;
     const i32 rows = ptx::load_global_nc(params.grouped_layout + g);
     const u32 clamped = rows <= 0 ? 0u : (static_cast<u32>(rows) > params.shape_m ? params.shape_m : static_cast<u32>(rows));
-    return layout::ceil_div(clamped, kBlockM);
+    return tile::ceil_div(clamped, kBlockM);
   }
 
   // Tiles of one group are visited in bands of kNumNBlocksPerBand column blocks; inside a band,
@@ -62,7 +59,7 @@ struct TileScheduler {
   __device__ bool next_tile(Tile& tile) {
     const u32 index = next;
     next += gridDim.x / kClusterSize;
-    if constexpr (kType == GemmType::kMasked) {
+    if constexpr (kLayout == Layout::kMasked) {
       // Advance to the group holding `index` (tile indices of a CTA only grow).
       while (index >= group_start + num_m_blocks * kNumNBlocks) {
         group_start += num_m_blocks * kNumNBlocks;
@@ -77,12 +74,10 @@ struct TileScheduler {
     } else {
       if (index >= num_m_blocks * kNumNBlocks) return false;
       rasterize(index, num_m_blocks, tile.m_block, tile.n_block);
-      // The rank's row block inside its unit; with an odd block count the last one may lie past M.
-      if constexpr (kMulticast > 1) tile.m_block = tile.m_block * kMulticast + ptx::cluster_ctarank();
       tile.group_a = 0;
       tile.group_b = 0;
       tile.compute = true;
-      if constexpr (kType == GemmType::kContiguous) {
+      if constexpr (kLayout == Layout::kContiguous) {
         // The block's expert is its first row's; the layout puts experts on block boundaries.
         const i32 expert = ptx::load_global_nc(params.grouped_layout + tile.m_block * kBlockM);
         tile.compute = expert >= 0 && static_cast<u32>(expert) < params.num_groups;

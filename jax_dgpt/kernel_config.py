@@ -1,0 +1,74 @@
+"""The one kernel configuration type, from the heuristics to the kernel.
+
+:class:`KernelConfig` is what :func:`jax_dgpt.heuristics.select_config` returns. It lowers as one FFI
+dictionary attribute, ``config`` (:meth:`KernelConfig.as_attribute`), which the C++ handler decodes
+into the struct of the same fields (``kernels/kernel_config.cuh``); the source generator and the
+kernel template read those fields by name. Validity rules and limits live in C++ only and are asked
+for through the extension: :meth:`KernelConfig.error` and :func:`limits`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+from ._native import load as _native
+
+__all__ = ["LAYOUTS", "KernelConfig", "limits"]
+
+# One name per layout, in Python, C++ (dgpt::Layout) and the FFI targets (dgpt_gemm_<layout>).
+LAYOUTS = ("normal", "contiguous", "masked")
+
+
+@functools.cache
+def limits() -> dict[str, int]:
+    """The kernel configuration's limits (block sizes, alignments, shared memory), by name.
+
+    Keys: ``block_k``, ``block_m_small``, ``block_m_large``, ``block_n_step``, ``max_block_n``,
+    ``min_stages``, ``max_stages``, ``max_k_splits``, ``k_alignment``, ``n_alignment``,
+    ``m_alignment_contiguous``, ``max_dim``, ``max_groups``, ``max_grid_size``, ``max_smem_bytes``.
+    """
+    return {name: int(value) for name, value in _native().limits().items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """One kernel configuration: a static problem and how the kernel solves it. Plain ``int`` fields.
+
+    ``m``, ``num_groups`` and ``grid_size`` are run-time values of the kernel (one cubin serves every
+    M); the other fields are compile-time constants.
+    """
+
+    layout: str  # "normal", "contiguous" or "masked"
+    m: int  # rows of A: M, or Mmax per group for "masked"
+    n: int  # columns of the output (a multiple of 8)
+    k: int  # the reduction length (a multiple of 16)
+    num_groups: int  # G (1 for "normal")
+    block_m: int  # rows of one output tile
+    block_n: int  # columns of one output tile
+    num_stages: int  # shared-memory ring of A/B stages
+    grid_size: int  # persistent CTAs launched (whole clusters)
+    num_k_splits: int = 1  # K split over a cluster: CTAs sharing one tile, one K slice each
+    k_interleave: int = 0  # K split inside the CTA: 1 = two math warpgroups take alternate K blocks
+
+    def as_attribute(self) -> dict[str, Any]:
+        """The config as the FFI ``config`` dictionary attribute (ints lower as i64, the layout as a string)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    def error(self) -> str | None:
+        """None when the kernel can take this config, else the rule it breaks (checked in C++)."""
+        return _native().check_config(self.as_attribute())
+
+    def smem_size(self) -> int:
+        """Bytes of dynamic shared memory the kernel of this (valid) config needs."""
+        return int(_native().smem_size(self.as_attribute()))
+
+    def describe(self) -> str:
+        """A one-line description of the tuning fields (the problem's fields left out)."""
+        text = f"block_m={self.block_m} block_n={self.block_n} stages={self.num_stages} grid={self.grid_size}"
+        if self.num_k_splits > 1:
+            text += f" k_splits={self.num_k_splits}"
+        if self.k_interleave:
+            text += " k_interleave=1"
+        return text

@@ -1,0 +1,129 @@
+// The one kernel configuration, from the Python heuristics to the kernel, and its validity rules.
+//
+// jax_dgpt/kernel_config.py declares the same fields by name (a CPU test compares the two). The
+// configuration travels as one FFI dictionary attribute "config"; the handler decodes it into
+// KernelConfig (ffi/kernel_config.h), checks it with config_error() below, generates a source that
+// fills the compile-time fields, and the kernel template reads them by name. Every limit and rule is
+// written here once: the host checks it, the heuristics ask the host (jax_dgpt._C.check_config), and
+// the kernel static_asserts the compile-time part. Messages name limits by their _C.limits() keys.
+//
+// Must compile as plain C++17 on the host and under NVCC/NVRTC without any system header.
+#pragma once
+
+#include "dgpt_types.cuh"
+
+namespace dgpt {
+
+// Which problem the kernel solves; the tile scheduler and the epilogue's row mask differ.
+enum class Layout : u32 {
+  kNormal = 0,      // D[M,N] = A[M,K] * B[N,K]^T
+  kContiguous = 1,  // D[M,N] = A[M,K] * B[e(m),N,K]^T, e(m) = m_indices[m], -1 = padding row
+  kMasked = 2,      // D[g,m,N] = A[g,m,K] * B[g,N,K]^T for m < masked_m[g]
+};
+
+// Integer fields, each X(name, compile_time). Compile-time fields are constants of the kernel (one
+// cubin per value); run-time fields reach it through GemmParams or the launch.
+#define DGPT_KERNEL_CONFIG_FIELDS(X)                                                                    \
+  X(m, false)            /* rows of A: M (normal, contiguous) or Mmax per group (masked) */            \
+  X(n, true)             /* columns of D (N), a multiple of 8 */                                        \
+  X(k, true)             /* the reduction length (K), a multiple of 16 */                               \
+  X(num_groups, false)   /* G: experts (1 for normal) */                                                \
+  X(block_m, true)       /* rows of one output tile: 64 or 128 */                                       \
+  X(block_n, true)       /* columns of one output tile */                                               \
+  X(num_stages, true)    /* shared-memory ring of A/B stages */                                         \
+  X(grid_size, false)    /* persistent CTAs launched (whole clusters) */                                \
+  X(num_k_splits, true)  /* K splitting over a cluster: CTAs sharing one tile, one K slice each */      \
+  X(k_interleave, true)  /* K splitting inside a CTA: 1 = two math warpgroups take alternate K blocks */
+
+struct KernelConfig {
+  Layout layout;
+#define DGPT_CONFIG_MEMBER(name, compile_time) long long name;
+  DGPT_KERNEL_CONFIG_FIELDS(DGPT_CONFIG_MEMBER)
+#undef DGPT_CONFIG_MEMBER
+};
+
+// --- limits (exported to Python as jax_dgpt._C.limits()) -------------------------------------------
+namespace limits {
+constexpr long long kBlockMSmall = 64;         // block_m choices: one or two 64-row wgmma tiles
+constexpr long long kBlockMLarge = 128;
+constexpr long long kBlockNStep = 16;          // wgmma N step is 8; 16 keeps the stmatrix chunks whole
+// NOTES: the math warpgroups keep a 64 x block_n fp32 accumulator plus the promoted copy in registers;
+// 208 columns is the widest that ptxas fits without spilling for every layout (224 spills in the
+// masked kernel, 256 in all; -Xptxas -v, nvcc 13.0).
+constexpr long long kMaxBlockN = 208;
+constexpr long long kMinStages = 2;
+constexpr long long kMaxStages = 32;
+constexpr long long kMaxKSplits = 8;           // a portable cluster
+constexpr long long kKAlignment = 16;          // TMA: 16-byte row strides of fp8 A and B
+constexpr long long kNAlignment = 8;           // TMA: 16-byte row strides of the bf16 output
+// Experts start at multiples of this in the contiguous layout; the kernel reads one expert per block.
+constexpr long long kMAlignmentContiguous = 128;
+constexpr long long kMaxDim = 1ll << 31;       // 32-bit tile arithmetic and TMA coordinates
+constexpr long long kMaxGroups = 1ll << 20;
+constexpr long long kMaxGridSize = 4096;
+constexpr long long kMaxSmemBytes = 232448;    // 227 KiB, the sm_90 opt-in limit per block
+}  // namespace limits
+
+// --- derived quantities ------------------------------------------------------------------------------
+// One math warpgroup per 64 rows; K interleave adds a second one for the same 64 rows.
+DGPT_HOST_DEVICE constexpr u32 num_math_warpgroups(const KernelConfig& c) {
+  return c.block_m == limits::kBlockMSmall && c.k_interleave == 0 ? 1u : 2u;
+}
+// Plus the producer warpgroup.
+DGPT_HOST_DEVICE constexpr u32 num_threads(const KernelConfig& c) { return 128u * (num_math_warpgroups(c) + 1u); }
+DGPT_HOST_DEVICE constexpr u32 cluster_size(const KernelConfig& c) { return static_cast<u32>(c.num_k_splits); }
+DGPT_HOST_DEVICE constexpr u32 smem_size(const KernelConfig& c) {
+  return tile::smem_size(static_cast<u32>(c.block_m), static_cast<u32>(c.block_n), static_cast<u32>(c.num_stages),
+                         static_cast<u32>(c.num_k_splits), c.k_interleave != 0);
+}
+
+// --- validity ------------------------------------------------------------------------------------------
+// The rule a configuration breaks, or nullptr. Compile-time fields only: what the kernel static_asserts.
+DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c) {
+  if (c.layout != Layout::kNormal && c.layout != Layout::kContiguous && c.layout != Layout::kMasked) {
+    return "layout must be normal, contiguous or masked";
+  }
+  if (c.n <= 0 || c.n % limits::kNAlignment != 0 || c.n > limits::kMaxDim) {
+    return "n must be a positive multiple of n_alignment, at most max_dim";
+  }
+  if (c.k <= 0 || c.k % limits::kKAlignment != 0 || c.k > limits::kMaxDim) {
+    return "k must be a positive multiple of k_alignment, at most max_dim";
+  }
+  if (c.block_m != limits::kBlockMSmall && c.block_m != limits::kBlockMLarge) return "block_m must be block_m_small or block_m_large";
+  if (c.block_n < limits::kBlockNStep || c.block_n > limits::kMaxBlockN || c.block_n % limits::kBlockNStep != 0) {
+    return "block_n must be a multiple of block_n_step in [block_n_step, max_block_n]";
+  }
+  if (c.num_stages < limits::kMinStages || c.num_stages > limits::kMaxStages) return "num_stages must be in [min_stages, max_stages]";
+  if (c.num_k_splits < 1 || c.num_k_splits > limits::kMaxKSplits) return "num_k_splits must be in [1, max_k_splits]";
+  if (c.k_interleave != 0 && c.k_interleave != 1) return "k_interleave must be 0 or 1";
+  if (c.k_interleave != 0 && (c.block_m != limits::kBlockMSmall || c.num_k_splits != 1)) {
+    return "k_interleave needs block_m_small and num_k_splits 1 (it splits K inside the CTA instead)";
+  }
+  // NOTES: the two warpgroups take the stages of alternate ring positions; with an even ring a stage
+  // always has the same reader, so a parity wait never meets the other warpgroup's unfinished phase.
+  if (c.k_interleave != 0 && c.num_stages % 2 != 0) return "k_interleave needs an even num_stages";
+  if (c.layout == Layout::kContiguous && limits::kMAlignmentContiguous % c.block_m != 0) {
+    return "the contiguous layout needs block_m to divide m_alignment_contiguous";
+  }
+  if (smem_size(c) > limits::kMaxSmemBytes) return "the tile and its stages need more shared memory than max_smem_bytes";
+  return nullptr;
+}
+
+// Every field: what the host checks before compiling and launching.
+DGPT_HOST_DEVICE constexpr const char* config_error(const KernelConfig& c) {
+  if (const char* error = static_config_error(c)) return error;
+  if (c.m <= 0 || c.m > limits::kMaxDim) return "m must be in [1, max_dim]";
+  if (c.num_groups <= 0 || c.num_groups > limits::kMaxGroups) return "num_groups must be in [1, max_groups]";
+  if (c.layout == Layout::kNormal && c.num_groups != 1) return "a normal GEMM has num_groups 1";
+  // NOTES: the contiguous kernel takes each row block's expert from the block's first row; the layout
+  // rule (and the CPU reference) work in 128-row blocks, so 64-row tiles match it only when all rows fit
+  // in the first block.
+  if (c.layout == Layout::kContiguous && c.block_m != limits::kMAlignmentContiguous && c.m > c.block_m) {
+    return "the contiguous layout needs block_m = m_alignment_contiguous when m > block_m (experts are read per aligned block)";
+  }
+  if (c.grid_size <= 0 || c.grid_size > limits::kMaxGridSize) return "grid_size must be in [1, max_grid_size]";
+  if (c.grid_size % c.num_k_splits != 0) return "grid_size must be a multiple of num_k_splits (whole clusters)";
+  return nullptr;
+}
+
+}  // namespace dgpt
