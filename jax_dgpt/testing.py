@@ -58,10 +58,32 @@ MASKED_MMAX = 4096  # rows per group of A in the masked table
 
 
 # --- generators -----------------------------------------------------------------------------------
-def generate_fp8(shape: tuple[int, ...], key: int) -> jax.Array:
-    """Random normal values cast to float8_e4m3fn (never all zeros), deterministic in ``key``."""
+def generate_fp8(shape: tuple[int, ...], key: int, on_device: bool = False) -> jax.Array:
+    """Random normal values cast to float8_e4m3fn (never all zeros), deterministic in ``key``.
+
+    By default drawn in numpy (the same values on every backend); ``on_device=True`` draws them with
+    ``jax.random`` on the default device instead (other values, but no host work or transfer: what the
+    benchmark uses for its large operands).
+    """
+    if on_device:
+        return _random_fp8(tuple(shape), np.uint32(key))
     values = np.random.default_rng(key).standard_normal(shape).astype(np.float32)
     return jnp.asarray(values.astype(FP8))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _random_fp8(shape: tuple[int, ...], key) -> jax.Array:
+    return jax.random.normal(jax.random.key(key), shape, jnp.float32).astype(jnp.float8_e4m3fn)
+
+
+def generate_group_rows(groups: int, expected_m: int, rng: int | np.random.Generator) -> list[int]:
+    """Rows per group, ``expected_m x U(0.7, 1.3)`` each (the reference library's draw).
+
+    ``rng``: a seed, or a numpy Generator shared across calls (then a whole table is drawn in order and
+    a shape gets the same rows whether or not others are skipped).
+    """
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    return [int(expected_m * rng.uniform(0.7, 1.3)) for _ in range(groups)]
 
 
 def generate_contiguous_indices(group_rows: list[int], alignment: int = 128) -> np.ndarray:
@@ -72,6 +94,33 @@ def generate_contiguous_indices(group_rows: list[int], alignment: int = 128) -> 
         padded = -(-rows // alignment) * alignment
         parts.append(np.concatenate([np.full(rows, g, np.int32), np.full(padded - rows, -1, np.int32)]))
     return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
+
+
+# --- layout builders: inputs of the grouped ops ---------------------------------------------------
+def contiguous_inputs(
+    group_rows: list[int], n: int, k: int, key: int, alignment: int = 128, on_device: bool = False
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(a [M, K], b [G, N, K], m_indices int32 [M]) of the contiguous layout: group g's
+    ``group_rows[g]`` rows, then -1 padding up to ``alignment``, group after group (G >= 1)."""
+    m_indices = generate_contiguous_indices(group_rows, alignment)
+    a = generate_fp8((len(m_indices), k), key, on_device)
+    b = generate_fp8((max(len(group_rows), 1), n, k), key + 1, on_device)
+    return a, b, jnp.asarray(m_indices)
+
+
+def masked_inputs(
+    masked_m: list[int], mmax: int, n: int, k: int, key: int, on_device: bool = False
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(a [G, Mmax, K], b [G, N, K], masked_m int32 [G]) of the masked layout, G = len(masked_m)."""
+    groups = len(masked_m)
+    a = generate_fp8((groups, mmax, k), key, on_device)
+    b = generate_fp8((groups, n, k), key + 1, on_device)
+    return a, b, jnp.asarray(np.asarray(masked_m, np.int64).clip(-(2**31), 2**31 - 1).astype(np.int32))
+
+
+def masked_valid_rows(masked_m, mmax: int) -> np.ndarray:
+    """Rows of each group the masked op writes: masked_m clamped to [0, Mmax]."""
+    return np.clip(np.asarray(masked_m, np.int64), 0, mmax)
 
 
 def to_f64(x: jax.Array) -> np.ndarray:
@@ -104,6 +153,29 @@ def reference_gemm_f64(a: jax.Array, b: jax.Array) -> np.ndarray:
     return matmul_nt_f64(a, b)
 
 
+def reference_contiguous_f64(a: jax.Array, b: jax.Array, m_indices) -> np.ndarray:
+    """Exact float64 result of the contiguous op (a [M, K], b [G, N, K], m_indices [M]): row i is
+    ``a[i] . b[m_indices[i]]^T``, rows whose index lies outside [0, G) are 0. For layouts that keep the
+    alignment rule (each expert's rows start a 128-row block)."""
+    idx = np.asarray(m_indices)
+    out = np.zeros((idx.shape[0], b.shape[1]), np.float64)
+    for g in range(b.shape[0]):
+        rows = np.nonzero(idx == g)[0]
+        if rows.size:
+            out[rows] = matmul_nt_f64(a[jnp.asarray(rows)], b[g])
+    return out
+
+
+def reference_masked_f64(a: jax.Array, b: jax.Array, masked_m) -> np.ndarray:
+    """Exact float64 result of the masked op (a [G, Mmax, K], b [G, N, K]); rows at or past
+    ``masked_m[g]``, which the kernel leaves unspecified, are NaN so that only valid rows compare."""
+    out = np.array(matmul_nt_f64(a, b), np.float64)
+    valid = masked_valid_rows(masked_m, a.shape[1])
+    for g, rows in enumerate(valid):
+        out[g, rows:] = np.nan
+    return out
+
+
 # --- accuracy -------------------------------------------------------------------------------------
 # Every calc_diff a test checked, as (value, context); the largest is printed at the end of the run.
 RECORDED_DIFFS: list[tuple[float, str]] = []
@@ -121,13 +193,68 @@ def calc_diff(x: np.ndarray, y: np.ndarray) -> float:
     return 0.0 if denominator == 0.0 else 1.0 - 2.0 * float(np.sum(x * y)) / denominator
 
 
+# calc_diff on the default device, in float64, with no host copy of the operands or the results: per
+# group of rows (groups stacked along a leading axis, rows outside `valid` left out).
+@jax.jit
+def _group_diffs(out, a, b, valid):
+    x = out.astype(jnp.float64)
+    y = jnp.einsum("grk,gnk->grn", a.astype(jnp.float64), b.astype(jnp.float64), precision="highest")
+    keep = valid[..., None]
+    x, y = jnp.where(keep, x, 0.0), jnp.where(keep, y, 0.0)
+    # NOTES: a NaN (unwritten) element of a valid row must fail; jnp.where above keeps it.
+    denominator = jnp.sum(x * x, axis=(1, 2)) + jnp.sum(y * y, axis=(1, 2))
+    numerator = 2.0 * jnp.sum(x * y, axis=(1, 2))
+    return jnp.where(denominator == 0.0, 0.0, 1.0 - numerator / jnp.where(denominator == 0.0, 1.0, denominator))
+
+
+def _diffs_on_device(out, a, b, valid) -> np.ndarray:
+    with jax.enable_x64(True):
+        return np.asarray(_group_diffs(out, a, b, jnp.asarray(valid)))
+
+
+def gemm_diff(out: jax.Array, a: jax.Array, b: jax.Array) -> float:
+    """calc_diff of a normal GEMM's output [M, N] against the float64 ``A . B^T`` of its fp8 operands,
+    computed on the default device (the operands stay there)."""
+    if out.size == 0:
+        return 0.0
+    valid = np.ones((1, out.shape[0]), bool)
+    return float(_diffs_on_device(out[None], a[None], b[None], valid)[0])
+
+
+def contiguous_diffs(out: jax.Array, a: jax.Array, b: jax.Array, m_indices) -> dict[int, float]:
+    """{group: calc_diff of its rows} of a contiguous output [M, N] against float64, for each group
+    that has rows (indices outside [0, G) are padding), computed on the default device."""
+    idx = np.asarray(m_indices)
+    members = [np.nonzero(idx == g)[0] for g in range(b.shape[0])]
+    groups = [g for g, rows in enumerate(members) if rows.size]
+    if not groups:
+        return {}
+    width = max(members[g].size for g in groups)
+    table = np.zeros((len(groups), width), np.int32)
+    valid = np.zeros((len(groups), width), bool)
+    for i, g in enumerate(groups):
+        table[i, : members[g].size], valid[i, : members[g].size] = members[g], True
+    rows = jnp.asarray(table)
+    diffs = _diffs_on_device(out[rows], a[rows], b[jnp.asarray(groups)], valid)
+    return {g: float(d) for g, d in zip(groups, diffs)}
+
+
+def masked_diffs(out: jax.Array, a: jax.Array, b: jax.Array, masked_m) -> dict[int, float]:
+    """{group: calc_diff of its first masked_m[g] rows} of a masked output [G, Mmax, N] against
+    float64, for each group with rows (rows past masked_m[g] are unspecified and left out)."""
+    rows = masked_valid_rows(masked_m, a.shape[1])
+    valid = np.arange(a.shape[1])[None, :] < rows[:, None]
+    diffs = _diffs_on_device(out, a, b, valid)
+    return {g: float(diffs[g]) for g in range(len(rows)) if rows[g]}
+
+
 def assert_close_to_f64(out: jax.Array, a: jax.Array, b: jax.Array, context: str = "") -> None:
     """``out`` equals the float64 product rounded to bf16, up to the accumulation error of the kernel.
 
     Elementwise: ``|out - ref| <= 2^-7 |ref| + 2^-12 sum_k |a b|`` (one bf16 ulp, plus the error of
-    accumulating inside one 128-wide K block on the tensor core); and ``calc_diff <= 3e-6`` (the
-    contract of DESIGN.md §5) when the output has at least 512 elements (below that, bf16 rounding
-    alone can push the metric past 3e-6).
+    accumulating inside one 128-wide K block on the tensor core); and ``calc_diff <= 3e-6``
+    (docs/numerical_contract.md) when the output has at least 512 elements (below that, bf16
+    rounding alone can push the metric past 3e-6).
 
     NOTES: Hopper's FP8 wgmma keeps fewer mantissa bits than fp32 while it accumulates (seen on the
     H200: errors of 6% on elements near zero at K=128, far above fp32 summation error); the kernel
