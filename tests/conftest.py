@@ -1,10 +1,11 @@
-"""Pytest hooks and fixtures only: the `gpu` marker, the calc_diff summary, the JIT environment.
+"""Pytest hooks and fixtures only: the `gpu` marker, the skip and calc_diff summaries, the JIT environment.
 
 Helpers (shapes, generators, the float64 reference, calc_diff) live in :mod:`jax_dgpt.testing`.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 
 import pytest
@@ -12,8 +13,10 @@ import pytest
 from jax_dgpt import testing
 from jax_dgpt.testing import hopper_gpu_visible
 
-
 # --- the gpu marker: GPU tests run only where a Hopper (compute capability 9.0) GPU is visible ----
+GPU_SKIP_REASON = "needs a Hopper GPU (compute capability 9.0)"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs an sm_90 (Hopper) GPU; skipped elsewhere")
 
@@ -21,7 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if hopper_gpu_visible():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device with compute capability 9.0 (Hopper)")
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
@@ -42,7 +45,23 @@ def pytest_testnodedown(node, error) -> None:
         testing.RECORDED_DIFFS.append((float(value), str(context)))
 
 
+def skip_reasons(reports) -> collections.Counter:
+    """{reason: count} of skipped test reports (``pytest.skip``/``skipif`` messages, without the
+    "Skipped: " prefix pytest adds)."""
+    reasons: collections.Counter = collections.Counter()
+    for report in reports:
+        longrepr = getattr(report, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ").strip()] += 1
+    return reasons
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    # `pytest -q` only counts skips: one line says why, grouped by reason, most frequent first.
+    reasons = skip_reasons(terminalreporter.stats.get("skipped", []))
+    if reasons:
+        grouped = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common())
+        terminalreporter.write_line(f"skipped: {sum(reasons.values())} ({grouped})")
     if testing.RECORDED_DIFFS:
         value, context = max(testing.RECORDED_DIFFS)
         terminalreporter.write_line(
