@@ -1,8 +1,8 @@
 """GPU tests of jax_dgpt.gemm on an sm_90a GPU (marked `gpu`, skipped elsewhere).
 
-Every output is compared with a float64 product of the same fp8 values (DESIGN.md §5). Outputs land in a
-NaN-filled buffer (donated to the jitted call, so XLA writes the result into it), which proves that every
-element is written.
+Every output is compared with a float64 product of the same fp8 values (docs/numerical_contract.md).
+Outputs land in a NaN-filled buffer (donated to the jitted call, so XLA writes the result into it), which
+proves that every element is written.
 """
 
 from __future__ import annotations

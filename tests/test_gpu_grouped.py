@@ -1,8 +1,8 @@
 """GPU tests of the M-grouped ops (contiguous and masked layouts) on an sm_90a GPU.
 
-Per group, valid rows must match a float64 product with calc_diff <= 3e-6 (DESIGN.md §5); outputs are
-written into NaN-poisoned buffers so every valid row is proven written; contiguous padding rows must be
-exactly zero. Masked rows at or past masked_m[g] are unspecified and not checked.
+Per group, valid rows must match a float64 product with calc_diff <= 3e-6 (docs/numerical_contract.md);
+outputs are written into NaN-poisoned buffers so every valid row is proven written; contiguous padding
+rows must be exactly zero. Masked rows at or past masked_m[g] are unspecified and not checked.
 """
 
 from __future__ import annotations
@@ -17,9 +17,14 @@ from jax_dgpt.testing import (
     CONTIGUOUS_ANCHORS,
     MASKED_ANCHORS,
     MASKED_MMAX,
-    calc_diff,
+    contiguous_diffs,
+    contiguous_inputs,
+    generate_contiguous_indices,
     generate_fp8,
-    matmul_nt_f64,
+    generate_group_rows,
+    masked_diffs,
+    masked_inputs,
+    masked_valid_rows,
     record_diff,
     run_into_poison,
     to_f64,
@@ -30,48 +35,30 @@ pytestmark = pytest.mark.gpu
 ALIGN = 128
 
 
-def generate_group_rows(groups, expected_m, seed):
-    rng = np.random.default_rng(seed)
-    return [int(expected_m * rng.uniform(0.7, 1.3)) for _ in range(groups)]
-
-
-def contiguous_indices(rows):
-    """m_indices with each group's rows followed by -1 padding up to the alignment."""
-    parts = [np.concatenate([np.full(r, g, np.int32), np.full(-r % ALIGN, -1, np.int32)]) for g, r in enumerate(rows)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
-
-
 def check_contiguous(out, a, b, m_indices, context):
     out64 = to_f64(out)
     assert not np.isnan(out64).any(), f"{context}: unwritten (NaN) rows"
+    idx = np.asarray(m_indices)
+    for g, diff in contiguous_diffs(out, a, b, idx).items():
+        record_diff(diff, f"{context} group {g}")
+        assert diff <= 3e-6, f"{context}: group {g} ({(idx == g).sum()} rows) calc_diff {diff:.3g}"
     groups = b.shape[0]
-    for g in range(groups):
-        rows = m_indices == g
-        if rows.any():
-            ref = matmul_nt_f64(a[jnp.asarray(np.nonzero(rows)[0])], b[g])
-            diff = record_diff(calc_diff(out64[rows], ref), f"{context} group {g}")
-            assert diff <= 3e-6, f"{context}: group {g} ({rows.sum()} rows) calc_diff {diff:.3g}"
-    padding = (m_indices < 0) | (m_indices >= groups)
+    padding = (idx < 0) | (idx >= groups)
     assert np.all(out64[padding] == 0), f"{context}: padding rows are not exactly zero"
 
 
 def run_contiguous(rows, n, k, seed, m_indices=None):
-    m_indices = contiguous_indices(rows) if m_indices is None else m_indices
-    a = generate_fp8((len(m_indices), k), key=seed)
-    b = generate_fp8((max(len(rows), 1), n, k), key=seed + 1)
-    out = run_into_poison(
-        jax_dgpt.grouped_gemm_contiguous,
-        a,
-        b,
-        jnp.asarray(m_indices),
-        out_shape=(len(m_indices), n),
-    )
-    return out, a, b, m_indices
+    a, b, idx = contiguous_inputs(rows, n, k, key=seed, alignment=ALIGN)
+    if m_indices is not None:
+        idx = jnp.asarray(m_indices)
+        a = generate_fp8((len(m_indices), k), key=seed)
+    out = run_into_poison(jax_dgpt.grouped_gemm_contiguous, a, b, idx, out_shape=(idx.shape[0], n))
+    return out, a, b, np.asarray(idx)
 
 
 @pytest.mark.parametrize("groups,expected_m,n,k", CONTIGUOUS_ANCHORS)
 def test_contiguous_anchor_shapes(groups, expected_m, n, k):
-    rows = generate_group_rows(groups, expected_m, seed=groups + n)
+    rows = generate_group_rows(groups, expected_m, groups + n)
     out, a, b, idx = run_contiguous(rows, n, k, seed=k)
     check_contiguous(out, a, b, idx, f"contiguous G={groups} m={expected_m} N={n} K={k}")
 
@@ -102,8 +89,8 @@ def test_contiguous_whole_padding_blocks_and_out_of_range():
 
 
 def test_contiguous_is_bitwise_deterministic():
-    rows = generate_group_rows(8, 700, seed=1)
-    idx = jnp.asarray(contiguous_indices(rows))
+    rows = generate_group_rows(8, 700, 1)
+    idx = jnp.asarray(generate_contiguous_indices(rows, ALIGN))
     a, b = generate_fp8((idx.shape[0], 2048), key=1), generate_fp8((8, 4096, 2048), key=2)
     f = jax.jit(jax_dgpt.grouped_gemm_contiguous)
     first, second = (np.asarray(f(a, b, idx)).view(np.uint16) for _ in range(2))
@@ -112,34 +99,28 @@ def test_contiguous_is_bitwise_deterministic():
 
 def check_masked(out, a, b, masked_m, context):
     out64 = to_f64(out)
-    mmax = a.shape[1]
-    for g, m in enumerate(np.asarray(masked_m)):
-        rows = int(min(max(m, 0), mmax))
-        if rows == 0:
-            continue
-        valid = out64[g, :rows]
-        assert not np.isnan(valid).any(), f"{context}: group {g} has unwritten valid rows"
-        diff = record_diff(calc_diff(valid, matmul_nt_f64(a[g, :rows], b[g])), f"{context} group {g}")
-        assert diff <= 3e-6, f"{context}: group {g} ({rows} rows) calc_diff {diff:.3g}"
+    for g, rows in enumerate(masked_valid_rows(masked_m, a.shape[1])):
+        assert not np.isnan(out64[g, :rows]).any(), f"{context}: group {g} has unwritten valid rows"
+    for g, diff in masked_diffs(out, a, b, masked_m).items():
+        record_diff(diff, f"{context} group {g}")
+        assert diff <= 3e-6, f"{context}: group {g} calc_diff {diff:.3g}"
 
 
 def run_masked(masked_m, mmax, n, k, expected_m, seed):
-    groups = len(masked_m)
-    a, b = generate_fp8((groups, mmax, k), key=seed), generate_fp8((groups, n, k), key=seed + 1)
-    mm = jnp.asarray(np.asarray(masked_m, np.int32))
+    a, b, mm = masked_inputs(masked_m, mmax, n, k, key=seed)
     out = run_into_poison(
         lambda x, y, z: jax_dgpt.grouped_gemm_masked(x, y, z, expected_m),
         a,
         b,
         mm,
-        out_shape=(groups, mmax, n),
+        out_shape=(len(masked_m), mmax, n),
     )
     return out, a, b
 
 
 @pytest.mark.parametrize("groups,expected_m,n,k", MASKED_ANCHORS)
 def test_masked_anchor_shapes(groups, expected_m, n, k):
-    masked_m = generate_group_rows(groups, expected_m, seed=groups * 3 + k)
+    masked_m = generate_group_rows(groups, expected_m, groups * 3 + k)
     out, a, b = run_masked(masked_m, MASKED_MMAX, n, k, expected_m, seed=n)
     check_masked(out, a, b, masked_m, f"masked G={groups} m={expected_m} N={n} K={k}")
 
