@@ -1,4 +1,7 @@
-"""Kernel device time from the JAX profiler, with L2 flushed before every measured call (DESIGN.md §6)."""
+"""Time per call of jitted functions: kernel device time from the JAX profiler, with L2 flushed before
+every measured call (`Timer`, docs/numerical_contract.md#measuring), or plain repeated calls timed by the
+wall clock (`RepeatTimer`: on the CPU, and under DG_NSYS_PROFILING=1 so that Nsight Systems can attach
+without the JAX profiler in the way)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import glob
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 
 import jax
@@ -43,6 +47,8 @@ def _gpu_kernel_events(trace_dir: str) -> list[tuple[float, float, str]]:
 
 class Timer:
     """Measures a jitted callable's kernels per call: the median over `calls`, each after an L2 flush."""
+
+    kind = "device time per call from the JAX profiler, L2 flushed before every call"
 
     def __init__(self) -> None:
         self.buf = jnp.zeros((FLUSH_BYTES // 4,), jnp.float32)
@@ -85,3 +91,29 @@ class Timer:
                 raise RuntimeError(f"no kernels recorded for function {i}")
             medians.append(statistics.median(mine) / 1e3)
         return medians
+
+
+class RepeatTimer:
+    """Runs each function ``warmup + calls`` times, nothing else (no profiler, no L2 flush), and returns
+    the median wall-clock µs per call (each call waited for). Under Nsight Systems the kernels of the
+    measured calls are the only GPU work besides the warm-up."""
+
+    kind = "wall clock per call, no L2 flush"
+
+    def time_us(self, *fns: Callable[[], object], calls: int = 15, warmup: int = 3) -> list[float]:
+        medians = []
+        for fn in fns:
+            for _ in range(warmup):
+                jax.block_until_ready(fn())
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                jax.block_until_ready(fn())
+                times.append(time.perf_counter() - started)
+            medians.append(statistics.median(times) * 1e6)
+        return medians
+
+
+def make_timer(backend: str, nsys: bool):
+    """The profiler timer on a GPU; the repeat timer on the CPU or when ``nsys`` (DG_NSYS_PROFILING=1)."""
+    return RepeatTimer() if nsys or backend != "gpu" else Timer()

@@ -1,15 +1,19 @@
-"""Markdown tables from bench.py's result rows: bench.py prints them at the end of a run, and
+"""Markdown tables from bench.py's result rows: bench.py prints them at the end of a run,
+benchmarks/report.py builds RESULTS.md and the README's table with them, and
 
-    python benchmarks/tables.py results.json [more_results.json ...]
+    python -m benchmarks.tables results.json [more_results.json ...]
 
-renders the tables of one or more saved runs (later files add rows; RESULTS.md is written from this).
+renders the tables of saved runs (for a shape measured more than once, the last row counts).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
+
+LAYOUTS = ("normal", "decode", "contiguous", "masked")
 
 # layout: (column title, row key) pairs. Times in µs, throughput in TFLOPS and GB/s.
 COLUMNS = {
@@ -71,12 +75,36 @@ def geomean(xs) -> float:
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
 
 
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per (layout, shape): the last one measured, in the order shapes first appeared."""
+    latest: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        key = (r.get("layout"), r.get("shape"))
+        latest.pop(key, None)
+        latest[key] = r
+    order = list(dict.fromkeys((r.get("layout"), r.get("shape")) for r in rows))
+    return [latest[key] for key in order]
+
+
+def summary(sel: list[dict], layout: str) -> str:
+    speedups = [r["speedup"] for r in sel]
+    line = (
+        f"{layout}: {len(sel)} shapes, geomean speedup {geomean(speedups):.3f} (min {min(speedups):.3f}), "
+        f"max calc_diff {max(r['calc_diff'] for r in sel):.2g}"
+    )
+    seeds = [r["vs_seed"] for r in sel if r.get("vs_seed")]
+    return line + (f", geomean seed / ours {geomean(seeds):.3f}" if layout == "masked" and seeds else "")
+
+
 def markdown(rows: list[dict], layout: str) -> str:
-    """One markdown table of the rows of `layout`, plus a geomean line; "" when there are none."""
-    sel = [r for r in rows if r.get("layout") == layout]
+    """One markdown table of the rows of `layout` (the last row per shape), plus a geomean line; "" when
+    there are none. Rows from several calls of one run get a "call" column."""
+    sel = [r for r in latest_rows(rows) if r.get("layout") == layout]
     if not sel:
         return ""
-    columns = COLUMNS[layout]
+    columns = list(COLUMNS[layout])
+    if len({r.get("call") for r in sel}) > 1:
+        columns.append(("call", "call"))
     # Forced variants (bench.py --block-n …) add "<label>_us" keys: one more column each.
     extra = sorted({k for r in sel for k in r if k.endswith("_us") and k not in {key for _, key in columns}})
     header = [title for title, _ in columns] + [k[:-3] + " µs" for k in extra]
@@ -84,21 +112,47 @@ def markdown(rows: list[dict], layout: str) -> str:
     for r in sel:
         cells = [_cell(r.get(key)) for _, key in columns] + [_cell(r.get(k)) for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
-    speedups = [r["speedup"] for r in sel]
-    lines.append("")
-    lines.append(
-        f"{layout}: {len(sel)} shapes, geomean speedup {geomean(speedups):.3f} (min {min(speedups):.3f}), "
-        f"max calc_diff {max(r['calc_diff'] for r in sel):.2g}"
-        + (f", geomean seed / ours {geomean([r['vs_seed'] for r in sel]):.3f}" if layout == "masked" else "")
-    )
-    return "\n".join(lines)
+    return "\n".join(lines + ["", summary(sel, layout)])
+
+
+# One printed line of bench.py (print_row): layout, shape, µs, TFLOPS, GB/s, diff, then key=value pairs.
+_LINE = re.compile(
+    r"^(normal|decode|contiguous|masked)\s+(.+?)\s+([\d.]+) us\s+([\d.]+) TFLOPS\s+([\d.]+) GB/s diff=(\S+)(.*)$"
+)
+_PAIR = re.compile(r"(\w+)=(\[[^\]]*\]|\S+)")
+
+
+def _value(text: str):
+    if text.startswith("["):
+        return [int(x) for x in re.findall(r"-?\d+", text)]
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def rows_from_log(text: str) -> list[dict]:
+    """The rows of bench.py's printed lines (values as printed, 3 significant digits): for runs whose
+    results.json did not come back."""
+    rows = []
+    for line in text.splitlines():
+        match = _LINE.match(line.strip())
+        if not match:
+            continue
+        layout, shape, us, tflops, gbps, diff, rest = match.groups()
+        row = dict(layout=layout, shape=shape, us=float(us), tflops=float(tflops), gbps=float(gbps))
+        row["calc_diff"] = float(diff)
+        row.update((key, _value(value)) for key, value in _PAIR.findall(rest))
+        rows.append(row)
+    return rows
 
 
 def main(paths: list[str]) -> None:
     rows = []
     for path in paths:
-        rows += json.load(open(path))["rows"]
-    for layout in ("normal", "decode", "contiguous", "masked"):
+        with open(path) as f:
+            rows += json.load(f)["rows"]
+    for layout in LAYOUTS:
         table = markdown(rows, layout)
         if table:
             print(f"\n### {layout}\n\n{table}")

@@ -73,7 +73,7 @@ def generate_fp8(shape: tuple[int, ...], key: int, on_device: bool = False) -> j
 
 @functools.partial(jax.jit, static_argnums=0)
 def _random_fp8(shape: tuple[int, ...], key) -> jax.Array:
-    return jax.random.normal(jax.random.key(key), shape, jnp.float32).astype(jnp.float8_e4m3fn)
+    return jax.random.normal(jax.random.key(key, impl="rbg"), shape, jnp.float32).astype(jnp.float8_e4m3fn)
 
 
 def generate_group_rows(groups: int, expected_m: int, rng: int | np.random.Generator) -> list[int]:
