@@ -1,6 +1,6 @@
-"""Draws the speedup chart from results.json (bench.py's output): one bar per shape and baseline.
+"""Draws the speedup chart of bench.py's result rows: one pair of bars per shape (the last row per shape).
 
-python benchmarks/chart.py results.json chart.png
+python -m benchmarks.chart results.json chart.png
 """
 
 from __future__ import annotations
@@ -8,20 +8,22 @@ from __future__ import annotations
 import json
 import sys
 
+from benchmarks.tables import latest_rows
 
-def main(path: str, out: str) -> None:
+
+def draw(rows: list[dict], out: str, title: str = "jax_dgpt speedup per shape") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = json.load(open(path))["rows"]
+    rows = latest_rows(rows)
     fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(rows)), 4.5))
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["speedup"] for r in rows], width=0.4, label="vs XLA default / ragged_dot / einsum")
     ax.bar(
         [x + 0.2 for x in xs],
-        [r.get("speedup_highest", r.get("speedup_bf16", r.get("vs_seed", 0))) for r in rows],
+        [r.get("speedup_highest", r.get("speedup_bf16", r.get("vs_seed"))) or 0 for r in rows],
         width=0.4,
         label="vs XLA HIGHEST (normal) / bf16 ragged_dot (contiguous) / seed (masked)",
     )
@@ -33,10 +35,15 @@ def main(path: str, out: str) -> None:
     ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_ylabel("speedup (x, log scale)")
-    ax.set_title("jax_dgpt speedup per shape")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+
+
+def main(path: str, out: str) -> None:
+    with open(path) as f:
+        draw(json.load(f)["rows"], out)
 
 
 if __name__ == "__main__":
