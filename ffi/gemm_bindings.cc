@@ -94,8 +94,14 @@ void bind_config(nb::module_& m) {
   }, nb::arg("config"),
   "None when the config is valid, else the rule it breaks. Raises ValueError for a malformed dict.");
 
-  m.def("smem_size", [](const nb::dict& dict) { return smem_size(checked_config(dict)); }, nb::arg("config"),
-        "Bytes of dynamic shared memory the kernel of a valid config needs.");
+  m.def("launch_shape", [](const nb::dict& dict) {
+    const KernelConfig config = checked_config(dict);
+    nb::dict d;
+    d["smem_bytes"] = smem_size(config);
+    d["threads"] = num_threads(config);
+    d["cluster_size"] = cluster_size(config);
+    return d;
+  }, nb::arg("config"), "Dynamic shared memory (bytes), threads per CTA and cluster size of a valid config's kernel.");
 
   m.def("generate_source", [](const nb::dict& dict) { return generate_source(checked_config(dict)); },
         nb::arg("config"), "The translation unit the JIT compiles for a valid config.");

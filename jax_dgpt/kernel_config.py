@@ -60,9 +60,10 @@ class KernelConfig:
         """None when the kernel can take this config, else the rule it breaks (checked in C++)."""
         return _native().check_config(self.as_attribute())
 
-    def smem_size(self) -> int:
-        """Bytes of dynamic shared memory the kernel of this (valid) config needs."""
-        return int(_native().smem_size(self.as_attribute()))
+    def launch_shape(self) -> dict[str, int]:
+        """``smem_bytes`` (dynamic shared memory), ``threads`` (per CTA) and ``cluster_size`` of the kernel
+        of this config; ValueError naming the rule when the config is invalid."""
+        return {name: int(value) for name, value in _native().launch_shape(self.as_attribute()).items()}
 
     def describe(self) -> str:
         """A one-line description of the tuning fields (the problem's fields left out)."""

@@ -1,156 +1,191 @@
-"""Heuristics as pure functions (valid, fitting, wave-minimal, deterministic); DG_PRINT_CONFIGS."""
+"""Heuristics: the configs chosen for named shapes, properties every choice has, forcing; DG_PRINT_CONFIGS."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from jax_dgpt import _C, config, heuristics, primitives
-from jax_dgpt.testing import NORMAL_ANCHORS, ODD_M
+from jax_dgpt import config, forcing, heuristics, primitives
+from jax_dgpt.heuristics import Problem
+from jax_dgpt.kernel_config import KernelConfig, limits
+from jax_dgpt.testing import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX, NORMAL_ANCHORS, ODD_M
 
-# Every (N, K) of the anchors, 8192 x 8192 included.
 NK_PAIRS = sorted({(n, k) for _, n, k in NORMAL_ANCHORS})
 
 
-def enumerate_normal_shapes():
-    yield from NORMAL_ANCHORS
-    yield from ((m, n, k) for m, (n, k) in itertools.product(ODD_M, NK_PAIRS))
+def enumerate_problems():
+    for m, n, k in NORMAL_ANCHORS:
+        yield Problem("normal", m, n, k, 1)
+    for m, (n, k) in itertools.product(ODD_M, NK_PAIRS):
+        yield Problem("normal", m, n, k, 1)
+    for g, expected_m, n, k in CONTIGUOUS_ANCHORS + [(1, 128, 8, 16), (256, 128, 7168, 2048)]:
+        yield Problem("contiguous", g * expected_m, n, k, g)
+    for g, expected_m, n, k in MASKED_ANCHORS + [(256, 1, 7168, 2048), (4, 5000, 4096, 7168)]:
+        yield Problem("masked", MASKED_MMAX, n, k, g, expected_m)
 
 
-def enumerate_grouped_problems():
-    """(kind, m, n, k, num_groups, expected_m) from the contiguous and masked anchor tables, plus
-    edge cases."""
-    for g, expected_m, n, k in (
-        (4, 8192, 4096, 7168),
-        (8, 4096, 7168, 2048),
-        (32, 256, 4096, 7168),
-        (1, 128, 8, 16),
-        (256, 128, 7168, 2048),
-    ):
-        yield "contiguous", g * expected_m, n, k, g, None
-    for g, expected_m, n, k in (
-        (1, 1024, 4096, 7168),
-        (2, 512, 7168, 2048),
-        (4, 256, 4096, 7168),
-        (256, 1, 7168, 2048),
-        (4, 5000, 4096, 7168),
-    ):
-        yield "masked", 4096, n, k, g, expected_m
-
-
-def all_problems():
-    yield from (("normal", m, n, k, 1, None) for m, n, k in enumerate_normal_shapes())
-    yield from enumerate_grouped_problems()
-
-
-PROBLEMS = list(all_problems())
+PROBLEMS = list(enumerate_problems())
 SM_COUNTS = (132, 100, 7, 1)
 
 
-def _effective_m(kind, m, expected_m):
-    return min(expected_m, m) if kind == "masked" else m
+def config_of(problem: Problem, num_sms: int = 132, **forced) -> KernelConfig:
+    return heuristics.select_config(problem, num_sms, tuple(sorted(forced.items())))
 
 
+# --- known-good configs ---------------------------------------------------------------------------------
+# (problem, SMs) -> (block_m, block_n, num_stages, grid_size, num_k_splits): the configs the H200 benchmark
+# measured (benchmarks/KERNEL_LOG.md, v4/v5), pinned so that a change of the rules is a visible decision.
+KNOWN = [
+    (Problem("normal", 64, 7168, 576, 1), 132, (64, 64, 8, 112, 1)),  # 112 tiles: one wave
+    (Problem("normal", 64, 2112, 7168, 1), 132, (64, 32, 8, 132, 2)),  # split-K: small M, long K
+    (Problem("normal", 128, 2112, 7168, 1), 132, (128, 16, 8, 132, 1)),
+    (Problem("normal", 4096, 7168, 16384, 1), 132, (128, 208, 4, 132, 1)),
+    (Problem("normal", 8192, 8192, 8192, 1), 132, (128, 208, 4, 132, 1)),
+    (Problem("normal", 1, 8, 16, 1), 132, (64, 16, 8, 1, 1)),
+    (Problem("normal", 64, 2112, 7168, 1), 64, (64, 80, 8, 54, 2)),
+    (Problem("normal", 128, 2112, 7168, 1), 64, (128, 48, 8, 44, 1)),
+    (Problem("contiguous", 8192, 7168, 2048, 32), 132, (128, 208, 4, 132, 1)),
+    (Problem("masked", 4096, 4096, 7168, 1, 1024), 132, (128, 128, 6, 132, 1)),
+    (Problem("masked", 4096, 7168, 2048, 4, 256), 132, (128, 160, 5, 132, 1)),
+    (Problem("masked", 4096, 4096, 7168, 8, 32), 132, (64, 128, 8, 132, 1)),
+]
+
+
+@pytest.mark.parametrize("problem, num_sms, expected", KNOWN, ids=[f"{p}-{s}" for p, s, _ in KNOWN])
+def test_known_configs(problem, num_sms, expected):
+    c = config_of(problem, num_sms)
+    assert (c.block_m, c.block_n, c.num_stages, c.grid_size, c.num_k_splits) == expected
+    assert (c.layout, c.m, c.n, c.k, c.num_groups, c.k_interleave) == (
+        problem.layout,
+        problem.m,
+        problem.n,
+        problem.k,
+        problem.num_groups,
+        0,
+    )
+
+
+# --- properties of every choice (none restates the scoring) ---------------------------------------------
 @pytest.mark.parametrize("num_sms", SM_COUNTS)
-@pytest.mark.parametrize("problem", PROBLEMS, ids=[f"{p[0]}-{p[1]}x{p[2]}x{p[3]}-g{p[4]}-e{p[5]}" for p in PROBLEMS])
-def test_config_properties(problem, num_sms):
-    kind, m, n, k, g, expected_m = problem
-    cfg = heuristics.select_config(kind, m, n, k, g, num_sms, expected_m=expected_m)
-    context = f"{problem} num_sms={num_sms} -> {cfg}"
-    m_eff = _effective_m(kind, m, expected_m)
-
-    # Block sizes are ones the kernel has, and block_m follows the effective M.
-    assert cfg.block_m == (64 if m_eff <= 64 else 128), context
-    assert cfg.block_n % 16 == 0 and 16 <= cfg.block_n <= heuristics.MAX_BLOCK_N[cfg.block_m], context
-    assert cfg.block_n <= heuristics.round_up(n, 16), context
-
-    # Split-K follows the rule (never more splits than K blocks); clusters are the scheduling unit.
-    splits = cfg.num_k_splits
-    assert splits == min(heuristics.auto_k_splits(kind, m_eff, n, k), -(-k // 128), num_sms), context
-    assert cfg.num_sms <= num_sms, context
-    units = max(1, num_sms // splits)
-
-    # Shared memory fits, and no more stages would.
-    assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages, splits) <= _C.MAX_SMEM_BYTES, context
-    assert 2 <= cfg.num_stages <= 8, context
-    if cfg.num_stages < 8:
-        assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages + 1, splits) > _C.MAX_SMEM_BYTES, context
-
-    # No candidate block_n gives fewer waves or wins a tie-break.
-    def key(block_n):
-        tiles = heuristics.num_tiles(kind, m_eff, n, g, cfg.block_m, block_n)
-        return (
-            heuristics.num_waves(tiles, units),
-            -heuristics.last_wave_occupancy(tiles, units),
-            -block_n,
-        )
-
-    fitting = [
-        bn
-        for bn in heuristics.block_n_candidates(cfg.block_m, n)
-        if heuristics.fits_in_shared_memory(cfg.block_m, bn, splits)
-    ]
-    assert key(cfg.block_n) == min(key(bn) for bn in fitting), context
-
-    # The grid respects the SM budget: all of it for masked, no more than the tiles otherwise.
-    tiles = heuristics.num_tiles(kind, m_eff, n, g, cfg.block_m, cfg.block_n)
-    assert cfg.num_sms == splits * (units if kind == "masked" else min(units, tiles)), context
-
-    # Deterministic, and every attribute a plain int.
-    assert heuristics.select_config(kind, m, n, k, g, num_sms, expected_m=expected_m) == cfg
-    attributes = cfg.as_attributes()
-    assert attributes == dataclasses.asdict(cfg) and all(type(v) is int for v in attributes.values())
+@pytest.mark.parametrize("problem", PROBLEMS, ids=str)
+def test_every_choice_is_valid_and_fits_the_sms(problem, num_sms):
+    c = config_of(problem, num_sms)
+    assert c.error() is None, c
+    assert c.grid_size <= num_sms and c.grid_size % c.num_k_splits == 0, c
+    assert all(type(getattr(c, name)) is int for name in ("m", "n", "k", "block_m", "block_n", "grid_size"))
+    # No tile is wider than N rounded up to one block_n step, and every CTA of a cluster has K blocks.
+    assert c.block_n <= -(-problem.n // 16) * 16
+    assert c.num_k_splits <= -(-problem.k // limits()["block_k"])
+    # Deterministic: the same problem always gets the same config.
+    assert config_of(problem, num_sms) == c
 
 
-@pytest.mark.parametrize(
-    "m, n, k, expected",
-    [
-        (64, 7168, 576, heuristics.GemmConfig(64, 64, 8, 112)),  # 112 tiles: one wave
-        (4096, 7168, 2048, heuristics.GemmConfig(128, 208, 4, 132)),
-        (1, 8, 16, heuristics.GemmConfig(64, 16, 8, 1)),
-    ],
-)
-def test_known_configs(m, n, k, expected):
-    # Pins the rules on a few shapes.
-    assert heuristics.select_config("normal", m, n, k, 1, 132) == expected
+@pytest.mark.parametrize("m", [1, 64, 65, 128, 1000, 40000])
+def test_contiguous_row_blocks_start_on_the_alignment(m):
+    # The kernel reads each block's expert from its first row; that row must start a 128-row alignment block.
+    assert config_of(Problem("contiguous", m, 4096, 7168, 8)).block_m == (64 if m <= 64 else 128)
 
 
 def test_expected_m_drives_masked_block_m():
-    small = heuristics.select_config("masked", 4096, 4096, 7168, 8, 132, expected_m=32)
-    large = heuristics.select_config("masked", 4096, 4096, 7168, 8, 132, expected_m=512)
+    small = config_of(Problem("masked", 4096, 4096, 7168, 8, 32))
+    large = config_of(Problem("masked", 4096, 4096, 7168, 8, 512))
     assert (small.block_m, large.block_m) == (64, 128)
+    # The masked grid keeps every SM: its tile count is only known on the device.
+    assert small.grid_size == large.grid_size == 132
 
 
 @pytest.mark.parametrize(
-    "args, kwargs, exception, pattern",
+    "problem, num_sms, expected",
     [
-        (("dense", 64, 64, 64, 1, 132), {}, ValueError, r"kind must be one of"),
-        (("masked", 64, 64, 64, 1, 132), {}, ValueError, r"kind 'masked' needs expected_m"),
-        (
-            ("masked", 64, 64, 64, 1, 132),
-            {"expected_m": 0},
-            ValueError,
-            r"expected_m must be positive",
-        ),
-        (("normal", 0, 64, 64, 1, 132), {}, ValueError, r"m must be positive, got 0"),
-        (("normal", 64, 64, 64, 2, 132), {}, ValueError, r"kind 'normal' needs num_groups == 1"),
-        (("normal", 64, 64, 64, 1, 0), {}, ValueError, r"num_sms must be positive"),
-        (("normal", 64.0, 64, 64, 1, 132), {}, TypeError, r"m must be an int, got float"),
+        (Problem("normal", 1, 2112, 7168, 1), 132, 2),
+        (Problem("normal", 64, 4096, 7168, 1), 132, 2),
+        (Problem("normal", 65, 4096, 7168, 1), 132, 1),  # 128-row blocks: measured no gain
+        (Problem("normal", 16, 7168, 16384, 1), 132, 1),  # wide N: enough tiles without it
+        (Problem("normal", 32, 4096, 2048, 1), 132, 1),  # short K: the reduction costs more than it saves
+        (Problem("contiguous", 64, 2112, 7168, 4), 132, 1),
+        (Problem("masked", 64, 2112, 7168, 4, 64), 132, 1),
+        (Problem("normal", 64, 4096, 7168, 1), 1, 1),  # one SM: no cluster of two
     ],
 )
-def test_select_config_errors(args, kwargs, exception, pattern):
-    with pytest.raises(exception, match=pattern):
-        heuristics.select_config(*args, **kwargs)
+def test_split_k_where_it_measured_faster(problem, num_sms, expected):
+    assert config_of(problem, num_sms).num_k_splits == expected
 
 
-def test_no_fitting_stage_count_is_an_error(monkeypatch):
-    monkeypatch.setattr(_C, "MAX_SMEM_BYTES", 1024, raising=False)
-    with pytest.raises(ValueError, match=r"does not fit in shared memory with 2 stages"):
-        heuristics.select_num_stages(128, 160)
+# --- forcing ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("splits", [2, 3, 4, 8])
+def test_forced_k_splits_are_valid_everywhere(splits):
+    for m, n, k in list(NORMAL_ANCHORS) + [(256, 4096, 384), (64, 512, 128)]:
+        c = config_of(Problem("normal", m, n, k, 1), num_k_splits=splits)
+        assert c.error() is None and c.num_k_splits == min(splits, -(-k // 128)), c
+
+
+def test_forced_fields_override_the_choice():
+    problem = Problem("normal", 4096, 7168, 2048, 1)
+    assert config_of(problem, block_n=128).block_n == 128
+    assert config_of(problem, num_stages=3).num_stages == 3
+    assert config_of(Problem("normal", 64, 2112, 7168, 1), num_k_splits=1).num_k_splits == 1
+    c = config_of(Problem("normal", 16, 2112, 7168, 1), k_interleave=1)
+    assert (c.k_interleave, c.num_k_splits, c.num_stages % 2) == (1, 1, 0)  # an even ring, no cluster
+
+
+@pytest.mark.parametrize(
+    "problem, forced, rule",
+    [
+        (Problem("normal", 4096, 7168, 2048, 1), {"block_n": 200}, r"block_n must be a multiple of block_n_step"),
+        (Problem("normal", 4096, 7168, 2048, 1), {"block_n": 208, "num_stages": 9}, r"more shared memory"),
+        (Problem("normal", 4096, 7168, 2048, 1), {"k_interleave": 1}, r"k_interleave needs block_m_small"),
+        (Problem("normal", 64, 7168, 2048, 1), {"k_interleave": 1, "num_stages": 3}, r"even num_stages"),
+        (Problem("contiguous", 256, 4096, 512, 2), {"block_m": 64}, r"contiguous layout needs block_m"),
+        (Problem("normal", 64, 7168, 2048, 1), {"block_m": 96}, r"block_m must be block_m_small or block_m_large"),
+        (Problem("normal", 64, 7168, 2048, 1), {"num_multicast": 2}, r"not KernelConfig fields"),
+    ],
+)
+def test_forced_fields_the_kernel_cannot_take_name_the_rule(problem, forced, rule):
+    with pytest.raises(ValueError, match=rule):
+        config_of(problem, **forced)
+
+
+def test_too_many_sms_name_the_grid_limit():
+    with pytest.raises(ValueError, match=r"grid_size must be in \[1, max_grid_size\]"):
+        config_of(Problem("masked", 128, 256, 128, 2, 64), num_sms=10**6)
+
+
+def test_forcing_contexts_nest_and_clear():
+    assert forcing.forced_overrides() == ()
+    with forcing.force_k_splits(2), forcing.force_tile(block_n=64, num_stages=3):
+        assert forcing.forced_overrides() == (("block_n", 64), ("num_k_splits", 2), ("num_stages", 3))
+        # A nested force_tile replaces every tile field: those it leaves out are chosen again.
+        with forcing.force_tile(block_m=64), forcing.force_k_interleave(0):
+            assert forcing.forced_overrides() == (("block_m", 64), ("k_interleave", 0), ("num_k_splits", 2))
+    assert forcing.forced_overrides() == ()
+    with pytest.raises(ValueError, match=r"k_interleave must be 0 or 1, got 2"):
+        forcing.force_k_interleave(2)
+    with pytest.raises(ValueError, match=r"num_k_splits must be positive"):
+        forcing.force_k_splits(0)
+    with pytest.raises(TypeError, match=r"block_n must be an int"):
+        forcing.force_tile(block_n=64.0)
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (("dense", 64, 64, 64, 1), r"layout must be one of"),
+        (("masked", 64, 64, 64, 1), r"expected_m is given for the masked layout"),
+        (("normal", 64, 64, 64, 1, 8), r"expected_m is given for the masked layout"),
+        (("normal", 0, 64, 64, 1), r"m must be positive, got 0"),
+    ],
+)
+def test_problem_errors(args, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Problem(*args)
+
+
+def test_a_normal_problem_has_one_group():
+    with pytest.raises(ValueError, match=r"a normal GEMM has num_groups 1"):
+        config_of(Problem("normal", 64, 64, 64, 2))
 
 
 # --- DG_PRINT_CONFIGS -----------------------------------------------------------------------------
@@ -170,10 +205,7 @@ def test_print_configs_once_per_distinct_shape(capsys):
         _lower_for_cuda(lambda a, b: gemm(a, b) + 1, a, b)  # same op and shape: no second line
         _lower_for_cuda(gemm, a, b2)
     lines = capsys.readouterr().out.splitlines()
-    cfg = heuristics.select_config("normal", 4096, 7168, 2048, 1, 132)
-    assert lines[0] == (
-        f"jax_dgpt: gemm M=4096 N=7168 K=2048 -> block_m=128 block_n={cfg.block_n} stages={cfg.num_stages} sms=132"
-    )
+    assert lines[0] == "jax_dgpt: gemm M=4096 N=7168 K=2048 -> block_m=128 block_n=208 stages=4 grid=132"
     assert len(lines) == 2 and "N=4096" in lines[1]
 
 
@@ -206,137 +238,3 @@ def test_env_parsing(monkeypatch, value, expected):
 def test_env_parsing_rejects_garbage():
     with pytest.raises(ValueError, match=r"DG_PRINT_CONFIGS must be 0 or 1, got 'maybe'"):
         config.Settings.from_environ({"DG_PRINT_CONFIGS": "maybe"})
-
-
-@pytest.mark.parametrize("m", [1, 64, 65, 128, 1000, 40000])
-def test_contiguous_row_blocks_start_on_the_alignment(m):
-    # The kernel reads each block's expert from its first row; that row must start a 128-row
-    # alignment block (see heuristics.select_block_m) for the reference's rule to hold.
-    cfg = heuristics.select_config("contiguous", m, 4096, 7168, 8, 132)
-    assert cfg.block_m == 128 or m <= 64
-
-
-def test_block_n_limits_agree_with_the_launcher():
-    # The C++ launcher rejects configurations that would spill; the heuristics never pick them.
-    assert max(heuristics.MAX_BLOCK_N.values()) <= _C.MAX_BLOCK_N
-
-
-@pytest.mark.parametrize("splits", [2, 3, 4, 8])
-def test_forced_k_splits_always_fit(splits):
-    # The fp32 partial tile of split-K takes shared memory: every choice must still fit, and no CTA
-    # of a cluster may be left without a K block.
-    for m, n, k in list(enumerate_normal_shapes()) + [(256, 4096, 384), (64, 512, 128)]:
-        cfg = heuristics.select_config("normal", m, n, k, 1, 132, num_k_splits=splits)
-        assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages, cfg.num_k_splits) <= _C.MAX_SMEM_BYTES
-        assert cfg.num_k_splits <= -(-k // 128) and cfg.num_sms % cfg.num_k_splits == 0, (m, n, k, cfg)
-
-
-@pytest.mark.parametrize(
-    "kind,m,n,k,expected",
-    [
-        ("normal", 1, 2112, 7168, 2),
-        ("normal", 64, 4096, 7168, 2),
-        ("normal", 65, 4096, 7168, 1),  # 128-row blocks: measured no gain
-        ("normal", 16, 7168, 16384, 1),  # wide N: enough tiles without it
-        ("normal", 32, 4096, 2048, 1),  # short K: the reduction costs more than it saves
-        ("contiguous", 64, 2112, 7168, 1),
-        ("masked", 64, 2112, 7168, 1),
-    ],
-)
-def test_auto_k_splits_rule(kind, m, n, k, expected):
-    assert heuristics.auto_k_splits(kind, m, n, k) == expected
-    groups = 1 if kind == "normal" else 4
-    cfg = heuristics.select_config(kind, m, n, k, groups, 132, expected_m=m if kind == "masked" else None)
-    assert cfg.num_k_splits == expected
-    assert cfg.num_sms % cfg.num_k_splits == 0 and cfg.num_sms <= 132
-
-
-def test_forced_k_splits_override_the_rule():
-    assert heuristics.select_config("normal", 64, 2112, 7168, 1, 132, num_k_splits=1).num_k_splits == 1
-    assert heuristics.select_config("normal", 4096, 2112, 7168, 1, 132, num_k_splits=4).num_k_splits == 4
-
-
-@pytest.mark.parametrize("m,n,k", [(4096, 7168, 2048), (4096, 32768, 512), (384, 272, 256), (1, 256, 128)])
-def test_forced_multicast_config(m, n, k):
-    cfg = heuristics.select_config("normal", m, n, k, 1, 132, num_multicast=2)
-    assert cfg.num_multicast == 2 and cfg.num_k_splits == 1, cfg
-    # Whole pairs of CTAs, no more pairs than pairs of vertically adjacent tiles.
-    cd = heuristics.ceil_div
-    pairs = cd(cd(m, cfg.block_m), 2) * cd(n, cfg.block_n)
-    assert cfg.num_sms % 2 == 0 and cfg.num_sms // 2 == min(66, pairs), cfg
-    assert _C.smem_size(cfg.block_m, cfg.block_n, cfg.num_stages) <= _C.MAX_SMEM_BYTES
-
-
-def test_multicast_is_off_unless_forced_and_checked():
-    assert heuristics.select_config("normal", 4096, 7168, 2048, 1, 132).num_multicast == 1
-    with pytest.raises(ValueError, match="for normal GEMMs"):
-        heuristics.select_config("masked", 256, 512, 256, 2, 132, expected_m=64, num_multicast=2)
-    with pytest.raises(ValueError, match="exclude each other"):
-        heuristics.select_config("normal", 256, 512, 256, 1, 132, num_k_splits=2, num_multicast=2)
-    with pytest.raises(ValueError, match="must be 1 or 2"):
-        heuristics.select_config("normal", 256, 512, 256, 1, 132, num_multicast=4)
-    with pytest.raises(ValueError, match="must be 1 or 2"), heuristics.force_multicast(3):
-        pass
-    with heuristics.force_multicast(2):
-        assert heuristics.forced_multicast() == 2
-    assert heuristics.forced_multicast() is None
-
-
-def test_pingpong_is_off_unless_forced_and_checked():
-    assert heuristics.select_config("normal", 4096, 7168, 2048, 1, 132).pingpong == 0
-    assert heuristics.select_config("normal", 4096, 7168, 2048, 1, 132, pingpong=1).pingpong == 1
-    assert heuristics.select_config("masked", 4096, 4096, 7168, 2, 132, expected_m=512, pingpong=1).pingpong == 1
-    # 64-row tiles: a second math warpgroup takes every other K block, replacing split-K.
-    assert heuristics.select_config("normal", 16, 2112, 7168, 1, 132).num_k_splits == 2
-    small = heuristics.select_config("normal", 16, 2112, 7168, 1, 132, pingpong=1)
-    assert (small.block_m, small.pingpong, small.num_k_splits, small.num_multicast) == (64, 1, 1, 1), small
-    # Its fp32 partial tile counts against shared memory (the stage count is what still fits).
-    wide = heuristics.select_config("normal", 64, 7168, 2048, 1, 132, pingpong=1, block_n=208)
-    assert _C.smem_size(64, 208, wide.num_stages, 1, 1) <= _C.MAX_SMEM_BYTES
-    assert _C.smem_size(64, 208, wide.num_stages + 1, 1, 1) > _C.MAX_SMEM_BYTES
-    for block_n in (16, 64, 128, 160, 176, 208):  # the two warpgroups alternate stages: an even ring
-        assert heuristics.select_num_stages(64, block_n, 1, 1) % 2 == 0
-    with pytest.raises(ValueError, match="even num_stages"):
-        heuristics.select_config("normal", 16, 2112, 7168, 1, 132, pingpong=1, num_stages=3)
-    for clash in (dict(num_k_splits=2), dict(num_multicast=2)):
-        with pytest.raises(ValueError, match="pingpong on 64-row tiles splits K inside the CTA"):
-            heuristics.select_config("normal", 16, 2112, 7168, 1, 132, pingpong=1, **clash)
-    with pytest.raises(ValueError, match="pingpong must be 0 or 1"):
-        heuristics.select_config("normal", 256, 512, 256, 1, 132, pingpong=2)
-    with pytest.raises(ValueError, match="pingpong must be 0 or 1"), heuristics.force_pingpong(3):
-        pass
-    with heuristics.force_pingpong():
-        assert heuristics.forced_overrides("contiguous") == (("pingpong", 1),)
-    assert heuristics.forced_overrides("normal") == ()
-    cfg = heuristics.select_config("normal", 4096, 7168, 2048, 1, 132, pingpong=1)
-    assert "pingpong=1" in heuristics.describe("gemm", 4096, 7168, 2048, 1, cfg)
-
-
-def test_forced_tile_parameters():
-    cfg = heuristics.select_config("normal", 4096, 7168, 576, 1, 132, block_n=128, num_stages=3)
-    assert (cfg.block_m, cfg.block_n, cfg.num_stages) == (128, 128, 3)
-    assert cfg.num_sms == min(132, 32 * 56)
-    cfg = heuristics.select_config("masked", 4096, 4096, 7168, 1, 132, expected_m=1024, block_m=64, block_n=208)
-    assert (cfg.block_m, cfg.block_n) == (64, 208)
-    for kwargs, rule in [
-        (dict(block_n=100), "multiple of 16"),
-        (dict(block_n=224), r"in \[16, 208\]"),
-        (dict(block_m=256), "block_m must be one of"),
-        (dict(num_stages=9), "num_stages must be in"),
-        (dict(block_n=208, num_stages=5), "num_stages must be in"),  # 4 stages fit at 128 x 208
-    ]:
-        with pytest.raises(ValueError, match=rule):
-            heuristics.select_config("normal", 4096, 7168, 2048, 1, 132, **kwargs)
-    with pytest.raises(ValueError, match="contiguous layout with M=4096 needs block_m=128"):
-        heuristics.select_config("contiguous", 4096, 4096, 7168, 8, 132, block_m=64)
-
-
-def test_forced_overrides_collect_every_context():
-    assert heuristics.forced_overrides("normal") == ()
-    with heuristics.force_tile(block_n=128), heuristics.force_k_splits(2):
-        assert heuristics.forced_overrides("masked") == (("block_n", 128), ("num_k_splits", 2))
-    with heuristics.force_multicast(2), heuristics.force_tile(num_stages=3):
-        assert heuristics.forced_overrides("normal") == (("num_multicast", 2), ("num_stages", 3))
-        assert heuristics.forced_overrides("contiguous") == (("num_stages", 3),)  # multicast: normal only
-    with pytest.raises(TypeError), heuristics.force_tile(block_n="wide"):
-        pass

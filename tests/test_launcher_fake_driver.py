@@ -19,7 +19,8 @@ import textwrap
 
 import pytest
 
-from jax_dgpt import _C, heuristics
+from jax_dgpt import _C
+from jax_dgpt.kernel_config import KernelConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
@@ -28,7 +29,11 @@ PRELUDE = """
 import ctypes, json, struct
 fake = ctypes.CDLL("libcuda.so.1")  # the stand-in: the extension's dlopen gets this same library
 from jax_dgpt import _C
+from jax_dgpt.kernel_config import KernelConfig
 assert _C.driver_available()[0], _C.driver_available()
+
+def launcher(**fields):
+    return _C._LauncherForTests(KernelConfig(**{"num_groups": 1, **fields}).as_attribute())
 
 def last_launch():
     out = (ctypes.c_uint * 4)()
@@ -90,12 +95,21 @@ def run(fake_driver_dir, tmp_path, body: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def smem(**fields) -> int:
+    config = KernelConfig(**{"layout": "normal", "m": 1, "n": 4096, "k": 4096, "num_groups": 1, **fields})
+    return config.launch_shape()["smem_bytes"]
+
+
+# Configs of the tests below (every field but the defaults named).
+BIG = "layout='normal', m=4096, n=7168, k=2048, block_m=128, block_n=208, num_stages=4, grid_size=132"
+
+
 def test_parameter_is_encoded_once_per_set_of_buffers(fake_driver_dir, tmp_path):
     r = run(
         fake_driver_dir,
         tmp_path,
         """
-        k = _C._LauncherForTests("normal", 4096, 7168, 2048, 1, 128, 208, 4, 132)
+        k = launcher(BIG)
         A, B, D = 0x10000, 0x20000, 0x30000
         counts = []
         for d in (D, D, D, D + 4096, D + 4096, D):
@@ -103,12 +117,14 @@ def test_parameter_is_encoded_once_per_set_of_buffers(fake_driver_dir, tmp_path)
             counts.append(fake.fake_encodes())
         launches = fake.fake_launches()
         print(json.dumps(dict(counts=counts, launches=launches, launch=last_launch(), params=last_params())))
-    """,
+    """.replace("BIG", BIG),
     )
     # 208 columns = 3 x 64 (128B swizzle) + 16 (32B): four maps per encoding, none while the buffers repeat.
     assert r["counts"] == [4, 4, 4, 8, 8, 12], r["counts"]
     assert r["launches"] == 6
-    assert r["launch"] == dict(grid=132, cluster=1, smem=_C.smem_size(128, 208, 4), block=384)
+    assert r["launch"] == dict(
+        grid=132, cluster=1, smem=smem(block_m=128, block_n=208, num_stages=4, grid_size=132), block=384
+    )
     p = r["params"]
     assert p["maps"]["a"] == dict(address=0x10000, inner=2048, rows=4096, box_inner=128, box_rows=128, swizzle=3)
     assert p["maps"]["b"] == dict(address=0x20000, inner=2048, rows=7168, box_inner=128, box_rows=208, swizzle=3)
@@ -118,31 +134,34 @@ def test_parameter_is_encoded_once_per_set_of_buffers(fake_driver_dir, tmp_path)
 
 
 def test_small_m_and_grouped_parameters(fake_driver_dir, tmp_path):
-    stages = heuristics.select_num_stages(64, 128, 2)
     r = run(
         fake_driver_dir,
         tmp_path,
         """
         out = {}
-        k = _C._LauncherForTests("normal", 5, 256, 4096, 1, 64, 128, STAGES, 4, num_k_splits=2)
+        k = launcher(layout="normal", m=5, n=256, k=4096, block_m=64, block_n=128, num_stages=6, grid_size=4,
+                     num_k_splits=2)
         k.launch(0x10000, 0x20000, 0x30000)
         out["small"] = dict(params=last_params(), launch=last_launch(), encodes=fake.fake_encodes())
-        g = _C._LauncherForTests("masked", 512, 256, 1024, 3, 128, 128, 6, 132)
+        g = launcher(layout="masked", m=512, n=256, k=1024, num_groups=3, block_m=128, block_n=128, num_stages=6,
+                     grid_size=132)
         g.launch(0x40000, 0x50000, 0x60000, 0x70000)
         out["masked"] = dict(params=last_params(), launch=last_launch())
-        pp = _C._LauncherForTests("normal", 5, 256, 4096, 1, 64, 128, PP_STAGES, 4, pingpong=1)
-        pp.launch(0x10000, 0x20000, 0x30000)
-        out["pingpong"] = dict(launch=last_launch())
+        ki = launcher(layout="normal", m=5, n=256, k=4096, block_m=64, block_n=128, num_stages=4, grid_size=4,
+                      k_interleave=1)
+        ki.launch(0x10000, 0x20000, 0x30000)
+        out["k_interleave"] = dict(launch=last_launch())
         print(json.dumps(out))
-    """.replace("PP_STAGES", str(heuristics.select_num_stages(64, 128, 1, 1))).replace("STAGES", str(stages)),
+    """,
     )
-    # Pingpong on a 64-row tile: two math warpgroups plus the producer, and the fp32 partial tile.
-    pp_stages = heuristics.select_num_stages(64, 128, 1, 1)
-    assert r["pingpong"]["launch"] == dict(grid=4, cluster=1, smem=_C.smem_size(64, 128, pp_stages, 1, 1), block=384)
+    # k_interleave on a 64-row tile: two math warpgroups plus the producer, and the fp32 partial tile.
+    ki_smem = smem(block_m=64, block_n=128, num_stages=4, grid_size=4, k_interleave=1)
+    assert ki_smem == smem(block_m=64, block_n=128, num_stages=4, grid_size=4) + 64 * 128 * 4
+    assert r["k_interleave"]["launch"] == dict(grid=4, cluster=1, smem=ki_smem, block=384)
     small = r["small"]
     assert small["params"]["a_box_rows"] == 8 and small["params"]["maps"]["a"]["box_rows"] == 8  # trimmed A box
     assert small["params"]["maps"]["d_tail"]["address"] == 0 and small["encodes"] == 3  # 128 columns: no tail map
-    assert small["launch"]["cluster"] == 2 and small["launch"]["grid"] == 4
+    assert small["launch"]["cluster"] == 2 and small["launch"]["grid"] == 4 and small["launch"]["block"] == 256
     masked = r["masked"]["params"]
     assert masked["grouped_layout"] == 0x70000 and (masked["shape_m"], masked["num_groups"]) == (512, 3)
     assert masked["maps"]["a"]["rows"] == 512 and masked["maps"]["b"]["rows"] == 256
@@ -155,23 +174,24 @@ def test_cluster_grid_is_capped_at_co_resident_clusters(fake_driver_dir, tmp_pat
         """
         out = {}
         fake.fake_set_max_clusters(60)
-        mc = _C._LauncherForTests("normal", 4096, 7168, 2048, 1, 128, 208, 4, 132, num_multicast=2)
-        mc.launch(0x10000, 0x20000, 0x30000)
-        mc.launch(0x10000, 0x20000, 0x40000)
+        split = "layout='normal', m=64, n=2112, k=7168, block_m=64, block_n=32, num_stages=8, num_k_splits=2"
+        sk = eval(f"launcher({split}, grid_size=132)")
+        sk.launch(0x10000, 0x20000, 0x30000)
+        sk.launch(0x10000, 0x20000, 0x40000)
         out["capped"] = dict(launch=last_launch(), queries=fake.fake_occupancy_queries())
         fake.fake_set_max_clusters(-1)  # the query fails: the grid stays as configured
-        mc2 = _C._LauncherForTests("normal", 4096, 7168, 4096, 1, 128, 208, 4, 132, num_multicast=2)
-        mc2.launch(0x10000, 0x20000, 0x30000)
+        sk2 = eval(f"launcher({split}, grid_size=130)")
+        sk2.launch(0x10000, 0x20000, 0x30000)
         out["failed"] = last_launch()
-        plain = _C._LauncherForTests("normal", 4096, 7168, 2048, 1, 128, 208, 4, 132)
+        plain = launcher(BIG)
         plain.launch(0x10000, 0x20000, 0x30000)
         out["plain"] = dict(launch=last_launch(), queries=fake.fake_occupancy_queries())
         print(json.dumps(out))
-    """,
+    """.replace("BIG", BIG),
     )
     assert r["capped"]["launch"]["grid"] == 120 and r["capped"]["launch"]["cluster"] == 2
     assert r["capped"]["queries"] == 1  # asked once per kernel, not per launch
-    assert r["failed"]["grid"] == 132 and r["failed"]["cluster"] == 2
+    assert r["failed"]["grid"] == 130 and r["failed"]["cluster"] == 2
     assert r["plain"]["launch"]["grid"] == 132 and r["plain"]["queries"] == 2  # no query without clusters
 
 
@@ -180,7 +200,7 @@ def test_encoding_failure_is_reported_and_not_cached(fake_driver_dir, tmp_path):
         fake_driver_dir,
         tmp_path,
         """
-        k = _C._LauncherForTests("normal", 256, 512, 256, 1, 128, 128, 6, 132)
+        k = launcher(layout="normal", m=256, n=512, k=256, block_m=128, block_n=128, num_stages=6, grid_size=132)
         k.launch(0x10000, 0x20000, 0x30000)
         fake.fake_fail_encodes(1)
         errors = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import types
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 import jax_dgpt
-from jax_dgpt import device, heuristics
+from jax_dgpt import _native, device, forcing, heuristics
+from jax_dgpt.kernel_config import KernelConfig
 
 F8 = jnp.float8_e4m3fn
 
@@ -24,18 +26,25 @@ def lower(fn, *args, platform="cuda"):
     return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
-def custom_call_attributes(text, target):
-    """The attributes of the one custom call to ``target``, as ``{name: (value, type)}``."""
+TARGETS = _native.TARGETS
+
+
+def custom_call_attributes(text, layout):
+    """The ``config`` attribute of the one custom call to the layout's target, as ``{name: (value, type)}``
+    (``("normal", "str")`` for the layout)."""
+    target = TARGETS[layout]
     calls = re.findall(rf"stablehlo\.custom_call @{target}\(.*", text)
     assert len(calls) == 1, f"expected one custom call to {target}, found {len(calls)}:\n{text}"
-    config = re.search(r"mhlo\.backend_config = \{([^}]*)\}", calls[0]).group(1)
-    return {name: (int(value), type_) for name, value, type_ in re.findall(r"(\w+) = (-?\d+) : (\w+)", config)}
+    backend = re.search(r"mhlo\.backend_config = \{(.*?)\}\}", calls[0]).group(1)
+    assert backend.startswith("config = {"), backend  # one attribute: the whole config
+    attributes = {name: (int(value), type_) for name, value, type_ in re.findall(r"(\w+) = (-?\d+) : (\w+)", backend)}
+    attributes.update({name: (value, "str") for name, value in re.findall(r'(\w+) = "(\w+)"', backend)})
+    return attributes
 
 
-def expected_attributes(kind, m, n, k, num_groups, expected_m=None, num_sms=132):
-    cfg = heuristics.select_config(kind, m, n, k, num_groups, num_sms, expected_m=expected_m)
-    values = dict(m=m, n=n, k=k, num_groups=num_groups, **cfg.as_attributes())
-    return {name: (value, "i64") for name, value in values.items()}
+def expected_attributes(layout, m, n, k, num_groups, expected_m=None, num_sms=132):
+    cfg = heuristics.select_config(heuristics.Problem(layout, m, n, k, num_groups, expected_m), num_sms)
+    return {name: (value, "str" if isinstance(value, str) else "i64") for name, value in cfg.as_attribute().items()}
 
 
 @pytest.fixture(autouse=True)
@@ -48,21 +57,22 @@ def default_num_sms():
 @pytest.mark.parametrize("m, n, k", [(4096, 7168, 2048), (64, 2112, 7168), (1, 8, 16)])
 def test_gemm_custom_call(m, n, k):
     text = lower(jax_dgpt.gemm, spec((m, k)), spec((n, k)))
-    attributes = custom_call_attributes(text, "dgpt_gemm")
+    attributes = custom_call_attributes(text, "normal")
     assert attributes == expected_attributes("normal", m, n, k, 1)
     assert "stablehlo.pad" not in text and "stablehlo.slice" not in text
 
 
 def test_gemm_attribute_values_are_pinned():
-    attributes = custom_call_attributes(lower(jax_dgpt.gemm, spec((4096, 2048)), spec((7168, 2048))), "dgpt_gemm")
-    assert attributes["block_m"] == (128, "i64") and attributes["num_sms"] == (132, "i64")
+    attributes = custom_call_attributes(lower(jax_dgpt.gemm, spec((4096, 2048)), spec((7168, 2048))), "normal")
+    assert attributes["block_m"] == (128, "i64") and attributes["grid_size"] == (132, "i64")
+    assert attributes["layout"] == ("normal", "str")
     assert "block_m = 128 : i64" in lower(jax_dgpt.gemm, spec((4096, 2048)), spec((7168, 2048)))
 
 
 def test_gemm_operand_and_result_types():
     text = lower(jax_dgpt.gemm, spec((256, 512)), spec((384, 512)))
     assert re.search(
-        r"custom_call @dgpt_gemm\(%\w+, %\w+\).*\(tensor<256x512xf8E4M3FN>, "
+        r"custom_call @dgpt_gemm_normal\(%\w+, %\w+\).*\(tensor<256x512xf8E4M3FN>, "
         r"tensor<384x512xf8E4M3FN>\) -> tensor<256x384xbf16>",
         text,
     )
@@ -72,7 +82,7 @@ def test_gemm_operand_and_result_types():
 @pytest.mark.parametrize("m, n, k, padded_n, padded_k", [(7, 13, 40, 16, 48), (65, 8, 17, 8, 32), (64, 13, 16, 16, 16)])
 def test_padding_reaches_the_kernel_shape(m, n, k, padded_n, padded_k):
     text = lower(jax_dgpt.gemm, spec((m, k)), spec((n, k)))
-    attributes = custom_call_attributes(text, "dgpt_gemm")
+    attributes = custom_call_attributes(text, "normal")
     assert attributes == expected_attributes("normal", m, padded_n, padded_k, 1)
     assert ("stablehlo.pad" in text) == (padded_k != k or padded_n != n)
     assert (f"tensor<{m}x{padded_n}xbf16>) -> tensor<{m}x{n}xbf16>" in text) == (padded_n != n)
@@ -81,7 +91,7 @@ def test_padding_reaches_the_kernel_shape(m, n, k, padded_n, padded_k):
 def test_contiguous_custom_call():
     m, n, k, g = 1024, 4096, 7168, 4
     text = lower(jax_dgpt.grouped_gemm_contiguous, spec((m, k)), spec((g, n, k)), spec((m,), jnp.int32))
-    assert custom_call_attributes(text, "dgpt_m_grouped_contiguous") == expected_attributes("contiguous", m, n, k, g)
+    assert custom_call_attributes(text, "contiguous") == expected_attributes("contiguous", m, n, k, g)
     assert re.search(
         r"tensor<1024x7168xf8E4M3FN>, tensor<4x4096x7168xf8E4M3FN>, tensor<1024xi32>\) -> "
         r"tensor<1024x4096xbf16>",
@@ -97,7 +107,7 @@ def test_masked_custom_call_attributes_are_i64(expected_m):
         return jax_dgpt.grouped_gemm_masked(a, b, mm, expected_m)
 
     text = lower(fn, spec((g, m_max, k)), spec((g, n, k)), spec((g,), jnp.int32))
-    attributes = custom_call_attributes(text, "dgpt_m_grouped_masked")
+    attributes = custom_call_attributes(text, "masked")
     assert attributes == expected_attributes("masked", m_max, n, k, g, expected_m=256)
     assert re.search(
         r"tensor<4x4096x2048xf8E4M3FN>, tensor<4x7168x2048xf8E4M3FN>, tensor<4xi32>\) -> "
@@ -146,9 +156,9 @@ def test_num_sms_default_and_override():
     def fresh(a, b):
         return jax_dgpt.gemm(a, b)
 
-    attributes = custom_call_attributes(lower(fresh, spec((4096, 2048)), spec((7168, 2048))), "dgpt_gemm")
+    attributes = custom_call_attributes(lower(fresh, spec((4096, 2048)), spec((7168, 2048))), "normal")
     assert attributes == expected_attributes("normal", 4096, 7168, 2048, 1, num_sms=100)
-    assert attributes["num_sms"] == (100, "i64")
+    assert attributes["grid_size"] == (100, "i64")
 
 
 def test_non_hopper_gpu_is_rejected(monkeypatch):
@@ -171,84 +181,95 @@ def test_vmap_folds_into_one_launch():
         return jax_dgpt.grouped_gemm_masked(a, b, mm, 32)
 
     args = spec((3, 2, 64, 32)), spec((3, 2, 16, 32)), spec((3, 2), jnp.int32)
-    attributes = custom_call_attributes(lower(jax.vmap(masked), *args), "dgpt_m_grouped_masked")
+    attributes = custom_call_attributes(lower(jax.vmap(masked), *args), "masked")
     assert attributes["num_groups"] == (6, "i64") and attributes["m"] == (64, "i64")
     text = lower(jax.vmap(jax_dgpt.gemm, in_axes=(0, None)), spec((3, 7, 32)), spec((16, 32)))
-    assert custom_call_attributes(text, "dgpt_gemm")["m"] == (21, "i64")
+    assert custom_call_attributes(text, "normal")["m"] == (21, "i64")
 
 
-def test_attribute_names_match_the_handlers():
-    # The instantiate handlers bind exactly these names; a mismatch would only fail on a GPU.
-    from jax_dgpt import _C
-
+def test_config_fields_match_the_handlers():
+    # The handlers decode exactly the C++ struct's fields; a mismatch would only fail on a GPU.
+    fields = tuple(field.name for field in dataclasses.fields(KernelConfig))
+    assert fields == _native.load().config_fields()
     calls = {
-        "dgpt_gemm": (jax_dgpt.gemm, (spec((64, 128)), spec((32, 128)))),
-        "dgpt_m_grouped_contiguous": (
+        "normal": (jax_dgpt.gemm, (spec((64, 128)), spec((32, 128)))),
+        "contiguous": (
             jax_dgpt.grouped_gemm_contiguous,
             (spec((128, 128)), spec((2, 32, 128)), spec((128,), jnp.int32)),
         ),
-        "dgpt_m_grouped_masked": (
+        "masked": (
             lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 16),
             (spec((2, 64, 128)), spec((2, 32, 128)), spec((2,), jnp.int32)),
         ),
     }
-    for target, (fn, args) in calls.items():
-        names = set(custom_call_attributes(lower(fn, *args), target))
-        assert names == set(_C.INSTANTIATE_ATTRIBUTES), (target, names)
+    for layout, (fn, args) in calls.items():
+        attributes = custom_call_attributes(lower(fn, *args), layout)
+        assert tuple(sorted(attributes)) == tuple(sorted(fields)), layout
+        assert attributes["layout"] == (layout, "str")
 
 
 @pytest.mark.parametrize("splits", [2, 4])
 def test_forced_k_splits_reach_the_kernel(splits):
     # Fresh functions: like set_num_sms, the setting is read when a function is traced.
-    with heuristics.force_k_splits(splits):
+    with forcing.force_k_splits(splits):
         forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((64, 7168)), spec((2112, 7168)))
-    attributes = custom_call_attributes(forced, "dgpt_gemm")
+    attributes = custom_call_attributes(forced, "normal")
     assert attributes["num_k_splits"] == (splits, "i64")
-    assert attributes["num_sms"][0] % splits == 0 and attributes["num_sms"][0] <= 132
+    assert attributes["grid_size"][0] % splits == 0 and attributes["grid_size"][0] <= 132
     # Without the context the heuristics decide: 2 for this small-M, long-K shape, 1 at M = 128.
     auto = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((64, 7168)), spec((2112, 7168)))
-    assert custom_call_attributes(auto, "dgpt_gemm")["num_k_splits"] == (2, "i64")
+    assert custom_call_attributes(auto, "normal")["num_k_splits"] == (2, "i64")
     default = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((128, 7168)), spec((2112, 7168)))
-    assert custom_call_attributes(default, "dgpt_gemm")["num_k_splits"] == (1, "i64")
+    assert custom_call_attributes(default, "normal")["num_k_splits"] == (1, "i64")
 
 
-def lower_masked(n: int):
-    """A masked grouped GEMM (G = 2, Mmax = 64, K = 128, expected_m = 16), lowered for CUDA."""
+def lower_masked(n: int, expected_m: int = 16):
+    """A masked grouped GEMM (G = 2, Mmax = 64, K = 128), lowered for CUDA."""
     return lower(
-        lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 16),
+        lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, expected_m),
         spec((2, 64, 128)),
         spec((2, n, 128)),
         spec((2,), jnp.int32),
     )
 
 
-def test_forced_multicast_reaches_the_kernel():
-    with heuristics.force_multicast(2):
-        forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
-        grouped = lower_masked(n=32)  # the grouped ops ignore it
-    attributes = custom_call_attributes(forced, "dgpt_gemm")
-    assert attributes["num_multicast"] == (2, "i64") and attributes["num_k_splits"] == (1, "i64")
-    assert attributes["num_sms"][0] % 2 == 0
-    assert custom_call_attributes(grouped, "dgpt_m_grouped_masked")["num_multicast"] == (1, "i64")
-    default = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
-    assert custom_call_attributes(default, "dgpt_gemm")["num_multicast"] == (1, "i64")
-
-
-def test_forced_pingpong_reaches_every_op():
-    with heuristics.force_pingpong():
-        forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
+def test_forced_k_interleave_reaches_every_op():
+    with forcing.force_k_interleave():
+        forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((64, 7168)), spec((2112, 7168)))
         grouped = lower_masked(n=256)
-    assert custom_call_attributes(forced, "dgpt_gemm")["pingpong"] == (1, "i64")
-    masked = custom_call_attributes(grouped, "dgpt_m_grouped_masked")
-    assert masked["pingpong"] == (1, "i64")  # 128-row tiles take turns per K block, 64-row ones split K
-    default = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
-    assert custom_call_attributes(default, "dgpt_gemm")["pingpong"] == (0, "i64")
+    gemm = custom_call_attributes(forced, "normal")
+    # K is split inside the CTA instead of over a cluster, with an even stage ring.
+    assert gemm["k_interleave"] == (1, "i64") and gemm["num_k_splits"] == (1, "i64")
+    assert gemm["num_stages"][0] % 2 == 0
+    assert custom_call_attributes(grouped, "masked")["k_interleave"] == (1, "i64")
+    default = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((64, 7168)), spec((2112, 7168)))
+    assert custom_call_attributes(default, "normal")["k_interleave"] == (0, "i64")
+
+
+def test_forced_k_interleave_on_128_row_tiles_names_the_rule():
+    with forcing.force_k_interleave(), pytest.raises(ValueError, match=r"jax_dgpt\.gemm: .*k_interleave needs"):
+        lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
 
 
 def test_forced_tile_reaches_every_op():
-    with heuristics.force_tile(block_n=64, num_stages=3):
+    with forcing.force_tile(block_n=64, num_stages=3):
         gemm = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((256, 512)), spec((1024, 512)))
         masked = lower_masked(n=256)
-    for module, target in ((gemm, "dgpt_gemm"), (masked, "dgpt_m_grouped_masked")):
-        attributes = custom_call_attributes(module, target)
-        assert attributes["block_n"] == (64, "i64") and attributes["num_stages"] == (3, "i64"), target
+    for module, layout in ((gemm, "normal"), (masked, "masked")):
+        attributes = custom_call_attributes(module, layout)
+        assert attributes["block_n"] == (64, "i64") and attributes["num_stages"] == (3, "i64"), layout
+
+
+def test_forced_tile_the_kernel_cannot_take_names_the_rule():
+    with (
+        forcing.force_tile(block_n=200),
+        pytest.raises(ValueError, match=r"block_n must be a multiple of block_n_step"),
+    ):
+        lower(lambda a, b: jax_dgpt.gemm(a, b), spec((256, 512)), spec((1024, 512)))
+    with forcing.force_tile(block_m=64), pytest.raises(ValueError, match=r"contiguous layout needs block_m"):
+        lower(
+            lambda a, b, i: jax_dgpt.grouped_gemm_contiguous(a, b, i),
+            spec((256, 128)),
+            spec((2, 32, 128)),
+            spec((256,), jnp.int32),
+        )
