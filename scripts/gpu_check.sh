@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# The one script the H100/H200 runs: build, GPU tests, sanitizers, benchmark. Logs go to $OUT.
-# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [example] [ncu]
-#        [sass] ...
-#   (default: build smoke tests); `compat` needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
-#   PYTEST_ARGS="-k masked" narrows the test run; BENCH_ARGS is passed to the benchmark.
+# The one script the H100/H200 runs: build, GPU tests, sanitizers, benchmark, profiles. Everything a run
+# produces goes into one run directory, $OUT/<date>_<gpu>_<short-sha>/ (benchmarks/rundir.py describes it):
+#   manifest.json machine.json results.json end_to_end.json chart.png logs.tar.gz [ncu.ncu-rep]
+# plus the log of a step that was stopped mid-way. logs.tar.gz (every step's log, fixed names) is rewritten
+# after each step, so a call stopped by its time limit keeps what finished. File it into the repository with
+#   python -m benchmarks.rundir file <returned>/<run>   &&   python -m benchmarks.report
+#
+# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [ncu] [sass]
+#        [example] ...        (default: build smoke tests)
+#   compat needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
+#   PYTEST_ARGS="-k masked" narrows the test run; TEST_TIMEOUT (s) limits it; BENCH_ARGS goes to the benchmark
+#   (e.g. "--quick"); NCU_SHAPES/NCU_ARGS/NCU_KERNEL choose the ncu case; DGPT_GIT_SHA (and DGPT_GIT_DIRTY=0/1)
+#   name the commit when the copy on the GPU machine has no .git.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/dgpt_out}
@@ -11,76 +19,127 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export DG_JIT_CACHE_DIR=${DG_JIT_CACHE_DIR:-/tmp/dgpt_cache}
 [ $# -gt 0 ] || set -- build smoke tests
+for what in "$@"; do
+  case "$what" in
+    build|compat|smoke|tests|cputests|sanitize|bench|e2e|ncu|sass|example) ;;
+    *) echo "unknown step $what"; exit 2 ;;
+  esac
+done
+
+RUN=$(python3 -m benchmarks.rundir init "$OUT" --command "scripts/gpu_check.sh $*") || exit 1
+LOGS=/tmp/dgpt_logs/$(basename "$RUN")   # staging for finished logs, packed into $RUN/logs.tar.gz
+mkdir -p "$LOGS"
+echo "run directory: $RUN"
 status=0
 
-step() { echo; echo "=== $1 ($(date +%T))"; }
+# begin NAME [TITLE]: start timing a step.
+begin() { STEP=$1; STEP_T0=$(date +%s.%N); echo; echo "=== ${2:-$1} ($(date +%T))"; }
+# finish RC COMMAND LOG...: record the step, move its logs into the staging folder, repack.
+finish() {
+  local rc=$1 command=$2; shift 2
+  local seconds logs=() log
+  seconds=$(python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$STEP_T0" "$(date +%s.%N)")
+  for log in "$@"; do logs+=(--log "$log"); [ -e "$RUN/$log" ] && mv "$RUN/$log" "$LOGS/"; done
+  python3 -m benchmarks.rundir step "$RUN" "$STEP" "$rc" "$seconds" --command "$command" "${logs[@]}"
+  tar -czf "$RUN/logs.tar.gz" -C "$LOGS" .
+  [ "$rc" = 0 ] || status=1
+}
 
 for what in "$@"; do
   case "$what" in
     build)
-      step build
-      nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee "$OUT/gpu.txt"
-      python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
-      python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-      echo "build ok" ;;
+      begin build
+      cmd="python3 -m pip install --no-build-isolation --no-deps -e ."
+      $cmd >"$RUN/build.log" 2>&1; rc=$?
+      [ $rc = 0 ] && echo "build ok" || tail -40 "$RUN/build.log"
+      finish $rc "$cmd" build.log
+      [ $rc = 0 ] || exit 1 ;;
     compat)
       # An extension built against the oldest supported jaxlib's FFI headers (.ffi-oldest, from
       # scripts/fetch_oldest_ffi_headers.sh, carried) must load and run in this machine's jaxlib.
-      step "compat: build against jaxlib $(cat .ffi-oldest/JAXLIB_VERSION 2>/dev/null) FFI headers"
+      begin compat "compat: build against jaxlib $(cat .ffi-oldest/JAXLIB_VERSION 2>/dev/null) FFI headers"
       python3 -m pip install --no-build-isolation --no-deps -e . \
         --config-settings=cmake.define.XLA_FFI_INCLUDE_DIR="$PWD/.ffi-oldest" \
-        --config-settings=build-dir=build/compat >"$OUT/build_compat.log" 2>&1 \
-        || { tail -20 "$OUT/build_compat.log"; status=1; continue; }
-      python3 -c "import jax, jax_dgpt._C as C; print('extension FFI API', C.ffi_api_version(), 'jaxlib', jax.__version__)"
-      timeout 300 python3 scripts/smoke.py 2>&1 | tee "$OUT/smoke_compat.log" || status=1
-      python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || status=1 ;;
+        --config-settings=build-dir=build/compat >"$RUN/build_compat.log" 2>&1
+      rc=$?
+      if [ $rc = 0 ]; then
+        { python3 -c "import jax, jax_dgpt._C as C; print('extension FFI API', C.ffi_api_version(), 'jaxlib', jax.__version__)"
+          timeout 300 python3 scripts/smoke.py; } 2>&1 | tee "$RUN/smoke_compat.log"
+        rc=${PIPESTATUS[0]}
+      else
+        tail -20 "$RUN/build_compat.log"
+      fi
+      python3 -m pip install --no-build-isolation --no-deps -e . >>"$RUN/build.log" 2>&1 || rc=1
+      finish $rc "pip install (XLA_FFI_INCLUDE_DIR=.ffi-oldest) && scripts/smoke.py; pip install -e ." \
+        build_compat.log smoke_compat.log ;;
     smoke)
-      step smoke
-      timeout 300 python3 scripts/smoke.py 2>&1 | tee "$OUT/smoke.log" || status=1 ;;
+      begin smoke
+      timeout 300 python3 scripts/smoke.py 2>&1 | tee "$RUN/smoke.log"
+      finish "${PIPESTATUS[0]}" "python3 scripts/smoke.py" smoke.log ;;
     tests)
-      step "gpu tests"
+      begin tests "gpu tests"
       # Several pytest workers (PYTEST_ARGS="-n 4", pytest-xdist) share the GPU: no preallocation.
-      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-480} \
-        python3 -m pytest tests -m gpu -q -rs --durations=12 ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
-      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+      cmd="python3 -m pytest tests -m gpu -q -rs --durations=12 ${PYTEST_ARGS:-}"
+      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TEST_TIMEOUT:-480}" $cmd 2>&1 | tee "$RUN/gpu_tests.log" | tail -40
+      finish "${PIPESTATUS[0]}" "$cmd" gpu_tests.log ;;
     cputests)
-      step "cpu tests (on the GPU machine: lowering, heuristics, compile checks)"
-      python3 -m pytest tests -m "not gpu" -q ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/cpu_tests.log" | tail -15 ;;
+      begin cputests "cpu tests (on the GPU machine: lowering, heuristics, compile checks)"
+      cmd="python3 -m pytest tests -m 'not gpu' -q ${PYTEST_ARGS:-}"
+      python3 -m pytest tests -m "not gpu" -q ${PYTEST_ARGS:-} 2>&1 | tee "$RUN/cpu_tests.log" | tail -15
+      finish "${PIPESTATUS[0]}" "$cmd" cpu_tests.log ;;
     sanitize)
-      step sanitize
+      begin sanitize
+      rc=0
       for tool in memcheck racecheck synccheck; do
-        compute-sanitizer --tool "$tool" --print-limit 20 python3 scripts/sanitize_case.py >"$OUT/sanitize_$tool.log" 2>&1
-        echo "$tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" | tail -1)"
-      done ;;
+        compute-sanitizer --tool "$tool" --print-limit 20 python3 scripts/sanitize_case.py >"$RUN/sanitize_$tool.log" 2>&1
+        tool_rc=$?
+        echo "$tool: rc=$tool_rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RUN/sanitize_$tool.log" | tail -1)"
+        [ $tool_rc = 0 ] || rc=1
+        mv "$RUN/sanitize_$tool.log" "$LOGS/"
+      done
+      finish $rc "compute-sanitizer --tool {memcheck,racecheck,synccheck} python3 scripts/sanitize_case.py" \
+        sanitize_memcheck.log sanitize_racecheck.log sanitize_synccheck.log ;;
     bench)
-      step benchmark
-      python3 benchmarks/bench.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -80
-      python3 benchmarks/chart.py "$OUT/results.json" "$OUT/chart.png" || status=1 ;;
+      begin bench benchmark
+      cmd="python3 -m benchmarks.bench --out $RUN ${BENCH_ARGS:-}"
+      $cmd 2>&1 | tee "$RUN/bench.log" | tail -80
+      rc=${PIPESTATUS[0]}
+      python3 -m benchmarks.chart "$RUN/results.json" "$RUN/chart.png" || rc=1
+      finish $rc "$cmd" bench.log ;;
     e2e)
-      step "end to end: host overhead, cold compile, warm-cache first call"
-      python3 benchmarks/end_to_end.py --out "$OUT" 2>&1 | tee "$OUT/end_to_end.log" | tail -20 ;;
+      begin e2e "end to end: host overhead, cold compile, warm-cache first call"
+      cmd="python3 -m benchmarks.end_to_end --out $RUN"
+      $cmd 2>&1 | tee "$RUN/end_to_end.log" | tail -20
+      finish "${PIPESTATUS[0]}" "$cmd" end_to_end.log ;;
     ncu)
       # Nsight Compute on the GEMM kernel only (clocks left alone): NCU_SHAPES="4096x7168x576 64x2112x7168",
-      # NCU_ARGS="--multicast" (profile_case.py's options). One report per run, plus a text summary with the
-      # tensor-pipe activity. (Calling cuProfilerStart through ctypes under ncu crashed the process on the H200.)
-      step "ncu: ${NCU_SHAPES:=4096x7168x576}"
+      # NCU_ARGS (profile_case.py's options). One report per run, plus a text summary with the tensor-pipe
+      # activity. (Calling cuProfilerStart through ctypes under ncu crashed the process on the H200.)
+      begin ncu "ncu: ${NCU_SHAPES:=4096x7168x576}"
+      cmd="ncu --clock-control none --kernel-name ${NCU_KERNEL:-dgpt_kernel} ... python3 scripts/profile_case.py $NCU_SHAPES ${NCU_ARGS:-}"
       timeout 400 ncu --clock-control none --kernel-name "${NCU_KERNEL:-dgpt_kernel}" \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
         --section LaunchStats --section Occupancy --section ComputeWorkloadAnalysis \
         --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed,sm__cycles_elapsed.avg.per_second \
-        -f -o "$OUT/ncu" python3 scripts/profile_case.py $NCU_SHAPES ${NCU_ARGS:-} >"$OUT/ncu_run.log" 2>&1 || status=1
-      ncu --import "$OUT/ncu.ncu-rep" --page details >"$OUT/ncu_details.txt" 2>&1 || status=1
+        -f -o "$RUN/ncu" python3 scripts/profile_case.py $NCU_SHAPES ${NCU_ARGS:-} >"$RUN/ncu.log" 2>&1
+      rc=$?
+      ncu --import "$RUN/ncu.ncu-rep" --page details >"$RUN/ncu_details.txt" 2>&1 || rc=1
       grep -E "^  [a-zA-Z_]|Duration|Throughput|Stall|Issued|Eligible|Registers|Waves|pipe_tensor|cycles_elapsed" \
-        "$OUT/ncu_details.txt" | head -120 ;;
+        "$RUN/ncu_details.txt" | head -120
+      finish $rc "$cmd" ncu.log ncu_details.txt ;;
     sass)
-      # Instruction counts (fences, barriers, wgmma) of a few configurations; listings in $OUT/sass_*.txt.
-      step "sass"
-      python3 scripts/sass_stats.py "$OUT" 2>&1 | tee "$OUT/sass_stats.md" ;;
+      # Instruction counts (fences, barriers, wgmma) of a few configurations; listings go with the logs.
+      begin sass
+      python3 scripts/sass_stats.py "$LOGS" 2>&1 | tee "$RUN/sass_stats.md"
+      finish "${PIPESTATUS[0]}" "python3 scripts/sass_stats.py" sass_stats.md ;;
     example)
-      step "examples/moe_layer.py"
-      timeout 300 python3 examples/moe_layer.py 2>&1 | tee "$OUT/moe_layer.log" | tail -25
-      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
-    *) echo "unknown step $what"; exit 2 ;;
+      begin example "examples: demo.py, moe_layer.py"
+      { timeout 120 python3 examples/demo.py; } 2>&1 | tee "$RUN/demo.log"
+      rc=${PIPESTATUS[0]}
+      timeout 300 python3 examples/moe_layer.py 2>&1 | tee "$RUN/moe_layer.log" | tail -25
+      [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+      finish $rc "python3 examples/demo.py; python3 examples/moe_layer.py" demo.log moe_layer.log ;;
   esac
 done
+echo; echo "run directory: $RUN ($(ls "$RUN" | tr '\n' ' '))"
 exit $status

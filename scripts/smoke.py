@@ -1,22 +1,21 @@
-"""Quick end-to-end check on a GPU: one jitted gemm per layout against float64, with timings of the first
-call (JIT compile included) and a warm call."""
+"""Quick end-to-end check on a GPU: one jitted call per layout against float64, with timings of the first
+call (JIT compile included) and a warm call.
+
+`fp8` and `diff` stay importable for the scripts next to this one (sanitize_case.py, profile_case.py):
+they are jax_dgpt.testing's generate_fp8 and calc_diff.
+"""
 
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jax_dgpt
+from jax_dgpt.testing import calc_diff as diff
+from jax_dgpt.testing import contiguous_diffs, contiguous_inputs, gemm_diff, masked_diffs, masked_inputs, to_f64
+from jax_dgpt.testing import generate_fp8 as fp8
 
-
-def fp8(shape, seed):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(jnp.float8_e4m3fn))
-
-
-def diff(x, y):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return 1 - 2 * np.sum(x * y) / (np.sum(x * x) + np.sum(y * y))
+__all__ = ["diff", "fp8", "main"]
 
 
 def main():
@@ -29,35 +28,23 @@ def main():
     t1 = time.perf_counter()
     out = f(a, b).block_until_ready()
     t2 = time.perf_counter()
-    ref = np.asarray(a, np.float64) @ np.asarray(b, np.float64).T
     print(
-        f"gemm {m}x{n}x{k}: calc_diff={diff(out, ref):.3g} nan={np.isnan(np.asarray(out, np.float32)).sum()} "
+        f"gemm {m}x{n}x{k}: calc_diff={gemm_diff(out, a, b):.3g} nan={np.isnan(to_f64(out)).sum()} "
         f"first call {1e3 * (t1 - t0):.0f} ms, warm call {1e3 * (t2 - t1):.2f} ms"
     )
 
-    g, mmax = 4, 256
-    am, bg = fp8((g, mmax, k), 2), fp8((g, n, k), 3)
-    masked_m = jnp.asarray([256, 100, 0, 7], jnp.int32)
+    am, bg, masked_m = masked_inputs([256, 100, 0, 7], 256, n, k, key=2)
     dm = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)(am, bg, masked_m, 128)
-    worst = max(
-        diff(
-            np.asarray(dm[i, :r], np.float64),
-            np.asarray(am[i, :r], np.float64) @ np.asarray(bg[i], np.float64).T,
-        )
-        for i, r in enumerate([256, 100, 0, 7])
-        if r
-    )
-    print(f"masked G={g}: worst calc_diff={worst:.3g}")
+    print(f"masked G=4: worst calc_diff={max(masked_diffs(dm, am, bg, masked_m).values()):.3g}")
 
-    idx = np.full(512, -1, np.int32)
-    idx[:200], idx[256:300] = 1, 3
-    ac = fp8((512, k), 4)
-    dc = np.asarray(jax.jit(jax_dgpt.grouped_gemm_contiguous)(ac, bg, jnp.asarray(idx)), np.float64)
-    a64, b64 = np.asarray(ac, np.float64), np.asarray(bg, np.float64)
+    # experts 1 and 3 hold rows (200 and 44), experts 0 and 2 none
+    ac, bc, m_indices = contiguous_inputs([0, 200, 0, 44], n, k, key=4)
+    dc = jax.jit(jax_dgpt.grouped_gemm_contiguous)(ac, bc, m_indices)
+    diffs = contiguous_diffs(dc, ac, bc, m_indices)
+    padding = to_f64(dc)[np.asarray(m_indices) < 0]
     print(
-        f"contiguous: expert1 calc_diff={diff(dc[:200], a64[:200] @ b64[1].T):.3g} "
-        f"expert3 calc_diff={diff(dc[256:300], a64[256:300] @ b64[3].T):.3g} "
-        f"padding max |x|={np.abs(dc[idx < 0]).max():.3g}"
+        f"contiguous: expert1 calc_diff={diffs[1]:.3g} expert3 calc_diff={diffs[3]:.3g} "
+        f"padding max |x|={np.abs(padding).max():.3g}"
     )
 
 
