@@ -11,16 +11,15 @@ import re
 import subprocess
 import sys
 
-from jax_dgpt import _C, heuristics
+from jax_dgpt import _native, heuristics
+from jax_dgpt.heuristics import Problem
 
-# label: (kind, m, n, k, groups, block_m, block_n, num_sms, {compile_gemm keywords})
+# label: (problem, forced fields) -> the heuristics' config with those fields
 CONFIGS = {
-    "normal_128x208": ("normal", 4096, 7168, 16384, 1, 128, 208, 132, {}),
-    "multicast_128x208": ("normal", 4096, 7168, 16384, 1, 128, 208, 132, {"num_multicast": 2}),
-    "pingpong_128x208": ("normal", 4096, 7168, 16384, 1, 128, 208, 132, {"pingpong": 1}),
-    "split2_64x128": ("normal", 64, 2112, 7168, 1, 64, 128, 34, {"num_k_splits": 2}),
-    "pingpong_64x32": ("normal", 16, 2112, 7168, 1, 64, 32, 66, {"pingpong": 1}),
-    "masked_128x128": ("masked", 4096, 4096, 7168, 1, 128, 128, 132, {}),
+    "normal_128x208": (Problem("normal", 4096, 7168, 16384, 1), {}),
+    "split2_64x32": (Problem("normal", 64, 2112, 7168, 1), {}),
+    "k_interleave_64x16": (Problem("normal", 16, 2112, 7168, 1), {"k_interleave": 1}),
+    "masked_128x128": (Problem("masked", 4096, 4096, 7168, 1, 1024), {}),
 }
 # FP8 wgmma shows as QGMMA in Hopper SASS (HGMMA is the fp16/bf16 form).
 OPCODES = ("MEMBAR", "CCTL", "FENCE", "SYNCS", "BAR", "QGMMA", "WARPGROUP", "UTMALDG", "UTMASTG", "FADD")
@@ -36,9 +35,9 @@ def main(out_dir: str) -> int:
     os.makedirs(out_dir, exist_ok=True)
     print("| config | " + " | ".join(OPCODES) + " |")
     print("|---" * (len(OPCODES) + 1) + "|")
-    for label, (kind, m, n, k, groups, block_m, block_n, sms, extra) in CONFIGS.items():
-        stages = heuristics.select_num_stages(block_m, block_n, extra.get("num_k_splits", 1), extra.get("pingpong", 0))
-        entry = _C.compile_gemm(kind, m, n, k, groups, block_m, block_n, stages, sms, **extra)
+    for label, (problem, forced) in CONFIGS.items():
+        config = heuristics.select_config(problem, 132, tuple(sorted(forced.items())))
+        entry = _native.load().compile_gemm(config.as_attribute(), False)
         sass = subprocess.run(["cuobjdump", "-sass", entry["path"]], capture_output=True, text=True, check=True).stdout
         with open(os.path.join(out_dir, f"sass_{label}.txt"), "w") as f:
             f.write(sass)

@@ -3,7 +3,7 @@
 ``kernels/wgmma_fp8.cuh`` is written by ``scripts/gen_wgmma.py``; a hand edit or a template change
 without a rerun shows up here. Each header must include what it uses (the JIT compiles them with
 the product's own compiler flags, NVCC and NVRTC), and the wgmma wrappers must cover every BLOCK_N
-the heuristics can pick.
+the kernel configuration allows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import uuid
 import pytest
 
 import jax_dgpt  # noqa: F401  (loads the extension and points it at kernels/)
-from jax_dgpt import _native, heuristics
+from jax_dgpt import _native
+from jax_dgpt.kernel_config import limits
 
 C = _native.load()
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -47,9 +48,8 @@ def test_generated_header_is_current():
 def test_generated_header_covers_every_block_n():
     text = GENERATED.read_text()
     generated = {int(n) for n in re.findall(r"struct WgmmaFp8<(\d+)>", text)}
-    wanted = {
-        block_n for block_m in heuristics.BLOCK_M_CHOICES for block_n in heuristics.block_n_candidates(block_m, 1 << 20)
-    }
+    lim = limits()
+    wanted = set(range(lim["block_n_step"], lim["max_block_n"] + 1, lim["block_n_step"]))  # every valid block_n
     assert wanted <= generated, f"no wgmma wrapper for BLOCK_N {sorted(wanted - generated)}"
     for n in generated:  # each wrapper names N/2 accumulator registers, as PTX requires
         match = re.search(rf"struct WgmmaFp8<{n}> {{\s*static constexpr int kNumAccum = (\d+);", text)

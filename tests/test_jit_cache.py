@@ -43,10 +43,9 @@ def generate_probe(tag: str | None = None, body: str = "x[0] = dgpt::u32(7);") -
     return name, source
 
 
-def gemm_args(m: int = 4096, n: int = 7168, k: int = 2048) -> tuple:
-    """compile_gemm arguments of the config the heuristics pick for a normal GEMM."""
-    c = heuristics.select_config("normal", m, n, k, 1, device.DEFAULT_NUM_SMS)
-    return ("normal", m, n, k, 1, c.block_m, c.block_n, c.num_stages, c.num_sms)
+def gemm_args(m: int = 4096, n: int = 7168, k: int = 2048) -> dict:
+    """The compile_gemm argument (the config attribute) of the heuristics' pick for a normal GEMM."""
+    return heuristics.select_config(heuristics.Problem("normal", m, n, k, 1), device.DEFAULT_NUM_SMS).as_attribute()
 
 
 def real_nvcc() -> str:
@@ -93,7 +92,7 @@ request = json.loads(sys.argv[1])
 if request["kind"] == "source":
     result = C.compile_source(request["name"], request["source"])
 else:
-    result = C.compile_gemm(*request["args"])
+    result = C.compile_gemm(request["args"])
 out = {k: result[k] for k in ("key", "origin", "cubin_size", "path")}
 out["kernels_dir"] = C.kernels_dir()
 print(json.dumps(out))
@@ -199,25 +198,25 @@ def test_miss_then_memory_hit_then_disk_hit_in_a_new_process(cache_root, countin
 def test_gemm_kernel_second_process_compiles_nothing(cache_root, counting_nvcc):
     # NOTES: both compiles run in fresh processes, so this process's memory cache plays no part.
     args = gemm_args()
-    first, _ = run_child({"kind": "gemm", "args": list(args)})
+    first, _ = run_child({"kind": "gemm", "args": args})
     assert first["origin"] == "compiled", first
-    check_entry(cache_root, GEMM_NAME, first["key"], C.generate_source(*args))
+    check_entry(cache_root, GEMM_NAME, first["key"], C.generate_source(args))
     assert len(compiles(counting_nvcc())) == 1, counting_nvcc()
 
-    second, stderr = run_child({"kind": "gemm", "args": list(args)})
+    second, stderr = run_child({"kind": "gemm", "args": args})
     assert second["origin"] == "disk", (second, stderr)
     assert second["key"] == first["key"] and second["cubin_size"] == first["cubin_size"]
     assert len(compiles(counting_nvcc())) == 1, counting_nvcc()
 
 
 def test_m_groups_and_sms_share_one_kernel(cache_root):
-    """M, num_groups and num_sms are run-time values: they never change the key."""
-    kind, m, n, k, g, bm, bn, stages, sms = gemm_args()
-    base = C.compile_gemm(kind, m, n, k, g, bm, bn, stages, sms)
-    for other_m, other_sms in ((1, 1), (m + 7, sms // 2), (65536, 132)):
-        again = C.compile_gemm(kind, other_m, n, k, g, bm, bn, stages, other_sms)
-        assert again["key"] == base["key"], (other_m, other_sms)
-        assert again["origin"] == "memory", (other_m, other_sms, again["origin"])
+    """M and the grid size are run-time values: they never change the key."""
+    args = gemm_args()
+    base = C.compile_gemm(args)
+    for other_m, other_grid in ((1, 1), (args["m"] + 7, args["grid_size"] // 2), (65536, 132)):
+        again = C.compile_gemm({**args, "m": other_m, "grid_size": other_grid})
+        assert again["key"] == base["key"], (other_m, other_grid)
+        assert again["origin"] == "memory", (other_m, other_grid, again["origin"])
 
 
 def test_header_change_is_a_miss(cache_root, kernels_copy):
@@ -225,7 +224,7 @@ def test_header_change_is_a_miss(cache_root, kernels_copy):
     first = C.compile_source(name, source)
     assert first["origin"] == "compiled"
     assert C.compile_source(name, source)["origin"] == "memory"
-    gemm_first = C.compile_gemm(*gemm_args())
+    gemm_first = C.compile_gemm(gemm_args())
 
     header = kernels_copy / "dgpt_types.cuh"
     original = header.read_text()
@@ -237,7 +236,7 @@ def test_header_change_is_a_miss(cache_root, kernels_copy):
 
     # Any file under kernels/ counts, also one the probe does not include.
     (kernels_copy / "wgmma_fp8.cuh").write_text((kernels_copy / "wgmma_fp8.cuh").read_text() + "\n// another edit\n")
-    gemm_changed = C.compile_gemm(*gemm_args())
+    gemm_changed = C.compile_gemm(gemm_args())
     assert gemm_changed["origin"] == "compiled", gemm_changed
     assert gemm_changed["key"] != gemm_first["key"]
     assert C.compile_source(name, source)["key"] not in (first["key"], changed["key"])
@@ -319,7 +318,7 @@ def test_unwritable_cache_dir_warns_and_still_compiles(tmp_path, cache_root, mon
     assert again["origin"] == "memory" and again["key"] == result["key"]
 
     # The real kernel too, in a process of its own (nothing in memory there).
-    child, stderr = run_child({"kind": "gemm", "args": list(gemm_args(128, 4096, 7168))})
+    child, stderr = run_child({"kind": "gemm", "args": gemm_args(128, 4096, 7168)})
     assert child["origin"] == "compiled" and child["cubin_size"] > 0 and child["path"] == ""
     assert "is not writable" in stderr, stderr
     assert not os.path.exists(root)
@@ -378,13 +377,13 @@ def test_compile_error_raises_with_the_compiler_log(cache_root):
 
 
 def test_compile_error_of_the_gemm_config_is_a_value_error():
-    kind, m, n, k, g, bm, bn, stages, sms = gemm_args()
-    with pytest.raises(ValueError, match="block_m must be 64 or 128"):
-        C.compile_gemm(kind, m, n, k, g, 96, bn, stages, sms)
+    args = gemm_args()
+    with pytest.raises(ValueError, match="block_m must be block_m_small or block_m_large"):
+        C.compile_gemm({**args, "block_m": 96})
     with pytest.raises(ValueError, match="shared memory"):
-        C.compile_gemm(kind, m, n, k, g, bm, bn, 32, sms)
-    with pytest.raises(ValueError, match="unknown GEMM layout"):
-        C.compile_gemm("ragged", m, n, k, g, bm, bn, stages, sms)
+        C.compile_gemm({**args, "num_stages": 32})
+    with pytest.raises(ValueError, match="unknown layout 'ragged'"):
+        C.compile_gemm({**args, "layout": "ragged"})
 
 
 def _write_script(path, text: str) -> str:
