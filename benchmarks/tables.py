@@ -92,6 +92,10 @@ def summary(sel: list[dict], layout: str) -> str:
         f"{layout}: {len(sel)} shapes, geomean speedup {geomean(speedups):.3f} (min {min(speedups):.3f}), "
         f"max calc_diff {max(r['calc_diff'] for r in sel):.2g}"
     )
+    for key, label in (("speedup_highest", "XLA HIGHEST"), ("speedup_bf16", "bf16")):
+        values = [r[key] for r in sel if isinstance(r.get(key), float)]
+        if values:
+            line += f", geomean over {label} {geomean(values):.3f}"
     seeds = [r["vs_seed"] for r in sel if r.get("vs_seed")]
     return line + (f", geomean seed / ours {geomean(seeds):.3f}" if layout == "masked" and seeds else "")
 
