@@ -114,6 +114,10 @@ class RepeatTimer:
         return medians
 
 
-def make_timer(backend: str, nsys: bool):
+def timer_class(backend: str, nsys: bool) -> type:
     """The profiler timer on a GPU; the repeat timer on the CPU or when ``nsys`` (DG_NSYS_PROFILING=1)."""
-    return RepeatTimer() if nsys or backend != "gpu" else Timer()
+    return RepeatTimer if nsys or backend != "gpu" else Timer
+
+
+def make_timer(backend: str, nsys: bool):
+    return timer_class(backend, nsys)()
