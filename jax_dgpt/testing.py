@@ -1,7 +1,9 @@
 """Helpers shared by the tests, the benchmarks, the scripts and the examples.
 
-Problem shapes, deterministic fp8 inputs, the float64 reference and the accuracy metric of the
-numerical contract (``calc_diff``, see ``docs/numerical_contract.md``). Needs numpy and jax only; not
+Problem shapes, deterministic fp8 inputs (in numpy, or on the device for large operands), the
+contiguous- and masked-layout input builders, the float64 references of the three ops and the accuracy
+metric of the numerical contract (``calc_diff`` on the host; ``gemm_diff``, ``contiguous_diffs`` and
+``masked_diffs`` on the device), see ``docs/numerical_contract.md``. Needs numpy and jax only; not
 imported by ``jax_dgpt`` itself.
 """
 
