@@ -223,7 +223,9 @@ def run_section(run: Run) -> str:
     for call in run.manifest.get("calls", []):
         sha = (call.get("git_sha") or "?")[:7] + (" + uncommitted changes" if call.get("dirty") else "")
         steps = ", ".join(
-            f"{s['step']}" + ("" if s.get("rc", 0) == 0 else f" (rc {s['rc']})") for s in call.get("steps", [])
+            f"{s['step']}"
+            + ("" if s.get("rc", 0) == 0 else " (not finished)" if s["rc"] is None else f" (rc {s['rc']})")
+            for s in call.get("steps", [])
         )
         text = f"- call {call['call']} at {sha}"
         if call.get("started"):

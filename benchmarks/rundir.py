@@ -14,7 +14,8 @@ scripts/gpu_check.sh writes this layout under $OUT, with logs/ packed into logs.
 at most 8 files). Commands:
 
     python -m benchmarks.rundir init OUT [--command TEXT]       creates (or continues) OUT/<run>/, prints its path
-    python -m benchmarks.rundir step RUN NAME RC SECONDS [--command TEXT] [--log FILE ...]
+    python -m benchmarks.rundir begin RUN NAME                 records a step as started
+    python -m benchmarks.rundir step RUN NAME RC SECONDS [--command TEXT] [--log FILE ...]   ... and as finished
     python -m benchmarks.rundir file SRC [--into benchmarks/results]
         files a returned run directory into the repository: unpacks logs.tar.gz into logs/, fills in the git sha
         from this checkout if the device had none, and merges a second call of the same run (same date, GPU
@@ -150,14 +151,25 @@ def init(out: str, command: str = "") -> pathlib.Path:
     return run
 
 
+def begin(run: str, name: str) -> None:
+    """Records a step as started (rc null): a call stopped by its time limit shows where it stopped."""
+    path = pathlib.Path(run) / "manifest.json"
+    manifest = _read(path)
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    manifest["calls"][-1]["steps"].append(dict(step=name, rc=None, started=started))
+    _write(path, manifest)
+
+
 def step(run: str, name: str, rc: int, seconds: float, command: str = "", logs=()) -> None:
-    """Records one finished step in the manifest's last call."""
+    """Records one finished step in the manifest's last call (replacing its `begin` entry)."""
     path = pathlib.Path(run) / "manifest.json"
     manifest = _read(path)
     entry = dict(step=name, rc=int(rc), seconds=round(float(seconds), 1), command=command)
     if logs:
         entry["logs"] = [f"logs/{pathlib.Path(log).name}" for log in logs]
     call = manifest["calls"][-1]
+    if call["steps"] and call["steps"][-1]["step"] == name and call["steps"][-1]["rc"] is None:
+        entry = dict(call["steps"].pop(), **entry)
     call["steps"].append(entry)
     results = _read(pathlib.Path(run) / "results.json")
     if name == "bench" and results:
@@ -260,6 +272,9 @@ def main(argv=None) -> int:
     p_init = sub.add_parser("init")
     p_init.add_argument("out")
     p_init.add_argument("--command", default="")
+    p_begin = sub.add_parser("begin")
+    p_begin.add_argument("run")
+    p_begin.add_argument("name")
     p_step = sub.add_parser("step")
     p_step.add_argument("run")
     p_step.add_argument("name")
@@ -273,6 +288,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.what == "init":
         print(init(args.out, args.command))
+    elif args.what == "begin":
+        begin(args.run, args.name)
     elif args.what == "step":
         step(args.run, args.name, args.rc, args.seconds, args.command, args.log)
     else:

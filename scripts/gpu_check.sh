@@ -33,7 +33,10 @@ echo "run directory: $RUN"
 status=0
 
 # begin NAME [TITLE]: start timing a step.
-begin() { STEP=$1; STEP_T0=$(date +%s.%N); echo; echo "=== ${2:-$1} ($(date +%T))"; }
+begin() {
+  STEP=$1; STEP_T0=$(date +%s.%N); echo; echo "=== ${2:-$1} ($(date +%T))"
+  python3 -m benchmarks.rundir begin "$RUN" "$STEP"
+}
 # finish RC COMMAND LOG...: record the step, move its logs into the staging folder, repack.
 finish() {
   local rc=$1 command=$2; shift 2
