@@ -111,6 +111,43 @@ const char* origin_name(Origin origin) {
   return "unknown";
 }
 
+namespace {
+
+// A memory hit, or nullptr.
+std::shared_ptr<const CubinEntry> find_in_memory(MemoryCache& memory, const std::string& key) {
+  std::lock_guard<std::mutex> lock(memory.mutex);
+  auto it = memory.entries.find(key);
+  return it == memory.entries.end() ? nullptr : it->second;
+}
+
+// The first insert wins; returns the entry that is cached.
+std::shared_ptr<const CubinEntry> remember(MemoryCache& memory, const std::string& key,
+                                            std::shared_ptr<const CubinEntry> entry) {
+  std::lock_guard<std::mutex> lock(memory.mutex);
+  return memory.entries.emplace(key, std::move(entry)).first->second;
+}
+
+// A disk hit, or nullptr; `*corrupt` when an entry was there but damaged (reported, to be replaced).
+std::shared_ptr<CubinEntry> find_on_disk(const std::string& dir, const std::string& key, bool* corrupt) {
+  auto entry = std::make_shared<CubinEntry>();
+  std::string why;
+  const disk::ReadResult read = disk::read_entry(dir, &entry->cubin, &why);
+  if (read == disk::ReadResult::kHit) {
+    entry->key = key;
+    entry->origin = Origin::kDisk;
+    entry->path = dir + "/kernel.cubin";
+    return entry;
+  }
+  if (read == disk::ReadResult::kCorrupt) {
+    *corrupt = true;
+    std::fprintf(stderr, "jax_dgpt: warning: corrupted kernel cache entry %s (%s); recompiling\n", dir.c_str(),
+                 why.c_str());
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 Status get_or_compile(const std::string& name, const std::string& source, bool ptxas_verbose,
                       CubinEntry* out) {
   // The compiler and the key. DG_JIT_PTXAS_VERBOSE acts like ptxas_verbose=true.
@@ -125,45 +162,23 @@ Status get_or_compile(const std::string& name, const std::string& source, bool p
   // executables); without this lock each would start its own nvcc.
   const std::shared_ptr<std::mutex> compiling = key_lock(memory, key);
   std::lock_guard<std::mutex> compiling_lock(*compiling);
-  // NOTES: a verbose request skips both caches so the caller always gets ptxas's report.
-  if (!verbose) {
-    // Memory first.
-    std::lock_guard<std::mutex> lock(memory.mutex);
-    auto it = memory.entries.find(key);
-    if (it != memory.entries.end()) {
-      fill_from(*it->second, Origin::kMemory, out);
-      debug_print(name, *out);
-      return Status::Ok();
-    }
-  }
-  // Then disk; a damaged entry is reported and replaced.
+  // Memory, then disk. NOTES: a verbose request skips both caches so the caller always gets ptxas's report.
   const std::string root = disk::cache_root();
   const std::string dir = root.empty() ? "" : disk::entry_dir(root, name, key);
   bool corrupt = false;
-  if (!verbose && !dir.empty()) {
-    auto entry = std::make_shared<CubinEntry>();
-    std::string why;
-    disk::ReadResult read = disk::read_entry(dir, &entry->cubin, &why);
-    if (read == disk::ReadResult::kHit) {
-      entry->key = key;
-      entry->origin = Origin::kDisk;
-      entry->path = dir + "/kernel.cubin";
-      {
-        std::lock_guard<std::mutex> lock(memory.mutex);
-        memory.entries.emplace(key, entry);
-      }
-      fill_from(*entry, Origin::kDisk, out);
-      debug_print(name, *out);
-      return Status::Ok();
-    }
-    if (read == disk::ReadResult::kCorrupt) {
-      corrupt = true;
-      std::fprintf(stderr,
-                   "jax_dgpt: warning: corrupted kernel cache entry %s (%s); recompiling\n",
-                   dir.c_str(), why.c_str());
-    }
+  std::shared_ptr<const CubinEntry> hit;
+  Origin origin = Origin::kMemory;
+  if (!verbose) hit = find_in_memory(memory, key);
+  if (!verbose && hit == nullptr && !dir.empty()) {
+    hit = find_on_disk(dir, key, &corrupt);
+    if (hit != nullptr) hit = remember(memory, key, hit), origin = Origin::kDisk;
   }
-  // Compile outside every lock.
+  if (hit != nullptr) {
+    fill_from(*hit, origin, out);
+    debug_print(name, *out);
+    return Status::Ok();
+  }
+  // Compile outside every lock but this key's.
   CompileOutput compiled;
   std::vector<std::string> include_dirs;
   if (std::string dir_path = kernels_dir(); !dir_path.empty()) include_dirs.push_back(dir_path);
@@ -180,10 +195,7 @@ Status get_or_compile(const std::string& name, const std::string& source, bool p
   entry->cubin = std::move(compiled.cubin);
   entry->origin = Origin::kCompiled;
   if (!dir.empty()) entry->path = disk::write_entry(root, dir, source, entry->cubin, corrupt);
-  {
-    std::lock_guard<std::mutex> lock(memory.mutex);
-    memory.entries.emplace(key, entry);
-  }
+  remember(memory, key, entry);
   *out = *entry;
   out->log = std::move(compiled.log);
   debug_print(name, *out);

@@ -34,9 +34,10 @@ std::string command_line(const std::vector<std::string>& argv) {
   return line;
 }
 
-Status run_process(const std::vector<std::string>& argv, std::string* output, int* exit_code,
-                   double timeout_seconds) {
-  output->clear();
+namespace {
+
+// Starts argv[0] in its own process group with stdout and stderr on a pipe; `*read_fd` is the read end.
+Status spawn_with_pipe(const std::vector<std::string>& argv, pid_t* pid, int* read_fd) {
   // NOTES: O_CLOEXEC keeps the pipe out of processes other threads spawn meanwhile; otherwise
   // their copy of the write end would delay our EOF until they exit.
   int fds[2];
@@ -56,8 +57,7 @@ Status run_process(const std::vector<std::string>& argv, std::string* output, in
   std::vector<char*> args;
   for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, argv[0].c_str(), &actions, &attributes, args.data(), environ);
+  const int rc = posix_spawn(pid, argv[0].c_str(), &actions, &attributes, args.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attributes);
   ::close(fds[1]);
@@ -65,46 +65,56 @@ Status run_process(const std::vector<std::string>& argv, std::string* output, in
     ::close(fds[0]);
     return Status::Error("cannot run " + argv[0] + ": " + std::strerror(rc));
   }
-  // Parent: read to EOF (keeping the head and the tail of a huge output), then reap the child.
-  // NOTES: the output ends up in error messages that XLA passes on; a runaway compiler must not
-  // turn them into megabytes.
-  constexpr size_t kHead = 16 << 10, kTail = 48 << 10;
-  std::string tail;
-  size_t omitted = 0;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
+  *read_fd = fds[0];
+  return Status::Ok();
+}
+
+// The head and the tail of a stream. NOTES: the output ends up in error messages that XLA passes
+// on; a runaway compiler must not turn them into megabytes.
+class BoundedOutput {
+ public:
+  void append(const char* data, size_t n) {
+    size_t used = 0;
+    if (head_.size() < kHead) {
+      used = std::min(n, kHead - head_.size());
+      head_.append(data, used);
+    }
+    tail_.append(data + used, n - used);
+    if (tail_.size() > 2 * kTail) {
+      omitted_ += tail_.size() - kTail;
+      tail_.erase(0, tail_.size() - kTail);
+    }
+  }
+  std::string text() const {
+    const std::string gap =
+        omitted_ > 0 ? "\n[... " + std::to_string(omitted_) + " bytes of output omitted ...]\n" : std::string();
+    return head_ + gap + tail_;
+  }
+
+ private:
+  static constexpr size_t kHead = 16 << 10, kTail = 48 << 10;
+  std::string head_, tail_;
+  size_t omitted_ = 0;
+};
+
+// Reads `fd` to EOF into `out`; false when the deadline passed first.
+bool read_until_eof(int fd, std::chrono::steady_clock::time_point deadline, BoundedOutput* out) {
   char chunk[4096];
   while (true) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    pollfd readable = {fds[0], POLLIN, 0};
+    pollfd readable = {fd, POLLIN, 0};
     const int ready = left.count() > 0 ? ::poll(&readable, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30))) : 0;
     if (ready < 0 && errno == EINTR) continue;
-    if (ready == 0) {
-      // Out of time: stop the whole process group and report it.
-      ::kill(-pid, SIGKILL);
-      ::close(fds[0]);
-      int ignored = 0;
-      while (::waitpid(pid, &ignored, 0) < 0 && errno == EINTR) {
-      }
-      return Status::Error(argv[0] + " did not finish within " + std::to_string(static_cast<int>(timeout_seconds)) +
-                           " s and was stopped (DG_JIT_COMPILE_TIMEOUT); output so far:\n" + *output + tail);
-    }
-    ssize_t n = ::read(fds[0], chunk, sizeof(chunk));
+    if (ready == 0) return false;
+    const ssize_t n = ::read(fd, chunk, sizeof(chunk));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    size_t used = 0;
-    if (output->size() < kHead) {
-      used = std::min(size_t(n), kHead - output->size());
-      output->append(chunk, used);
-    }
-    tail.append(chunk + used, size_t(n) - used);
-    if (tail.size() > 2 * kTail) {
-      omitted += tail.size() - kTail;
-      tail.erase(0, tail.size() - kTail);
-    }
+    if (n <= 0) return true;
+    out->append(chunk, static_cast<size_t>(n));
   }
-  ::close(fds[0]);
-  if (omitted > 0) output->append("\n[... " + std::to_string(omitted) + " bytes of output omitted ...]\n");
-  output->append(tail);
+}
+
+// Waits for the child; its exit status, 128 + signal, or kExitStatusUnknown.
+Status reap(const std::string& program, pid_t pid, int* exit_code) {
   int wstatus = 0;
   while (::waitpid(pid, &wstatus, 0) < 0) {
     if (errno == EINTR) continue;
@@ -114,10 +124,37 @@ Status run_process(const std::vector<std::string>& argv, std::string* output, in
       *exit_code = kExitStatusUnknown;
       return Status::Ok();
     }
-    return Status::Error("waitpid for " + argv[0] + ": " + std::strerror(errno));
+    return Status::Error("waitpid for " + program + ": " + std::strerror(errno));
   }
   *exit_code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
   return Status::Ok();
+}
+
+}  // namespace
+
+Status run_process(const std::vector<std::string>& argv, std::string* output, int* exit_code,
+                   double timeout_seconds) {
+  output->clear();
+  pid_t pid = -1;
+  int fd = -1;
+  DGPT_RETURN_IF_ERROR(spawn_with_pipe(argv, &pid, &fd));
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(timeout_seconds));
+  BoundedOutput captured;
+  const bool finished = read_until_eof(fd, deadline, &captured);
+  ::close(fd);
+  *output = captured.text();
+  if (!finished) {
+    // Out of time: stop the whole process group and report it.
+    ::kill(-pid, SIGKILL);
+    int ignored = 0;
+    while (::waitpid(pid, &ignored, 0) < 0 && errno == EINTR) {
+    }
+    return Status::Error(argv[0] + " did not finish within " + std::to_string(static_cast<int>(timeout_seconds)) +
+                         " s and was stopped (DG_JIT_COMPILE_TIMEOUT); output so far:\n" + *output);
+  }
+  return reap(argv[0], pid, exit_code);
 }
 
 }  // namespace dgpt::jit
