@@ -123,9 +123,21 @@ def measure(timer, baselines: dict, variants: dict, make_op, diff_of, row: dict)
             continue
         ready[label] = (force, op)
     fns = list(baselines.values()) + [_inside(force, op) for force, op in ready.values()]
+    # Where a shape's time goes: each function's first call (XLA compiles and autotunes there), the timed
+    # session, the float64 check.
+    first = {}
+    for key, fn in zip(list(baselines) + list(ready), fns):
+        started = time.perf_counter()
+        jax.block_until_ready(fn())
+        first[key] = round(time.perf_counter() - started, 3)
+    row["first_call_s"] = first
+    started = time.perf_counter()
     times = timer.time_us(*fns)
+    row["timed_s"] = round(time.perf_counter() - started, 3)
     row.update(zip(baselines, times[: len(baselines)]))
+    started = time.perf_counter()
     row["calc_diff"] = diff_of(baselines["us"]())
+    row["diff_s"] = round(time.perf_counter() - started, 3)
     for (label, (force, op)), t in zip(ready.items(), times[len(baselines) :]):
         row[f"{label}_us"] = t
         row[f"{label}_diff"] = diff_of(_inside(force, op)())
