@@ -88,12 +88,12 @@ def forced_variants(k_splits=(), block_ms=(), block_ns=(), stages=(), k_interlea
         return {}
     from jax_dgpt import forcing  # only needed for tuning runs
 
-    forces = {f"split{s}": partial(forcing.force_k_splits, s) for s in k_splits}
+    forces = {f"split{s}": partial(forcing.force, num_k_splits=s) for s in k_splits}
     if k_interleave:
-        forces["ki"] = forcing.force_k_interleave
-    forces.update({f"bm{bm}": partial(forcing.force_tile, block_m=bm) for bm in block_ms})
-    forces.update({f"bn{bn}": partial(forcing.force_tile, block_n=bn) for bn in block_ns})
-    forces.update({f"st{st}": partial(forcing.force_tile, num_stages=st) for st in stages})
+        forces["ki"] = partial(forcing.force, k_interleave=1)
+    forces.update({f"bm{bm}": partial(forcing.force, block_m=bm) for bm in block_ms})
+    forces.update({f"bn{bn}": partial(forcing.force, block_n=bn) for bn in block_ns})
+    forces.update({f"st{st}": partial(forcing.force, num_stages=st) for st in stages})
     return forces
 
 

@@ -90,30 +90,24 @@ Status GemmKernel::encode_params(const Buffers& buffers, GemmParams* out) const 
   const uint64_t groups_b = c.layout == Layout::kNormal ? 1 : c.num_groups;
 
   GemmParams params{};  // tensor maps a configuration does not use stay zero
-  // NOTES: when all of A's rows fit in one block (small M, or a small Mmax), load only those rows:
-  // the TMA unit spends time on zero-filled out-of-bounds rows too (M = 1 ran 1.4x slower than M = 64
-  // on the same tiles, benchmarks/KERNEL_LOG.md).
-  const uint32_t a_box_rows = static_cast<uint32_t>(std::min<int64_t>(c.block_m, (c.m + 7) / 8 * 8));
-  params.a_box_rows = a_box_rows;
+  const TmaBoxes box = tma_boxes(c);
+  params.a_box_rows = box.a_rows;
   DGPT_RETURN_IF_ERROR(tma::encode({"a", const_cast<void*>(buffers.a), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1,
                                     (uint64_t)c.k, (uint64_t)c.m, groups_a},
-                                   tile::kBlockK, a_box_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
+                                   box.inner_k, box.a_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
   DGPT_RETURN_IF_ERROR(tma::encode({"b", const_cast<void*>(buffers.b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1,
                                     (uint64_t)c.k, (uint64_t)c.n, groups_b},
-                                   tile::kBlockK, static_cast<uint32_t>(c.block_n), CU_TENSOR_MAP_SWIZZLE_128B,
-                                   &params.tma_b));
-  // D leaves in 64-column atoms (128B swizzle) plus, when BLOCK_N % 64 != 0, narrower tail atoms.
+                                   box.inner_k, box.b_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
+  // D leaves in 64-column atoms (128B swizzle) plus, when the tile is not a multiple of 64 wide, tail atoms.
   const tma::Tensor3d out_tensor = {"out", const_cast<void*>(buffers.d), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
                                     (uint64_t)c.n, (uint64_t)c.m, groups_a};
-  const uint32_t block_n = static_cast<uint32_t>(c.block_n);
-  if (tile::d_main_cols(block_n) > 0) {
+  if (box.d_main_cols > 0) {
     DGPT_RETURN_IF_ERROR(
-        tma::encode(out_tensor, tile::kDAtomCols, tile::kWgmmaM, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_d));
+        tma::encode(out_tensor, box.d_main_cols, box.d_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_d));
   }
-  if (const uint32_t tail = tile::d_tail_cols(block_n); tail > 0) {
-    const uint32_t swizzle = tile::swizzle_d_bytes(tail);
-    DGPT_RETURN_IF_ERROR(tma::encode(out_tensor, swizzle / 2, tile::kWgmmaM, tma::swizzle_for_bytes(swizzle),
-                                     &params.tma_d_tail));
+  if (box.d_tail_cols > 0) {
+    DGPT_RETURN_IF_ERROR(tma::encode(out_tensor, box.d_tail_cols, box.d_rows,
+                                     tma::swizzle_for_bytes(box.d_tail_swizzle), &params.tma_d_tail));
   }
   params.grouped_layout = buffers.grouped_layout;
   params.shape_m = static_cast<uint32_t>(c.m);

@@ -15,10 +15,13 @@ from typing import Any
 
 from ._native import load as _native
 
-__all__ = ["LAYOUTS", "KernelConfig", "limits"]
+__all__ = ["LAYOUTS", "TUNING_FIELDS", "KernelConfig", "limits"]
 
 # One name per layout, in Python, C++ (dgpt::Layout) and the FFI targets (dgpt_gemm_<layout>).
 LAYOUTS = ("normal", "contiguous", "masked")
+# The fields that say how the kernel solves a problem rather than which problem; jax_dgpt.forcing can
+# force them (the grid follows from the SM count, set_num_sms).
+TUNING_FIELDS = ("block_m", "block_n", "num_stages", "num_k_splits", "k_interleave")
 
 
 @functools.cache

@@ -77,6 +77,32 @@ DGPT_HOST_DEVICE constexpr u32 smem_size(const KernelConfig& c) {
                          static_cast<u32>(c.num_k_splits), c.k_interleave != 0);
 }
 
+// The TMA boxes the kernel loads and stores, for the host to encode: rows x inner elements, swizzle in
+// bytes. The kernel's loads and stores use the same tile:: arithmetic.
+struct TmaBoxes {
+  u32 inner_k;         // A and B: K elements per box (one 128-byte swizzle row)
+  u32 a_rows;          // A: block_m, or every row of A (rounded up to 8) when they fit in one block
+  u32 b_rows;          // B: the tile's columns
+  u32 d_rows;          // D: one math warpgroup's rows
+  u32 d_main_cols;     // D: columns of the 64-column atoms (0: the tile has none)
+  u32 d_tail_cols;     // D: columns of one tail atom (0: none)
+  u32 d_tail_swizzle;  // D: swizzle of the tail atoms, bytes
+};
+DGPT_HOST_DEVICE constexpr TmaBoxes tma_boxes(const KernelConfig& c) {
+  const u32 tile_cols = static_cast<u32>(c.block_n), tail = tile::d_tail_cols(tile_cols);
+  // NOTES: when all of A's rows fit in one block (small M, or a small Mmax), load only those rows: the TMA
+  // unit spends time on zero-filled out-of-bounds rows too (M = 1 ran 1.4x slower than M = 64 on the same
+  // tiles, benchmarks/KERNEL_LOG.md v2); the kernel zeroes the rows it no longer loads once.
+  const long long all_rows = (c.m + 7) / 8 * 8;
+  return TmaBoxes{tile::kBlockK,
+                  static_cast<u32>(c.block_m < all_rows ? c.block_m : all_rows),
+                  tile_cols,
+                  tile::kWgmmaM,
+                  tile::d_main_cols(tile_cols) > 0 ? tile::kDAtomCols : 0u,
+                  tail > 0 ? tile::swizzle_d_bytes(tail) / 2 : 0u,
+                  tail > 0 ? tile::swizzle_d_bytes(tail) : 0u};
+}
+
 // --- validity ------------------------------------------------------------------------------------------
 // The rule a configuration breaks, or nullptr. Compile-time fields only: what the kernel static_asserts.
 DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c) {

@@ -23,11 +23,11 @@ def main():
     args = p.parse_args()
     with contextlib.ExitStack() as forced:
         if args.k_interleave:
-            forced.enter_context(forcing.force_k_interleave())
+            forced.enter_context(forcing.force(k_interleave=1))
         if args.k_splits:
-            forced.enter_context(forcing.force_k_splits(args.k_splits))
+            forced.enter_context(forcing.force(num_k_splits=args.k_splits))
         if args.block_n:
-            forced.enter_context(forcing.force_tile(block_n=args.block_n))
+            forced.enter_context(forcing.force(block_n=args.block_n))
         for shape in args.shapes:
             m, n, k = (int(x) for x in shape.split("x"))
             a, b = fp8((m, k), 0), fp8((n, k), 1)

@@ -30,9 +30,9 @@ def main():
     ap, bp = fp8((40, 1040), 9), fp8((272, 1040), 10)
     jax_dgpt.set_num_sms(4)
     try:
-        with forcing.force_k_splits(4), forcing.force_tile(block_n=16):
+        with forcing.force(num_k_splits=4), forcing.force(block_n=16):
             dp = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(ap, bp)
-        with forcing.force_k_interleave(), forcing.force_tile(block_n=16, num_stages=2):
+        with forcing.force(k_interleave=1), forcing.force(block_n=16, num_stages=2):
             dq = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(ap, bp)
     finally:
         jax_dgpt.set_num_sms(jax.devices()[0].core_count)

@@ -4,7 +4,7 @@ Warpgroup w reads the ring's stages with iter % 2 == w and warpgroup 1 hands its
 which adds them and stores the tile. The summation order differs from the plain kernel, so results must
 match float64 (calc_diff <= 3e-6), write every element of a NaN-poisoned output and be reproducible run to
 run. The heuristics do not choose it (not yet measured on a GPU, benchmarks/KERNEL_LOG.md); these tests
-force it with ``jax_dgpt.forcing.force_k_interleave()`` on fresh functions.
+force it with ``jax_dgpt.forcing.force(k_interleave=1)`` on fresh functions.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_k_interleave_matches_float64_and_is_reproducible(m, n, k):
     config = heuristics.select_config(heuristics.Problem("normal", m, n, k, 1), 132, (("k_interleave", 1),))
     assert (config.block_m, config.k_interleave, config.num_k_splits) == (64, 1, 1), config
     a, b = generate_fp8((m, k), key=m + 5), generate_fp8((n, k), key=n + 6)
-    with forcing.force_k_interleave():
+    with forcing.force(k_interleave=1):
         out = run_into_poison(lambda x, y: jax_dgpt.gemm(x, y), a, b, out_shape=(m, n))
         again = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(a, b)
     assert not np.isnan(to_f64(out)).any(), f"M={m} N={n} K={k}: unwritten elements"
@@ -52,7 +52,7 @@ def test_k_interleave_matches_float64_and_is_reproducible(m, n, k):
 def test_k_interleave_with_two_stages_and_odd_k_blocks(m, n, k):
     """Two stages and 3 or 9 K blocks per tile: which warpgroup reads a stage must not depend on the tile."""
     a, b = generate_fp8((m, k), key=m + 7), generate_fp8((n, k), key=n + 8)
-    with forcing.force_k_interleave(), forcing.force_tile(num_stages=2):
+    with forcing.force(k_interleave=1), forcing.force(num_stages=2):
         out = run_into_poison(lambda x, y: jax_dgpt.gemm(x, y), a, b, out_shape=(m, n))
     assert not np.isnan(to_f64(out)).any(), f"M={m} N={n} K={k}: unwritten elements"
     assert_close_to_f64(out, a, b, context=f"k_interleave, 2 stages, M={m} N={n} K={k}")
@@ -67,7 +67,7 @@ def test_k_interleave_grouped_layouts():
     idx = np.full(64, -1, np.int32)
     idx[:40] = 1  # M = 64: one 64-row block of expert 1 plus padding
     m_indices = jnp.asarray(idx)
-    with forcing.force_k_interleave():
+    with forcing.force(k_interleave=1):
         masked = jax.jit(lambda x, y, m: jax_dgpt.grouped_gemm_masked(x, y, m, 32))(a, b, masked_m)
         contiguous = run_into_poison(
             lambda x, y, i: jax_dgpt.grouped_gemm_contiguous(x, y, i), ac, b, m_indices, out_shape=(64, n)

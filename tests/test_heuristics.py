@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import jax
@@ -10,7 +11,7 @@ import pytest
 
 from jax_dgpt import config, forcing, heuristics, primitives
 from jax_dgpt.heuristics import Problem
-from jax_dgpt.kernel_config import KernelConfig, limits
+from jax_dgpt.kernel_config import TUNING_FIELDS, KernelConfig, limits
 from jax_dgpt.testing import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX, NORMAL_ANCHORS, ODD_M
 
 NK_PAIRS = sorted({(n, k) for _, n, k in NORMAL_ANCHORS})
@@ -155,18 +156,39 @@ def test_too_many_sms_name_the_grid_limit():
 
 def test_forcing_contexts_nest_and_clear():
     assert forcing.forced_overrides() == ()
-    with forcing.force_k_splits(2), forcing.force_tile(block_n=64, num_stages=3):
+    with forcing.force(num_k_splits=2), forcing.force(block_n=64, num_stages=3):
         assert forcing.forced_overrides() == (("block_n", 64), ("num_k_splits", 2), ("num_stages", 3))
-        # A nested force_tile replaces every tile field: those it leaves out are chosen again.
-        with forcing.force_tile(block_m=64), forcing.force_k_interleave(0):
-            assert forcing.forced_overrides() == (("block_m", 64), ("k_interleave", 0), ("num_k_splits", 2))
+        # Nested contexts merge; None clears a field an outer context forced.
+        with forcing.force(block_m=64, block_n=None, k_interleave=0):
+            assert forcing.forced_overrides() == (
+                ("block_m", 64),
+                ("k_interleave", 0),
+                ("num_k_splits", 2),
+                ("num_stages", 3),
+            )
+        assert forcing.forced_overrides() == (("block_n", 64), ("num_k_splits", 2), ("num_stages", 3))
     assert forcing.forced_overrides() == ()
-    with pytest.raises(ValueError, match=r"k_interleave must be 0 or 1, got 2"):
-        forcing.force_k_interleave(2)
-    with pytest.raises(ValueError, match=r"num_k_splits must be positive"):
-        forcing.force_k_splits(0)
-    with pytest.raises(TypeError, match=r"block_n must be an int"):
-        forcing.force_tile(block_n=64.0)
+
+
+@pytest.mark.parametrize(
+    "fields, exception, pattern",
+    [
+        ({"k_interleave": 2}, ValueError, r"k_interleave must be 0 or 1, got 2"),
+        ({"num_k_splits": 0}, ValueError, r"num_k_splits must be positive"),
+        ({"block_n": 64.0}, TypeError, r"block_n must be an int"),
+        ({"grid_size": 8}, ValueError, r"'grid_size' cannot be forced; the fields that can are"),
+        ({"n": None}, ValueError, r"'n' cannot be forced"),
+    ],
+)
+def test_forcing_errors_name_the_field(fields, exception, pattern):
+    with pytest.raises(exception, match=pattern), forcing.force(**fields):
+        pass
+    assert forcing.forced_overrides() == ()
+
+
+def test_tuning_fields_are_config_fields():
+    assert set(TUNING_FIELDS) <= {f.name for f in dataclasses.fields(KernelConfig)}
+    assert not set(TUNING_FIELDS) & {f.name for f in dataclasses.fields(Problem)}
 
 
 @pytest.mark.parametrize(

@@ -211,7 +211,7 @@ def test_config_fields_match_the_handlers():
 @pytest.mark.parametrize("splits", [2, 4])
 def test_forced_k_splits_reach_the_kernel(splits):
     # Fresh functions: like set_num_sms, the setting is read when a function is traced.
-    with forcing.force_k_splits(splits):
+    with forcing.force(num_k_splits=splits):
         forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((64, 7168)), spec((2112, 7168)))
     attributes = custom_call_attributes(forced, "normal")
     assert attributes["num_k_splits"] == (splits, "i64")
@@ -234,7 +234,7 @@ def lower_masked(n: int, expected_m: int = 16):
 
 
 def test_forced_k_interleave_reaches_every_op():
-    with forcing.force_k_interleave():
+    with forcing.force(k_interleave=1):
         forced = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((64, 7168)), spec((2112, 7168)))
         grouped = lower_masked(n=256)
     gemm = custom_call_attributes(forced, "normal")
@@ -247,12 +247,12 @@ def test_forced_k_interleave_reaches_every_op():
 
 
 def test_forced_k_interleave_on_128_row_tiles_names_the_rule():
-    with forcing.force_k_interleave(), pytest.raises(ValueError, match=r"jax_dgpt\.gemm: .*k_interleave needs"):
+    with forcing.force(k_interleave=1), pytest.raises(ValueError, match=r"jax_dgpt\.gemm: .*k_interleave needs"):
         lower(lambda a, b: jax_dgpt.gemm(a, b), spec((4096, 2048)), spec((7168, 2048)))
 
 
 def test_forced_tile_reaches_every_op():
-    with forcing.force_tile(block_n=64, num_stages=3):
+    with forcing.force(block_n=64, num_stages=3):
         gemm = lower(lambda a, b: jax_dgpt.gemm(a, b), spec((256, 512)), spec((1024, 512)))
         masked = lower_masked(n=256)
     for module, layout in ((gemm, "normal"), (masked, "masked")):
@@ -262,11 +262,11 @@ def test_forced_tile_reaches_every_op():
 
 def test_forced_tile_the_kernel_cannot_take_names_the_rule():
     with (
-        forcing.force_tile(block_n=200),
+        forcing.force(block_n=200),
         pytest.raises(ValueError, match=r"block_n must be a multiple of block_n_step"),
     ):
         lower(lambda a, b: jax_dgpt.gemm(a, b), spec((256, 512)), spec((1024, 512)))
-    with forcing.force_tile(block_m=64), pytest.raises(ValueError, match=r"contiguous layout needs block_m"):
+    with forcing.force(block_m=64), pytest.raises(ValueError, match=r"contiguous layout needs block_m"):
         lower(
             lambda a, b, i: jax_dgpt.grouped_gemm_contiguous(a, b, i),
             spec((256, 128)),
