@@ -273,3 +273,24 @@ def test_forced_tile_the_kernel_cannot_take_names_the_rule():
             spec((2, 32, 128)),
             spec((256,), jnp.int32),
         )
+
+
+@pytest.mark.parametrize(
+    "op, args",
+    [
+        (jax_dgpt.gemm, (spec((2**31 + 16, 16)), spec((16, 16)))),
+        (jax_dgpt.grouped_gemm_contiguous, (spec((128, 16)), spec((2**20 + 1, 16, 16)), spec((128,), jnp.int32))),
+        (
+            lambda a, b, m: jax_dgpt.grouped_gemm_masked(a, b, m, 4),
+            (spec((2, 16, 16)), spec((2, 2**31 + 8, 16)), spec((2,), jnp.int32)),
+        ),
+    ],
+)
+def test_dimensions_past_the_kernel_limits_name_the_public_op(op, args):
+    # Checked in the shape rule (no allocation: eval_shape); the message names the op the user called.
+    name = getattr(op, "__name__", "")
+    expected = name if name != "<lambda>" else "grouped_gemm_masked"
+    with pytest.raises(
+        ValueError, match=rf"^jax_dgpt\.{expected}: M, N and K must be at most 2147483648 and G at most"
+    ):
+        jax.eval_shape(op, *args)
