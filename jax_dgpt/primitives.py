@@ -75,6 +75,10 @@ SPECS = {
 }
 
 
+def _power_of_two(x: int) -> str:
+    return f"2**{x.bit_length() - 1}" if x > 0 and x & (x - 1) == 0 else str(x)
+
+
 # --- shape rules ----------------------------------------------------------------------------------
 def _abstract_eval(spec: OpSpec, *avals: Any, **params: Any) -> jax.core.ShapedArray:
     # The public wrappers check dtypes and ranks with readable errors; the size limits are checked here.
@@ -94,8 +98,8 @@ def _abstract_eval(spec: OpSpec, *avals: Any, **params: Any) -> jax.core.ShapedA
         )
     if max(m, n, k) > lim["max_dim"] or g > lim["max_groups"]:
         raise ValueError(
-            f"{where}: M, N and K must be at most {lim['max_dim']} and G at most {lim['max_groups']}, "
-            f"got M={m} N={n} K={k} G={g}"
+            f"{where}: M, N and K must be at most {_power_of_two(lim['max_dim'])} and G at most "
+            f"{_power_of_two(lim['max_groups'])}, got M={m} N={n} K={k} G={g}"
         )
     if spec.layout == "masked" and (avals[0].shape[0] != g or avals[2].shape != (g,)):
         raise ValueError(f"{where}: a, b and masked_m must agree on G, got {[x.shape for x in avals]}")

@@ -294,10 +294,10 @@ def test_direct_bind_checks_kernel_shape_rules():
 
 
 def test_plain_int_normalises_attribute_types():
-    attributes = primitives.ffi_attributes(m=np.int32(128), n=np.int64(7), k=16)
-    assert all(type(v) is int for v in attributes.values())
+    values = [primitives.plain_int(name, v) for name, v in (("m", np.int32(128)), ("n", np.int64(7)), ("k", 16))]
+    assert values == [128, 7, 16] and all(type(v) is int for v in values)
     with pytest.raises(TypeError, match="must be an int, got bool"):
-        primitives.ffi_attributes(m=True)
+        primitives.plain_int("m", True)
 
 
 # --- differentiation, symbolic shapes, size limits -----------------------------------------------
