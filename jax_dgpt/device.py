@@ -62,8 +62,8 @@ def get_num_sms() -> int:
     """The number of SMs the kernels' persistent grid may use.
 
     Defaults to the ``core_count`` of the first visible CUDA device, or to 132 (an H100 SXM) when
-    none is visible. The value is read when an op is traced: functions already traced or compiled
-    keep the value they saw (``jax.jit`` reuses a function's trace for the same input shapes).
+    none is visible. The value is read when an op is traced; :func:`set_num_sms` clears JAX's caches
+    so that every function is traced again, with the new value, at its next call.
     """
     with _lock:
         if _num_sms is not None:
@@ -72,27 +72,54 @@ def get_num_sms() -> int:
     return DEFAULT_NUM_SMS if device_count is None else device_count
 
 
+def _max_grid_size() -> int:
+    """The largest persistent grid the kernels take (``max_grid_size`` of the extension's limits)."""
+    from . import _native  # NOTES: at call time: the extension is loaded by the package's import
+
+    return int(_native.load().limits()["max_grid_size"])
+
+
 def set_num_sms(num_sms: int) -> None:
     """Limits the SMs the kernels may use (e.g. to leave SMs to overlapped communication kernels).
 
     Args:
-      num_sms: an int, at least 1 and at most the SM count of the first visible CUDA device (any
-        positive value when no CUDA device is visible).
+      num_sms: an int, at least 1 and at most the SM count of the first visible CUDA device; when no
+        CUDA device is visible (a CUDA lowering on a CPU machine), at most the kernels' largest
+        persistent grid (``jax_dgpt._native.load().limits()["max_grid_size"]``).
 
-    Applies to ops traced after the call; already traced or compiled functions keep their value.
+    Applies to every op traced after the call. Since ``jax.jit`` caches a function's trace (a
+    ``jax.jit(jax_dgpt.gemm)`` created again would otherwise reuse the trace made with the old
+    value), this calls :func:`jax.clear_caches`: every jitted function, also one created before
+    the call, is traced and compiled again at its next call and sees the new value. Only programs
+    compiled ahead of time (``.lower(...).compile()``, or exported) keep the value they were
+    compiled with. Call it once at start-up: clearing the caches recompiles everything.
+
+    Raises:
+      TypeError: num_sms is not an int (bools and floats are rejected).
+      ValueError: num_sms is out of range; the value in use stays unchanged.
     """
     global _num_sms
     value = static_int("jax_dgpt.set_num_sms", "num_sms", num_sms)
     device_count = _device_sm_count()
-    if value < 1 or (device_count is not None and value > device_count):
-        upper = "" if device_count is None else f" and at most the device's {device_count} SMs"
-        raise ValueError(f"jax_dgpt.set_num_sms: num_sms must be at least 1{upper}, got {value}")
+    if device_count is not None:
+        upper, where = device_count, f"the SM count of {cuda_devices()[0].device_kind} ({device_count})"
+    else:
+        upper = _max_grid_size()
+        where = f"the kernels' largest persistent grid ({upper}; no CUDA device is visible)"
+    if not 1 <= value <= upper:
+        raise ValueError(f"jax_dgpt.set_num_sms: num_sms must be at least 1 and at most {where}, got {value}")
     with _lock:
+        changed = _num_sms != value
         _num_sms = value
+    if changed:
+        jax.clear_caches()
 
 
 def _reset_num_sms() -> None:
     """Forgets a value given to set_num_sms (for tests)."""
     global _num_sms
     with _lock:
+        changed = _num_sms is not None
         _num_sms = None
+    if changed:
+        jax.clear_caches()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jax_dgpt
-from jax_dgpt import primitives
+from jax_dgpt import _native, device, primitives
 
 F8 = jnp.float8_e4m3fn
 
@@ -283,6 +286,52 @@ def test_set_num_sms_errors(value, exception, pattern):
     with pytest.raises(exception, match=pattern):
         jax_dgpt.set_num_sms(value)
     assert jax_dgpt.get_num_sms() == before
+
+
+@pytest.fixture
+def restore_num_sms():
+    yield
+    device._reset_num_sms()
+
+
+def lowered_grid_size(fn, *args) -> int:
+    """The ``grid_size`` of the one custom call in ``fn``'s program lowered for CUDA."""
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    sizes = re.findall(r"grid_size = (\d+) : i64", text)
+    assert len(sizes) == 1, text
+    return int(sizes[0])
+
+
+def test_set_num_sms_applies_to_a_recreated_jit(restore_num_sms):
+    # Issue 12, finding 9: jax.jit(jax_dgpt.gemm) created again after set_num_sms reused the old trace.
+    a, b = arr((4096, 7168)), arr((7168, 7168))  # enough tiles to fill any grid
+    assert lowered_grid_size(jax_dgpt.gemm, a, b) == device.DEFAULT_NUM_SMS
+    jax_dgpt.set_num_sms(64)
+    assert jax_dgpt.get_num_sms() == 64
+    assert lowered_grid_size(jax_dgpt.gemm, a, b) == 64
+    masked = functools.partial(jax_dgpt.grouped_gemm_masked, expected_m=4096)
+    assert lowered_grid_size(masked, arr((4, 4096, 7168)), arr((4, 7168, 7168)), arr((4,), jnp.int32)) == 64
+
+
+def test_set_num_sms_applies_to_a_function_jitted_before(restore_num_sms):
+    f = jax.jit(jax_dgpt.gemm)
+    a, b = fp8((256, 64)), fp8((128, 64))
+    before = f(a, b)
+    jax_dgpt.set_num_sms(8)
+    jaxpr = str(f.trace(a, b).jaxpr)
+    assert "num_sms=8" in jaxpr, jaxpr
+    np.testing.assert_array_equal(np.asarray(f(a, b)), np.asarray(before))  # same numbers on the CPU
+
+
+def test_set_num_sms_without_a_gpu_is_bounded_by_the_largest_grid(restore_num_sms):
+    if device.cuda_devices():
+        pytest.skip("a CUDA device is visible: the bound is its SM count")
+    largest = _native.load().limits()["max_grid_size"]
+    jax_dgpt.set_num_sms(largest)
+    assert jax_dgpt.get_num_sms() == largest
+    with pytest.raises(ValueError, match=rf"at most the kernels' largest persistent grid \({largest};.*got {10**6}"):
+        jax_dgpt.set_num_sms(10**6)
+    assert jax_dgpt.get_num_sms() == largest
 
 
 def test_direct_bind_checks_kernel_shape_rules():
