@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import jax_dgpt
+from jax_dgpt import reference
 from jax_dgpt.testing import assert_close_to_f64, generate_contiguous_indices, generate_fp8, to_f64
 
 
@@ -180,3 +181,110 @@ def test_vmap_over_an_empty_batch():
         jnp.zeros((0, 2), jnp.int32),
     )
     assert masked.shape == (0, 2, 8, 24)
+
+
+# --- issue 12, finding 3: a CPU path that scales ----------------------------------------------------
+def test_masked_rows_past_masked_m_are_zero():
+    masked_m = np.array([0, 5, 70, -2], np.int32)
+    a, b = generate_fp8((4, 64, 32), key=41), generate_fp8((4, 24, 32), key=42)
+    out = to_f64(jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)(a, b, jnp.asarray(masked_m), 8))
+    for g in range(4):
+        valid = int(np.clip(masked_m[g], 0, 64))
+        assert not np.any(out[g, valid:]), f"group {g}: rows at or past masked_m={masked_m[g]} must be zero"
+        assert_close_to_f64(out[g, :valid], a[g, :valid], b[g], context=f"masked group {g}")
+
+
+@pytest.mark.parametrize(
+    "group_rows",
+    [
+        [300, 0, 1, 129, 128, 17],  # full chunks, tails, an empty expert, an expert of one row
+        [128] * 3 + [255],  # the last expert ends at the last row: its tail chunk runs past M
+    ],
+)
+def test_contiguous_chunks_of_every_size(group_rows):
+    indices = generate_contiguous_indices(group_rows)
+    m, n, k = indices.shape[0], 40, 48
+    a, b = generate_fp8((m, k), key=m), generate_fp8((len(group_rows), n, k), key=n)
+    out = np.asarray(jax.jit(jax_dgpt.grouped_gemm_contiguous)(a, b, jnp.asarray(indices)))
+    for g in range(len(group_rows)):
+        rows = np.nonzero(indices == g)[0]
+        assert_close_to_f64(out[rows], a[rows], b[g], context=f"contiguous group {g} of {group_rows}")
+    assert not np.any(np.asarray(out[indices == -1], np.float32))
+
+
+def test_contiguous_padding_rows_inside_a_block_are_zero():
+    # Rows of index -1 in the middle of expert 1's block: they are zero, the rows after them are not.
+    indices = np.array([0] * 128 + [1] * 10 + [-1] * 5 + [1] * 113, np.int32)
+    a, b = generate_fp8((256, 32), key=51), generate_fp8((2, 16, 32), key=52)
+    out = np.asarray(jax_dgpt.grouped_gemm_contiguous(a, b, jnp.asarray(indices)))
+    assert not np.any(np.asarray(out[138:143], np.float32))
+    for g in (0, 1):
+        rows = np.nonzero(indices == g)[0]
+        assert_close_to_f64(out[rows], a[rows], b[g], context=f"expert {g}")
+
+
+def dot_row_counts(jaxpr) -> list[int]:
+    """Rows of the left operand of every dot_general in a jaxpr and the jaxprs inside it (loops, conds)."""
+    rows = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            rows.append(int(eqn.invars[0].aval.shape[0]))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    rows += dot_row_counts(inner)
+    return rows
+
+
+def f32_temporaries(jaxpr) -> list[tuple[int, ...]]:
+    """Shapes of every float32 value a jaxpr (and the jaxprs inside it) creates."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        shapes += [tuple(v.aval.shape) for v in eqn.outvars if getattr(v.aval, "dtype", None) == jnp.float32]
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    shapes += f32_temporaries(inner)
+    return shapes
+
+
+GROUPED_PROBLEM = dict(num_groups=32, m=4096, n=512, k=1024)  # B: 16 MB of fp8, 64 MB as float32
+
+
+def grouped_reference_args(layout: str):
+    g, m, n, k = (GROUPED_PROBLEM[key] for key in ("num_groups", "m", "n", "k"))
+    b = jax.ShapeDtypeStruct((g, n, k), jnp.float8_e4m3fn)
+    if layout == "contiguous":
+        return reference.grouped_gemm_contiguous, (
+            jax.ShapeDtypeStruct((m, k), jnp.float8_e4m3fn),
+            b,
+            jax.ShapeDtypeStruct((m,), jnp.int32),
+        )
+    a = jax.ShapeDtypeStruct((g, m // g, k), jnp.float8_e4m3fn)
+    return reference.grouped_gemm_masked, (a, b, jax.ShapeDtypeStruct((g,), jnp.int32))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "masked"])
+def test_grouped_references_multiply_chunks_of_one_expert(layout):
+    """No dot over all rows (the G-fold work of computing every expert on every row) and no float32
+    copy of more than one expert's weight."""
+    fn, args = grouped_reference_args(layout)
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    rows = dot_row_counts(jaxpr)
+    assert rows and max(rows) <= reference.CHUNK_ROWS, rows
+    g, n, k = GROUPED_PROBLEM["num_groups"], GROUPED_PROBLEM["n"], GROUPED_PROBLEM["k"]
+    biggest = max(int(np.prod(shape)) for shape in f32_temporaries(jaxpr))
+    assert biggest <= n * k, (
+        f"a float32 temporary of {biggest} elements (one expert's weight: {n * k}, all: {g * n * k})"
+    )
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "masked"])
+def test_grouped_references_compile_without_full_size_temporaries(layout):
+    fn, args = grouped_reference_args(layout)
+    stats = jax.jit(fn).lower(*args).compile().memory_analysis()
+    g, m, n, k = (GROUPED_PROBLEM[key] for key in ("num_groups", "m", "n", "k"))
+    bound = 4 * n * k + 3 * (m + reference.CHUNK_ROWS * g) * n * 2 + 2 * m * k  # one f32 weight, bf16 buffers, A
+    assert stats.temp_size_in_bytes <= bound, (stats.temp_size_in_bytes, bound, 4 * g * n * k)
