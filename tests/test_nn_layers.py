@@ -435,3 +435,56 @@ def test_flax_is_optional():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "pip install 'jax-dgpt[flax]'" in result.stdout, result.stdout
+
+
+# --- issue 12, finding 3: building a large layer ---------------------------------------------------
+def test_moe_random_init_is_lecun_normal_per_expert():
+    layer = dgnn.MoE(hidden=512, expert_hidden=128, num_experts=4, top_k=2, rngs=nnx.Rngs(0))
+    for name, fan_in in (("w_gate_up", 512), ("w_down", 128)):
+        q = np.asarray(getattr(layer, name)[...], np.float64)
+        scale = np.asarray(getattr(layer, name + "_scale")[...], np.float64)
+        w = q * scale[:, None, None]
+        for e in range(4):
+            std = w[e].std() * fan_in**0.5
+            assert abs(std - 1.0) < 0.03 and abs(w[e].mean()) * fan_in**0.5 < 0.03, (name, e, std, w[e].mean())
+            assert np.isclose(np.abs(q[e]).max(), 448.0), "the scale is the expert's amax / 448"
+        assert not np.array_equal(q[0], q[1]), "experts are drawn independently"
+        # Symmetric: about as many weights below as above zero.
+        assert abs(np.mean(q > 0) - 0.5) < 0.01 and np.unique(q).size > 64  # 256 levels, rounded to e4m3
+    again = dgnn.MoE(hidden=512, expert_hidden=128, num_experts=4, top_k=2, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(again.w_down[...], np.float32), np.asarray(layer.w_down[...], np.float32))
+    other = dgnn.MoE(hidden=512, expert_hidden=128, num_experts=4, top_k=2, rngs=nnx.Rngs(1))
+    assert not np.array_equal(np.asarray(other.w_down[...], np.float32), np.asarray(layer.w_down[...], np.float32))
+
+
+def test_moe_init_memory_is_about_the_parameters():
+    """Building a layer of 64 MB of FP8 weights peaks at a small multiple of that, in a fresh process
+    (the float32 init of the whole stack needed about 16 times the FP8 size: 15.9 GB at the README's
+    sizes)."""
+    script = r"""
+import jax
+from flax import nnx
+from jax_dgpt import nn
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+before = peak()
+layer = nn.MoE(hidden=2048, expert_hidden=512, num_experts=20, top_k=2, rngs=nnx.Rngs(0))
+jax.block_until_ready(nnx.state(layer))
+print("GROWTH", peak() - before)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    growth = int(result.stdout.split("GROWTH")[1])
+    fp8_bytes = 20 * 3 * 2048 * 512
+    assert growth < 4 * fp8_bytes, (
+        f"building the layer grew the peak by {growth / 1e6:.0f} MB ({fp8_bytes / 1e6:.0f} MB of weights)"
+    )
+
+
+def test_load_weights_quantizes_gate_and_up_as_one_tensor_per_expert():
+    layer, w, _ = generate_moe(4, 64, 32, 3, 1, key=7)
+    want_q, want_s = dgnn.quantize_per_expert(jnp.concatenate([jnp.asarray(w["w_gate"]), jnp.asarray(w["w_up"])], 1))
+    np.testing.assert_array_equal(np.asarray(layer.w_gate_up_scale[...]), np.asarray(want_s))
+    np.testing.assert_array_equal(np.asarray(layer.w_gate_up[...], np.float32), np.asarray(want_q, np.float32))
