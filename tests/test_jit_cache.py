@@ -461,6 +461,50 @@ def test_debug_prints_origin(cache_root, monkeypatch, capfd):
     assert "jax_dgpt: jit: nvcc compiled" in err, err
 
 
+def nvcc_version() -> tuple[int, int]:
+    """(major, minor) of the compiler the JIT uses, from its signature ("nvcc 13.0 -cubin ...")."""
+    major, minor = C.compiler_signature().split()[1].split(".")[:2]
+    return int(major), int(minor)
+
+
+@pytest.mark.parametrize("variable", ["DG_JIT_DISABLE_FFMA_INTERLEAVE", "DG_JIT_PRINT_REG_REUSE"])
+def test_ffma_interleave_variables_are_accepted_and_explained_under_debug(cache_root, monkeypatch, capfd, variable):
+    # DeepGEMM's variables (issue 12, finding 11): accepted, no effect on the cubin, explained by DG_JIT_DEBUG.
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.setenv("DG_JIT_DEBUG", "1")
+    name, source = generate_probe()
+    compiled = C.compile_source(name, source)
+    assert compiled["origin"] == "compiled" and compiled["cubin_size"] > 0
+    err = capfd.readouterr().err
+    notes = [line for line in err.splitlines() if "change nothing" in line]
+    assert len(notes) == 1 and variable in notes[0], err
+    assert "jax_dgpt has no SASS FFMA-interleave pass" in notes[0], notes[0]
+    expected = "interleaves FFMAs itself (12.9+)" if nvcc_version() >= (12, 9) else "predates the FFMA interleaving"
+    assert expected in notes[0], notes[0]
+    monkeypatch.delenv("DG_JIT_DEBUG")
+    name_quiet, source_quiet = generate_probe()
+    C.compile_source(name_quiet, source_quiet)
+    assert "change nothing" not in capfd.readouterr().err  # only under DG_JIT_DEBUG
+
+
+def test_ffma_interleave_variables_do_not_change_the_cubin_or_the_key(cache_root, monkeypatch):
+    name, source = generate_probe()
+    monkeypatch.setenv("DG_JIT_DISABLE_CACHE", "1")
+    plain = C.compile_source(name, source)
+    monkeypatch.setenv("DG_JIT_DISABLE_FFMA_INTERLEAVE", "true")
+    monkeypatch.setenv("DG_JIT_PRINT_REG_REUSE", "ON")
+    same, _ = run_child({"kind": "source", "name": name, "source": source})
+    assert same["key"] == plain["key"] and same["cubin_size"] == plain["cubin_size"]
+
+
+@pytest.mark.parametrize("variable", ["DG_JIT_DISABLE_FFMA_INTERLEAVE", "DG_JIT_PRINT_REG_REUSE"])
+def test_ffma_interleave_variables_reject_other_values(cache_root, monkeypatch, variable):
+    monkeypatch.setenv(variable, "maybe")
+    name, source = generate_probe()
+    with pytest.raises(RuntimeError, match=rf"{variable}=maybe is not a boolean \(use 1 or 0\)"):
+        C.compile_source(name, source)
+
+
 def test_ptxas_verbose_env_prints_the_report(cache_root, monkeypatch, capfd):
     monkeypatch.setenv("DG_JIT_PTXAS_VERBOSE", "1")
     name, source = generate_probe()

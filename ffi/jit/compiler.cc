@@ -95,6 +95,7 @@ class NvccCompiler : public Compiler {
  public:
   NvccCompiler(std::string path, const std::string& version, const std::string& cxx_standard)
       : path_(std::move(path)),
+        version_(version),
         flags_{"-cubin", "-std=c++" + cxx_standard, "-O3", kGencode, "--expt-relaxed-constexpr"} {
     signature_ = "nvcc " + version;
     for (const std::string& flag : flags_) signature_ += " " + flag;
@@ -151,6 +152,10 @@ class NvccCompiler : public Compiler {
     if (env_flag("DG_JIT_DEBUG")) {
       std::fprintf(stderr, "jax_dgpt: jit: nvcc compiled %s in %.3f s\n", cubin_path.c_str(),
                    seconds);
+      FfmaInterleaveEnv ffma;
+      const std::string note =
+          read_ffma_interleave_env(&ffma).ok() ? ffma_interleave_note(ffma, "nvcc", version_) : "";
+      if (!note.empty()) std::fprintf(stderr, "jax_dgpt: jit: %s\n", note.c_str());
     }
     if (!fs::read_file(cubin_path, &out->cubin, &why) || out->cubin.empty()) {
       return Status::Error("nvcc produced no cubin at " + cubin_path + " (" + why + ")\n" +
@@ -160,6 +165,7 @@ class NvccCompiler : public Compiler {
   }
 
   std::string path_;
+  std::string version_;  // "X.Y"
   std::vector<std::string> flags_;
   std::string signature_;
 };
@@ -180,6 +186,9 @@ Registry& registry() {
 
 Status select_compiler(const Compiler** out) {
   *out = nullptr;
+  // DeepGEMM's FFMA-interleave variables: validated here, so a typo fails the compile (env.h).
+  FfmaInterleaveEnv ffma;
+  DGPT_RETURN_IF_ERROR(read_ffma_interleave_env(&ffma));
   // C++ standard: 17 unless DG_JIT_OVERRIDE_CPP_STANDARD names another (digits only).
   std::string cxx_standard = env_string("DG_JIT_OVERRIDE_CPP_STANDARD");
   if (cxx_standard.empty()) cxx_standard = "17";

@@ -188,6 +188,10 @@ class NvrtcCompiler : public Compiler {
     if (status.ok() && env_flag("DG_JIT_DEBUG")) {
       std::fprintf(stderr, "jax_dgpt: jit: nvrtc compiled a %zu-byte cubin in %.3f s\n",
                    out->cubin.size(), seconds);
+      FfmaInterleaveEnv ffma;
+      const std::string note =
+          read_ffma_interleave_env(&ffma).ok() ? ffma_interleave_note(ffma, "nvrtc", api.version) : "";
+      if (!note.empty()) std::fprintf(stderr, "jax_dgpt: jit: %s\n", note.c_str());
     }
     return status;
   }
