@@ -8,6 +8,10 @@ accumulation).
     d = jax.jit(jax_dgpt.gemm)(a, b)  # a f8e4m3fn[M, K], b f8e4m3fn[N, K] -> bf16[M, N]
 """
 
+# NOTES: the one place the version is written; pyproject.toml reads it from here (scikit-build-core's
+# regex provider).
+__version__ = "0.1.0"
+
 from ._native import load as _load_native
 from .device import get_num_sms, set_num_sms
 from .ops import (

@@ -41,11 +41,45 @@ def _import_extension() -> ModuleType:
         # blames a circular import of the half-initialised package.
         native = importlib.import_module(f"{__package__}._C")
     except ImportError as error:
+        import json
+        import sys
+        from importlib import metadata
+
+        # Where this package came from and what pip installed, to say which of three cases this is.
+        package_dir = os.path.dirname(os.path.abspath(__file__))
+        root = os.path.dirname(package_dir)
+        in_checkout = os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(os.path.join(root, "ffi"))
+        try:
+            installed = metadata.distribution("jax-dgpt")
+            direct_url = json.loads(installed.read_text("direct_url.json") or "{}")
+            editable = bool(direct_url.get("dir_info", {}).get("editable", False))
+        except (metadata.PackageNotFoundError, ValueError):
+            installed, editable = None, False
+        build = (
+            "`pip install -e .` (on a machine without a registry: `pip install --no-build-isolation -e .`, "
+            "after `pip install scikit-build-core nanobind`)"
+        )
+        if in_checkout and installed is not None and not editable:
+            location = installed.locate_file("jax_dgpt")
+            hint = (
+                f"Python imported jax_dgpt from the source checkout {root} (the current directory and PYTHONPATH "
+                f"come before site-packages), not the installed jax-dgpt {installed.version} in {location}, and "
+                "the checkout has no built extension. Run Python from another directory to use the installed "
+                f"package, or install the checkout in editable mode, {build}, to use it from here."
+            )
+        elif editable:
+            hint = (
+                f"jax_dgpt is an editable install of {root} whose extension is missing or does not load in "
+                f"this Python ({sys.version.split()[0]}) with this jaxlib: rebuild it here with {build}."
+            )
+        else:
+            hint = (
+                "Install the package with `pip install .` (in a source checkout on a machine without a registry: "
+                "`pip install --no-build-isolation .`, after `pip install scikit-build-core nanobind`) so that the "
+                "extension is built for this Python and jaxlib."
+            )
         raise ImportError(
-            f"jax_dgpt: the native extension jax_dgpt._C could not be imported ({error}). "
-            "Install the package with `pip install .` (in a source checkout on a machine without a "
-            "registry: `pip install --no-build-isolation -e .`) so that the extension is built for "
-            "this Python and jaxlib."
+            f"jax_dgpt: the native extension jax_dgpt._C could not be imported ({error}). {hint}"
         ) from error
     return native
 
