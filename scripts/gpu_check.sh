@@ -9,7 +9,8 @@
 # usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [ncu] [sass]
 #        [example] ...        (default: build smoke tests)
 #   compat needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
-#   PYTEST_ARGS="-k masked" narrows the test run; TEST_TIMEOUT (s) limits it; BENCH_ARGS goes to the benchmark
+#   PYTEST_ARGS="-k masked" narrows the test run; TEST_TIMEOUT (s) limits it; BENCH_ARGS goes to the benchmark,
+#   BENCH_TIMEOUT (s) limits it
 #   (e.g. "--quick"); NCU_SHAPES/NCU_ARGS/NCU_KERNEL choose the ncu case; DGPT_GIT_SHA (and DGPT_GIT_DIRTY=0/1)
 #   name the commit when the copy on the GPU machine has no .git.
 set -uo pipefail
@@ -113,8 +114,9 @@ for what in "$@"; do
       [ -f benchmarks/xla_autotune_cache.tgz ] && tar -xzf benchmarks/xla_autotune_cache.tgz -C "$at"
       before=$(find "$at/xla_at" -name '*.pb' | wc -l)
       cmd="python3 -m benchmarks.bench --out $RUN ${BENCH_ARGS:-}"
-      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_per_fusion_autotune_cache_dir=$at/xla_at" $cmd 2>&1 \
-        | tee "$RUN/bench.log" | tail -80
+      # BENCH_TIMEOUT (s) stops the benchmark, not the step: the rows so far and the grown cache still come back.
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_per_fusion_autotune_cache_dir=$at/xla_at" \
+        timeout "${BENCH_TIMEOUT:-86400}" $cmd 2>&1 | tee "$RUN/bench.log" | tail -80
       rc=${PIPESTATUS[0]}
       echo "XLA autotune cache: $before entries loaded, $(find "$at/xla_at" -name '*.pb' | wc -l) after" \
         | tee -a "$RUN/bench.log"
