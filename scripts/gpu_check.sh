@@ -9,9 +9,8 @@
 # usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [ncu] [sass]
 #        [example] ...        (default: build smoke tests)
 #   compat needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
-#   PYTEST_ARGS="-k masked" narrows the test run; TEST_TIMEOUT (s) limits it; BENCH_ARGS goes to the benchmark,
-#   BENCH_TIMEOUT (s) limits it
-#   (e.g. "--quick"); NCU_SHAPES/NCU_ARGS/NCU_KERNEL choose the ncu case; DGPT_GIT_SHA (and DGPT_GIT_DIRTY=0/1)
+#   PYTEST_ARGS="-k masked" narrows the test run; TEST_TIMEOUT (s) limits it; BENCH_ARGS goes to the benchmark
+#   (e.g. "--quick") and BENCH_TIMEOUT (s) limits it; NCU_SHAPES/NCU_ARGS/NCU_KERNEL choose the ncu case; DGPT_GIT_SHA (and DGPT_GIT_DIRTY=0/1)
 #   name the commit when the copy on the GPU machine has no .git.
 set -uo pipefail
 cd "$(dirname "$0")/.."
