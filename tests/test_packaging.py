@@ -186,19 +186,35 @@ def fake_python(directory: pathlib.Path, name: str, version: str) -> pathlib.Pat
     return path
 
 
+def tool_dir(directory: pathlib.Path) -> pathlib.Path:
+    """A PATH directory with what .ci/run --plan needs: bash, coreutils, and python3 = this interpreter
+    (which .ci/run cannot mistake for a python3.12)."""
+    directory.mkdir(parents=True)
+    for tool in ("bash", "dirname", "ls", "sort"):
+        (directory / tool).symlink_to(shutil.which(tool))
+    (directory / "python3").symlink_to(sys.executable)
+    return directory
+
+
 def test_ci_plan_without_python_312_says_skipped(tmp_path):
-    bin_dir = tmp_path / "bin"
-    for tool in ("bash", "python3", "dirname", "ls", "sort"):
-        found = shutil.which(tool)
-        if found:
-            bin_dir.mkdir(exist_ok=True)
-            (bin_dir / tool).symlink_to(found)
-    plan = run_plan({"PATH": str(bin_dir), "PYENV_ROOT": str(tmp_path / "no-pyenv"), "HOME": str(tmp_path)})
+    path = tool_dir(tmp_path / "bin")
+    plan = run_plan({"PATH": str(path), "PYENV_ROOT": str(tmp_path / "no-pyenv"), "HOME": str(tmp_path)})
     assert re.search(r"^suite 1: .*jax==0\.10\.2 jaxlib==0\.10\.2", plan, re.M), plan
     assert "skipped: no Python 3.12" in plan, plan
 
 
 def test_ci_plan_finds_python_312_in_pyenv(tmp_path):
     python = fake_python(tmp_path / "pyenv" / "versions" / "3.12.7" / "bin", "python3.12", "3.12")
-    plan = run_plan({"PYENV_ROOT": str(tmp_path / "pyenv"), "PATH": f"/usr/bin:/bin:{os.path.dirname(sys.executable)}"})
+    fake_python(tmp_path / "pyenv" / "versions" / "3.13.0" / "bin", "python3.13", "3.13")
+    path = tool_dir(tmp_path / "bin")
+    plan = run_plan({"PYENV_ROOT": str(tmp_path / "pyenv"), "PATH": str(path), "HOME": str(tmp_path)})
     assert re.search(rf"^suite 2: {re.escape(str(python))} .*newest jax", plan, re.M), plan
+
+
+def test_ci_plan_ignores_a_python312_that_does_not_run(tmp_path):
+    """A pyenv shim named python3.12 that fails (its version is not selected) does not count."""
+    path = tool_dir(tmp_path / "bin")
+    (path / "python3.12").write_text("#!/bin/sh\necho 'pyenv: python3.12: command not found' >&2\nexit 127\n")
+    (path / "python3.12").chmod(0o755)
+    plan = run_plan({"PATH": str(path), "PYENV_ROOT": str(tmp_path / "no-pyenv"), "HOME": str(tmp_path)})
+    assert "skipped: no Python 3.12" in plan, plan
