@@ -102,10 +102,10 @@ def set_num_sms(num_sms: int) -> None:
     value = static_int("jax_dgpt.set_num_sms", "num_sms", num_sms)
     device_count = _device_sm_count()
     if device_count is not None:
-        upper, where = device_count, f"the SM count of {cuda_devices()[0].device_kind} ({device_count})"
+        upper, where = device_count, f"the device's {device_count} SMs"
     else:
         upper = _max_grid_size()
-        where = f"the kernels' largest persistent grid ({upper}; no CUDA device is visible)"
+        where = f"the kernels' largest persistent grid, {upper} CTAs (no CUDA device is visible)"
     if not 1 <= value <= upper:
         raise ValueError(f"jax_dgpt.set_num_sms: num_sms must be at least 1 and at most {where}, got {value}")
     with _lock:

@@ -329,7 +329,9 @@ def test_set_num_sms_without_a_gpu_is_bounded_by_the_largest_grid(restore_num_sm
     largest = _native.load().limits()["max_grid_size"]
     jax_dgpt.set_num_sms(largest)
     assert jax_dgpt.get_num_sms() == largest
-    with pytest.raises(ValueError, match=rf"at most the kernels' largest persistent grid \({largest};.*got {10**6}"):
+    with pytest.raises(
+        ValueError, match=rf"at most the kernels' largest persistent grid, {largest} CTAs .*got {10**6}"
+    ):
         jax_dgpt.set_num_sms(10**6)
     assert jax_dgpt.get_num_sms() == largest
 
