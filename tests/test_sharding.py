@@ -161,3 +161,32 @@ print("SCAN OK")
 """.replace("OP", repr(op))
     result = run_script(script)
     assert result.returncode == 0 and "SCAN OK" in result.stdout, result.stdout + result.stderr[-4000:]
+
+
+def test_moe_layer_under_shard_map_with_tokens_split():
+    """nn.MoE prefill and decode (the layer the issue found crashing), tokens split over 4 devices and
+    the layer's parameters replicated, equal to the unsharded layer on each device's tokens."""
+    pytest.importorskip("flax")
+    script = r"""
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jax_dgpt import nn
+mesh = jax.make_mesh((4,), ("x",))
+moe = nn.MoE(hidden=64, expert_hidden=32, num_experts=8, top_k=2, rngs=nnx.Rngs(0))
+graphdef, state = nnx.split(moe)
+x = jax.random.normal(jax.random.key(1), (4 * 16, 64), jnp.float32)
+prefill = lambda state, x: nnx.merge(graphdef, state)(x)
+decode = lambda state, x: nnx.merge(graphdef, state).decode(x, capacity=8)[0]
+state_specs = jax.tree.map(lambda _: P(), state)
+placed_state = jax.tree.map(lambda v: jax.device_put(v, NamedSharding(mesh, P())), state)
+placed_x = jax.device_put(x, NamedSharding(mesh, P("x")))
+for name, fn in (("prefill", prefill), ("decode", decode)):
+    sharded = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(state_specs, P("x")), out_specs=P("x")))
+    got = np.asarray(sharded(placed_state, placed_x))
+    want = np.concatenate([np.asarray(jax.jit(fn)(state, x[16 * d : 16 * (d + 1)])) for d in range(4)])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
+print("MOE OK")
+"""
+    result = run_script(script)
+    assert result.returncode == 0 and "MOE OK" in result.stdout, result.stdout + result.stderr[-4000:]
