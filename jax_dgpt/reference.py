@@ -138,7 +138,7 @@ def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) ->
 
     The valid rows are sorted by expert (a stable argsort of M indices) and multiplied per expert;
     the results go back to their rows with one gather. Temporaries: one expert's float32 weight, a
-    chunk of rows, and two ``[M, N]`` bfloat16 buffers.
+    chunk of rows, a uint8 copy of A and two ``[M, N]`` buffers of bfloat16 bits.
     """
     m, n, num_groups = a.shape[0], b.shape[1], b.shape[0]
     block_first = m_indices[(jnp.arange(m) // CONTIGUOUS_BLOCK_ROWS) * CONTIGUOUS_BLOCK_ROWS]
@@ -147,8 +147,9 @@ def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) ->
     order = jnp.argsort(expert, stable=True).astype(jnp.int32)
     counts = jnp.zeros((num_groups + 1,), jnp.int32).at[expert].add(1)[:num_groups]
     starts = jnp.cumsum(counts) - counts
-    # NOTES: a chunk may run up to CHUNK_ROWS - 1 rows past the last valid row, so the sorted order and
-    # the buffer get that many extra rows (pointing at row 0, whose results are never kept).
+    # NOTES: a tail chunk runs up to TAIL_ROWS - 1 rows past an expert's last row, and a full chunk's
+    # static size must fit even when M < CHUNK_ROWS: the sorted order and the buffer get CHUNK_ROWS
+    # extra rows (pointing at row 0; their results are overwritten by the next expert or dropped).
     order = jnp.concatenate([order, jnp.zeros((CHUNK_ROWS,), jnp.int32)])
     a_bits = _as_bits(a)
 
@@ -178,7 +179,7 @@ def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array) -> jax.
     num_groups, m_max, _ = a.shape
     n = b.shape[1]
     counts = jnp.clip(masked_m, 0, m_max).astype(jnp.int32)
-    # Rows of group g are numbered from 0 within a group buffer padded by CHUNK_ROWS rows.
+    # Rows of group g are numbered from 0; padded as the contiguous layout's sorted rows are.
     padded = jnp.pad(_as_bits(a), ((0, 0), (0, CHUNK_ROWS), (0, 0)))
 
     def rows_of(g, row, size):
