@@ -186,7 +186,7 @@ def _set_expert(codes: jax.Array, expert: jax.Array, index: jax.Array) -> jax.Ar
     return lax.dynamic_update_index_in_dim(codes, expert, index, axis=0)
 
 
-@functools.partial(jax.jit, donate_argnums=0)
+@jax.jit
 def _as_fp8(codes: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(codes, FP8)
 
@@ -197,7 +197,8 @@ def _random_fp8_experts(key: jax.Array, shape: tuple[int, int, int]) -> tuple[ja
     Each weight is one of 256 equiprobable levels of the normal distribution (one random byte per
     weight) times ``K^-1/2``; every expert's scale is the largest level's (``~2.9 K^-1/2 / 448``),
     which is the expert's amax as soon as it has a few thousand weights. One expert at a time (a
-    seed per expert from ``key``), written in place: the temporaries are one expert's random bytes.
+    seed per expert from ``key``), written in place into a uint8 stack; the temporaries are one
+    expert's random bytes and, at the end, one copy of the stack (reinterpreted as FP8).
     """
     num_experts, n, k = shape
     seeds = jax.random.bits(key, (num_experts, 4), jnp.uint32)
