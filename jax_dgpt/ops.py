@@ -223,7 +223,7 @@ def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, expecte
 
     Returns:
       bfloat16 ``[G, Mmax, N]``. Rows at or past ``masked_m[g]`` are unspecified on the GPU (the
-      kernel does not write them); the CPU reference computes them anyway.
+      kernel does not write them); the CPU reference returns zeros there.
 
     Padding of K to a multiple of 16 and of N to a multiple of 8 works, and costs, as in
     :func:`gemm`. G = 0, Mmax = 0 or N = 0 launch nothing; K = 0 gives zeros.

@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["CHUNK_ROWS", "CONTIGUOUS_BLOCK_ROWS", "TAIL_ROWS", "gemm", "grouped_gemm_contiguous", "grouped_gemm_masked"]
+from .kernel_config import limits
+
+__all__ = ["CHUNK_ROWS", "TAIL_ROWS", "gemm", "grouped_gemm_contiguous", "grouped_gemm_masked"]
 
 _HIGHEST = lax.Precision.HIGHEST
-# Rows of the contiguous layout's alignment: the kernel reads one expert per block of this many rows.
-CONTIGUOUS_BLOCK_ROWS = 128
 # NOTES: rows per dot of the grouped references: full chunks of CHUNK_ROWS, then the remainder in
 # chunks of TAIL_ROWS. A dot of 16 rows already streams the whole float32 weight once, as a per-expert
 # jnp dot of the same rows would, so smaller tails would save little; larger chunks amortise the
@@ -141,7 +141,9 @@ def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) ->
     chunk of rows, a uint8 copy of A and two ``[M, N]`` buffers of bfloat16 bits.
     """
     m, n, num_groups = a.shape[0], b.shape[1], b.shape[0]
-    block_first = m_indices[(jnp.arange(m) // CONTIGUOUS_BLOCK_ROWS) * CONTIGUOUS_BLOCK_ROWS]
+    # The kernel reads one expert per block of the contiguous layout's alignment (kernels/kernel_config.cuh).
+    block = limits()["m_alignment_contiguous"]
+    block_first = m_indices[(jnp.arange(m) // block) * block]
     valid = (m_indices == block_first) & (m_indices >= 0) & (m_indices < num_groups)
     expert = jnp.where(valid, m_indices, num_groups)  # invalid rows sort last
     order = jnp.argsort(expert, stable=True).astype(jnp.int32)

@@ -28,7 +28,9 @@ done
 
 RUN=$(python3 -m benchmarks.rundir init "$OUT" --command "scripts/gpu_check.sh $*") || exit 1
 LOGS=/tmp/dgpt_logs/$(basename "$RUN")   # staging for finished logs, packed into $RUN/logs.tar.gz
-mkdir -p "$LOGS"
+# NOTES: a fresh staging folder per call: a second call with another OUT (same run name) must not pack the
+# first call's logs again.
+rm -rf "$LOGS" && mkdir -p "$LOGS"
 echo "run directory: $RUN"
 status=0
 
@@ -72,7 +74,7 @@ for what in "$@"; do
       else
         tail -20 "$RUN/build_compat.log"
       fi
-      python3 -m pip install --no-build-isolation --no-deps -e . >>"$RUN/build.log" 2>&1 || rc=1
+      python3 -m pip install --no-build-isolation --no-deps -e . >>"$RUN/build_compat.log" 2>&1 || rc=1
       finish $rc "pip install (XLA_FFI_INCLUDE_DIR=.ffi-oldest) && scripts/smoke.py; pip install -e ." \
         build_compat.log smoke_compat.log ;;
     smoke)
