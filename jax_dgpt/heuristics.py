@@ -1,9 +1,10 @@
 """Kernel configuration heuristics: which valid :class:`KernelConfig` to use for one static problem.
 
 A pure function of the problem (layout and shape), the SM count the kernel may use and the fields
-forced by :mod:`jax_dgpt.forcing`; it imports no JAX. It only chooses: what the kernel can take is
-decided in C++ (:meth:`KernelConfig.error`), and limits come from :func:`kernel_config.limits`. Four
-small stages:
+forced by :mod:`jax_dgpt.forcing`: no JAX API and no CUDA call, so it runs the same on a machine
+without a GPU. It only chooses: what the kernel can take is decided in C++ (:meth:`KernelConfig.error`,
+through the native extension), and limits come from :func:`kernel_config.limits`. K, like M and N,
+enters through the tile count and split-K. Four small stages:
 
 1. :func:`candidates` — every config worth considering: ``block_m`` from the effective M
    (:func:`select_block_m`), each ``block_n`` step up to N, each stage count, split-K where it
