@@ -5,14 +5,15 @@ the others are still chosen by :mod:`jax_dgpt.heuristics`. Functions traced befo
 their compiled config. A forced value the kernel cannot take raises ValueError when an op is lowered,
 naming the rule it breaks.
 
-    with jax_dgpt.forcing.force(block_n=160, num_stages=3):
+    with jax_dgpt.forcing.force(num_stages=3, num_k_splits=2):
         d = jax.jit(lambda a, b: jax_dgpt.gemm(a, b))(a, b)
 
-The fields that can be forced are :data:`~jax_dgpt.kernel_config.TUNING_FIELDS`: the tile
-(``block_m``, ``block_n``, ``num_stages``) and K splitting, over a cluster of CTAs (``num_k_splits``,
-reduced in rank order: reproducible) or inside a CTA (``k_interleave=1``: on 64-row tiles a second math
-warpgroup takes every other K block of the same rows; excludes split-K, needs an even stage count; its
-two halves are added in a fixed order, reproducible but not bitwise equal to the kernel without it).
+The fields that can be forced are :data:`~jax_dgpt.kernel_config.TUNING_FIELDS` (the tile and the K
+splitting; :class:`~jax_dgpt.kernel_config.KernelConfig` documents each). K split over a cluster of CTAs
+(``num_k_splits``) is reduced in rank order: reproducible. K split inside a CTA (``k_interleave=1``: on
+64-row tiles a second math warpgroup takes every other K block of the same rows) excludes split-K, needs
+an even stage count, and adds its two halves in a fixed order: reproducible, not bitwise equal to the
+kernel without it.
 Nested contexts merge; ``None`` clears a field forced by an outer one.
 """
 
