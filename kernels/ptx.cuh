@@ -60,18 +60,6 @@ __device__ __forceinline__ void tma_load_3d(const TmaDescriptor* desc, u64* bar,
       : "memory");
 }
 
-// Like tma_load_3d, but the box lands at the same shared-memory offset in every CTA of `cta_mask`
-// (bit i: cluster rank i), and each destination's mbarrier at `bar`'s offset receives the bytes.
-__device__ __forceinline__ void tma_load_3d_multicast(const TmaDescriptor* desc, u64* bar, void* smem_dst, i32 c0,
-                                                      i32 c1, i32 c2, u16 cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%3, %4, %5}], [%2], %6;"
-      ::"r"(smem_addr(smem_dst)), "l"(reinterpret_cast<u64>(desc)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2),
-      "h"(cta_mask)
-      : "memory");
-}
-
 // Shared -> global copy of one box at (c0, c1, c2); out-of-bounds parts of the box are not written.
 __device__ __forceinline__ void tma_store_3d(const TmaDescriptor* desc, const void* smem_src, i32 c0, i32 c1, i32 c2) {
   asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];"
@@ -89,7 +77,7 @@ __device__ __forceinline__ void tma_store_wait_read() {
 // Waits until committed stores are complete.
 __device__ __forceinline__ void tma_store_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 
-// ---- clusters (split-K reduction through distributed shared memory, multicast stage release) ------
+// ---- clusters (split-K reduction through distributed shared memory) ---------------------------------
 __device__ __forceinline__ u32 cluster_ctarank() {
   u32 rank;
   asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
@@ -105,11 +93,6 @@ __device__ __forceinline__ u32 cluster_size() {
 // All threads of every CTA of the cluster; orders shared-memory writes (barrier init) cluster-wide.
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-// Like cluster_sync, for threads that may have diverged (the non-.aligned form).
-__device__ __forceinline__ void cluster_sync_unaligned() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
 }
 
 // The shared::cluster address of `smem_ptr`'s counterpart in CTA `rank` of this cluster.
@@ -129,15 +112,6 @@ __device__ __forceinline__ void ld_shared_cluster_v4(u32 cluster_addr, float& x,
 // Arrives on an mbarrier of another CTA of the cluster, releasing this thread's prior writes.
 __device__ __forceinline__ void mbarrier_arrive_remote(u32 cluster_addr) {
   asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
-}
-
-// Arrives on an mbarrier of another CTA of the cluster as a pure signal (release at CTA scope, the
-// default). For a peer's empty barrier: the stage was read by this warp's wgmmas, which `wait_group`
-// completed, and nothing this thread wrote has to reach the peer. NOTES: `.release.cluster` here
-// orders every prior write of the thread at cluster scope on each arrival; in the multicast
-// mainloop that is once per K block per math warp.
-__device__ __forceinline__ void mbarrier_arrive_signal(u32 cluster_addr) {
-  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
 }
 
 // Like mbarrier_wait, acquiring at cluster scope (the arrivals came from other CTAs).
