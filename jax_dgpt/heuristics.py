@@ -132,6 +132,7 @@ def candidates(problem: Problem, num_sms: int, forced: Overrides = ()) -> Iterat
     )
     stages = (fixed["num_stages"],) if "num_stages" in fixed else range(PREFERRED_MAX_STAGES, lim["min_stages"] - 1, -1)
     for block_n in block_ns:
+        grid_size = _grid_size(problem, block_m, block_n, num_sms, splits)
         for num_stages in stages:
             yield KernelConfig(
                 layout=problem.layout,
@@ -142,7 +143,7 @@ def candidates(problem: Problem, num_sms: int, forced: Overrides = ()) -> Iterat
                 block_m=block_m,
                 block_n=block_n,
                 num_stages=num_stages,
-                grid_size=_grid_size(problem, block_m, block_n, num_sms, splits),
+                grid_size=grid_size,
                 num_k_splits=splits,
                 k_interleave=k_interleave,
             )
@@ -163,9 +164,7 @@ def valid(configs: Iterable[KernelConfig]) -> tuple[list[KernelConfig], dict[str
 def score(problem: Problem, config: KernelConfig) -> tuple[int, ...]:
     """Smaller is better: waves, then minus the last wave's occupancy, minus block_n, minus stages."""
     tiles = num_tiles(problem, config.block_m, config.block_n)
-    units = config.grid_size // config.num_k_splits
-    if problem.layout == "masked":
-        units = max(1, units)
+    units = config.grid_size // config.num_k_splits  # CTAs, or clusters, in flight at once
     return (num_waves(tiles, units), -last_wave_occupancy(tiles, units), -config.block_n, -config.num_stages)
 
 
