@@ -35,9 +35,9 @@ Status read_config(size_t size, GetInt&& get_int, GetLayout&& get_layout, Kernel
 #define DGPT_READ_FIELD(name, compile_time) DGPT_RETURN_IF_ERROR(get_int(#name, &c.name));
   DGPT_KERNEL_CONFIG_FIELDS(DGPT_READ_FIELD)
 #undef DGPT_READ_FIELD
-  if (size != config_field_names().size()) {
+  if (size != static_cast<size_t>(kNumConfigFields)) {
     return Status::Error("kernel config has " + std::to_string(size) + " entries, expected exactly the " +
-                         std::to_string(config_field_names().size()) + " fields " + describe_field_names());
+                         std::to_string(kNumConfigFields) + " fields " + describe_field_names());
   }
   *out = c;
   return Status::Ok();

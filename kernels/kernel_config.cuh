@@ -42,6 +42,11 @@ struct KernelConfig {
 #undef DGPT_CONFIG_MEMBER
 };
 
+// Fields in all: the layout plus the integer fields.
+#define DGPT_COUNT_FIELD(name, compile_time) +1
+constexpr int kNumConfigFields = 1 DGPT_KERNEL_CONFIG_FIELDS(DGPT_COUNT_FIELD);
+#undef DGPT_COUNT_FIELD
+
 // --- limits (exported to Python as jax_dgpt._C.limits()) -------------------------------------------
 namespace limits {
 constexpr long long kBlockMSmall = 64;         // block_m choices: one or two 64-row wgmma tiles
