@@ -1,7 +1,8 @@
 """Helpers shared by the tests, the benchmarks, the scripts and the examples.
 
-Problem shapes, deterministic fp8 inputs (in numpy, or on the device for large operands), the
-contiguous- and masked-layout input builders, the float64 references of the three ops and the accuracy
+Problem shapes, deterministic fp8 inputs (e4m3 or e5m2, in numpy, or on the device for large operands) and
+scales, the contiguous- and masked-layout input builders, the float64 references of the ops (scaled or not,
+the weight-gradient ops included, with the k-grouped layout's clamping rule in ``k_grouped_offsets``) and the accuracy
 metric of the numerical contract (``calc_diff`` on the host; ``gemm_diff``, ``contiguous_diffs`` and
 ``masked_diffs`` on the device), see ``docs/numerical_contract.md``. Needs numpy and jax only; not
 imported by ``jax_dgpt`` itself.
@@ -18,6 +19,7 @@ import ml_dtypes
 import numpy as np
 
 FP8 = np.dtype(ml_dtypes.float8_e4m3fn)
+FP8_E5M2 = np.dtype(ml_dtypes.float8_e5m2)
 
 
 @functools.cache
@@ -60,22 +62,44 @@ MASKED_MMAX = 4096  # rows per group of A in the masked table
 
 
 # --- generators -----------------------------------------------------------------------------------
-def generate_fp8(shape: tuple[int, ...], key: int, on_device: bool = False) -> jax.Array:
-    """Random normal values cast to float8_e4m3fn (never all zeros), deterministic in ``key``.
+def generate_fp8(
+    shape: tuple[int, ...], key: int, on_device: bool = False, dtype: jnp.dtype = jnp.float8_e4m3fn
+) -> jax.Array:
+    """Random normal values cast to ``dtype`` (float8_e4m3fn or float8_e5m2; never all zeros),
+    deterministic in ``key``.
 
     By default drawn in numpy (the same values on every backend); ``on_device=True`` draws them with
     ``jax.random`` on the default device instead (other values, but no host work or transfer: what the
-    benchmark uses for its large operands).
+    benchmark uses for its large operands). Both dtypes get the same standard normal draw for the same
+    key (e5m2 keeps 3 significant bits of it, e4m3 keeps 4).
     """
+    dtype = np.dtype(dtype)
+    if dtype not in (FP8, FP8_E5M2):
+        raise ValueError(f"generate_fp8: dtype must be float8_e4m3fn or float8_e5m2, got {dtype}")
     if on_device:
-        return _random_fp8(tuple(shape), np.uint32(key))
+        return _random_fp8(tuple(shape), np.uint32(key), dtype)
     values = np.random.default_rng(key).standard_normal(shape).astype(np.float32)
-    return jnp.asarray(values.astype(FP8))
+    return jnp.asarray(values.astype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _random_fp8(shape: tuple[int, ...], key, dtype=FP8) -> jax.Array:
+    return jax.random.normal(jax.random.key(key, impl="rbg"), shape, jnp.float32).astype(dtype)
+
+
+def generate_scales(shape: tuple[int, ...], key: int, on_device: bool = False) -> jax.Array:
+    """Positive float32 scales ``2**U(-4, 4)`` (spread over 8 binades, not powers of two), deterministic
+    in ``key``; in numpy by default, with ``jax.random`` on the default device when ``on_device``."""
+    if on_device:
+        return _random_scales(tuple(shape), np.uint32(key))
+    exponents = np.random.default_rng(key).uniform(-4.0, 4.0, shape)
+    return jnp.asarray(np.exp2(exponents).astype(np.float32))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _random_fp8(shape: tuple[int, ...], key) -> jax.Array:
-    return jax.random.normal(jax.random.key(key, impl="rbg"), shape, jnp.float32).astype(jnp.float8_e4m3fn)
+def _random_scales(shape: tuple[int, ...], key) -> jax.Array:
+    exponents = jax.random.uniform(jax.random.key(key, impl="rbg"), shape, jnp.float32, -4.0, 4.0)
+    return jnp.exp2(exponents)
 
 
 def generate_group_rows(groups: int, expected_m: int, rng: int | np.random.Generator) -> list[int]:
@@ -125,7 +149,8 @@ def masked_valid_rows(masked_m, mmax: int) -> np.ndarray:
     return np.clip(np.asarray(masked_m, np.int64), 0, mmax)
 
 
-def to_f64(x: jax.Array) -> np.ndarray:
+def to_f64(x) -> np.ndarray:
+    """Any array (fp8 e4m3 or e5m2, bfloat16, float32, ...) as a numpy float64 array (exact for these)."""
     return np.asarray(x).astype(np.float64)
 
 
@@ -150,28 +175,93 @@ def matmul_nt_f64(x, y, absolute: bool = False) -> np.ndarray:
     return np.matmul(xd, np.swapaxes(yd, -1, -2))
 
 
-def reference_gemm_f64(a: jax.Array, b: jax.Array) -> np.ndarray:
-    """Exact float64 ``A . B^T`` of the fp8 values (a [..., M, K], b [..., N, K])."""
-    return matmul_nt_f64(a, b)
+def _scaled_f64(product: np.ndarray, scale_a, scale_b) -> np.ndarray:
+    """``product * scale_a[..., :, None] * scale_b[..., None, :]`` in float64 (scales None, () or
+    per row / per column)."""
+    out = np.asarray(product, np.float64)
+    if scale_a is not None:
+        scale_a = to_f64(scale_a)
+        out = out * (scale_a if scale_a.ndim == 0 else scale_a[..., None])
+    if scale_b is not None:
+        scale_b = to_f64(scale_b)
+        out = out * (scale_b if scale_b.ndim == 0 else scale_b[..., None, :])
+    return out
 
 
-def reference_contiguous_f64(a: jax.Array, b: jax.Array, m_indices) -> np.ndarray:
+def reference_gemm_f64(a: jax.Array, b: jax.Array, *, scale_a=None, scale_b=None) -> np.ndarray:
+    """Exact float64 ``(A . B^T) * scale_a[:, None] * scale_b[None, :]`` of the fp8 values (a [..., M, K],
+    b [..., N, K]; scale_a None, () or [..., M]; scale_b None, () or [..., N])."""
+    return _scaled_f64(matmul_nt_f64(a, b), scale_a, scale_b)
+
+
+def reference_wgrad_f64(a: jax.Array, b: jax.Array, c=None, *, scale_a=None, scale_b=None) -> np.ndarray:
+    """float64 result of the weight-gradient GEMM: ``c + (A . B^T) * scale_a[:, None] * scale_b[None, :]``
+    (a [M, K], b [N, K], c None (zeros) or [M, N]; scales as :func:`reference_gemm_f64`)."""
+    out = reference_gemm_f64(a, b, scale_a=scale_a, scale_b=scale_b)
+    return out if c is None else to_f64(c) + out
+
+
+def k_grouped_offsets(group_sizes, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) int64 [G] of the k-grouped layout's groups over ``total`` columns: the rule.
+
+    A negative size counts as 0; the running end is clamped to ``total`` (a group reaching past it loses
+    its columns past ``total``, a group starting at or past it is empty); each group starts where the
+    previous one ends (the first at 0). Group g contracts over columns ``[starts[g], ends[g])``.
+    """
+    sizes = np.maximum(np.asarray(group_sizes, np.int64).reshape(-1), 0)
+    ends = np.minimum(np.cumsum(sizes), int(total))
+    starts = np.concatenate([np.zeros((1,), np.int64), ends[:-1]]) if ends.size else ends.copy()
+    return starts, ends
+
+
+def reference_k_grouped_wgrad_f64(
+    a: jax.Array, b: jax.Array, group_sizes, c=None, *, scale_a=None, scale_b=None
+) -> np.ndarray:
+    """float64 result of the k-grouped weight-gradient GEMM (a [M, T], b [N, T], group_sizes [G] host
+    values, c None or [G, M, N]) -> [G, M, N]: ``out[g] = c[g] + (A_g . B_g^T) * sa_g[:, None] *
+    sb_g[None, :]`` with A_g, B_g the columns of :func:`k_grouped_offsets`; an empty group gives c[g]
+    (or zeros). scale_a: None, (), [M] or [G, M]; scale_b: None, (), [N] or [G, N]."""
+    starts, ends = k_grouped_offsets(group_sizes, a.shape[1])
+    x, y = to_f64(a), to_f64(b)
+    sa = None if scale_a is None else to_f64(scale_a)
+    sb = None if scale_b is None else to_f64(scale_b)
+    out = np.zeros((len(starts), x.shape[0], y.shape[0]), np.float64) if c is None else np.array(to_f64(c))
+    for g, (start, end) in enumerate(zip(starts, ends)):
+        if end <= start:
+            continue
+        sa_g = sa if sa is None or sa.ndim < 2 else sa[g]
+        sb_g = sb if sb is None or sb.ndim < 2 else sb[g]
+        out[g] += _scaled_f64(matmul_nt_f64(x[:, start:end], y[:, start:end]), sa_g, sb_g)
+    return out
+
+
+def reference_contiguous_f64(a: jax.Array, b: jax.Array, m_indices, *, scale_a=None, scale_b=None) -> np.ndarray:
     """Exact float64 result of the contiguous op (a [M, K], b [G, N, K], m_indices [M]): row i is
-    ``a[i] . b[m_indices[i]]^T``, rows whose index lies outside [0, G) are 0. For layouts that keep the
+    ``(a[i] . b[e]^T) * scale_a[i] * scale_b[e]`` with ``e = m_indices[i]``, rows whose index lies outside
+    [0, G) are 0. scale_a: None, () or [M]; scale_b: None, (), [G] or [G, N]. For layouts that keep the
     alignment rule (each expert's rows start a 128-row block)."""
     idx = np.asarray(m_indices)
+    sa = None if scale_a is None else to_f64(scale_a)
+    sb = None if scale_b is None else to_f64(scale_b)
     out = np.zeros((idx.shape[0], b.shape[1]), np.float64)
     for g in range(b.shape[0]):
         rows = np.nonzero(idx == g)[0]
         if rows.size:
-            out[rows] = matmul_nt_f64(a[jnp.asarray(rows)], b[g])
+            sa_g = sa if sa is None or sa.ndim == 0 else sa[rows]
+            sb_g = sb if sb is None or sb.ndim == 0 else sb[g]
+            out[rows] = _scaled_f64(matmul_nt_f64(a[jnp.asarray(rows)], b[g]), sa_g, sb_g)
     return out
 
 
-def reference_masked_f64(a: jax.Array, b: jax.Array, masked_m) -> np.ndarray:
-    """Exact float64 result of the masked op (a [G, Mmax, K], b [G, N, K]); rows at or past
-    ``masked_m[g]``, which the kernel leaves unspecified, are NaN so that only valid rows compare."""
-    out = np.array(matmul_nt_f64(a, b), np.float64)
+def reference_masked_f64(a: jax.Array, b: jax.Array, masked_m, *, scale_a=None, scale_b=None) -> np.ndarray:
+    """Exact float64 result of the masked op (a [G, Mmax, K], b [G, N, K]): ``(a[g] . b[g]^T) *
+    scale_a[g, :, None] * scale_b[g]``; rows at or past ``masked_m[g]``, which the kernel leaves
+    unspecified, are NaN so that only valid rows compare. scale_a: None, () or [G, Mmax]; scale_b: None,
+    (), [G] or [G, N]."""
+    sb = None if scale_b is None else to_f64(scale_b)
+    if sb is not None and sb.ndim == 1:
+        sb = sb[:, None]  # per group: one value for the group's whole row
+    out = np.array(reference_gemm_f64(a, b, scale_a=scale_a, scale_b=sb), np.float64)
     valid = masked_valid_rows(masked_m, a.shape[1])
     for g, rows in enumerate(valid):
         out[g, rows:] = np.nan
