@@ -2,11 +2,13 @@
 
 Run from the repository root:
 
-    python -m benchmarks.bench [--only normal,decode,contiguous,masked] [--quick | --tiny] [--out DIR]
+    python -m benchmarks.bench [--only normal,decode,contiguous,masked,wgrad,k_grouped,scaled] [--quick | --tiny]
+        [--out DIR]
         [--shapes MxNxK,...] [--match G=32] [--k-splits 2,4] [--k-interleave] [--block-m 64]
         [--block-n 128,160] [--stages 3,4]
 
-    --only        layouts to run (default: all four tables: 22 normal, 21 decode, 6 contiguous, 6 masked shapes)
+    --only        tables to run (default: the four forward tables: 22 normal, 21 decode, 6 contiguous, 6 masked
+                  shapes; the training tables, benchmarks/bench_wgrad.py: 12 wgrad, 10 k_grouped, 22 scaled)
     --quick       every fourth shape of each table (16 shapes)
     --tiny        a few tiny shapes per layout, on any backend: without a Hopper GPU the ops run the CPU
                   reference and the times are wall-clock times of that (checks the bookkeeping, not the kernels)
@@ -44,7 +46,7 @@ import jaxlib
 import numpy as np
 
 import jax_dgpt
-from benchmarks import tables
+from benchmarks import bench_wgrad, tables
 from benchmarks.profiling import make_timer
 from jax_dgpt import testing
 
@@ -105,12 +107,13 @@ def _inside(force, fn):
     return call
 
 
-def measure(timer, baselines: dict, variants: dict, make_op, diff_of, row: dict) -> None:
+def measure(timer, baselines: dict, variants: dict, make_op, diff_of, row: dict, check=None) -> None:
     """Times `baselines` ({row key: callable}, "us" first: jax_dgpt with the heuristics' choice) and each
     forced variant in ONE timer session; adds "<key>" µs, "<label>_us"/"<label>_diff" and "calc_diff" to `row`.
 
     make_op() returns a fresh jitted op bound to the shape's inputs: a function is traced at its first call,
-    so each variant needs its own, traced inside its context.
+    so each variant needs its own, traced inside its context. calc_diff is of `check()`'s result when given
+    (for baselines that accumulate into their output call after call), else of the "us" baseline's.
     """
     ready = {}
     for label, force in variants.items():
@@ -136,7 +139,7 @@ def measure(timer, baselines: dict, variants: dict, make_op, diff_of, row: dict)
     row["timed_s"] = round(time.perf_counter() - started, 3)
     row.update(zip(baselines, times[: len(baselines)]))
     started = time.perf_counter()
-    row["calc_diff"] = diff_of(baselines["us"]())
+    row["calc_diff"] = diff_of((check or baselines["us"])())
     row["diff_s"] = round(time.perf_counter() - started, 3)
     for (label, (force, op)), t in zip(ready.items(), times[len(baselines) :]):
         row[f"{label}_us"] = t
@@ -349,6 +352,15 @@ def main(argv=None) -> int:
         table = list(zip(size["masked"], seeds, masked_draws(size["masked"])))
         chosen = [s for s in pick(table) if args.match in grouped_label(*s[0])]
         bench_masked(timer, chosen, rows, variants, TINY["mmax"] if args.tiny else testing.MASKED_MMAX)
+    if "wgrad" in only:
+        bench_wgrad.bench_wgrad(
+            timer, pick(bench_wgrad.TINY["wgrad"] if args.tiny else bench_wgrad.WGRAD), rows, measure
+        )
+    if "k_grouped" in only:
+        cases = [c for c in pick(bench_wgrad.k_grouped_cases(args.tiny)) if args.match in c[-1]]
+        bench_wgrad.bench_k_grouped(timer, cases, rows, measure)
+    if "scaled" in only:
+        bench_wgrad.bench_scaled(timer, pick(bench_wgrad.TINY["scaled"] if args.tiny else NORMAL), rows, measure)
     for layout in tables.LAYOUTS:
         table = tables.markdown(rows, layout)
         if table:

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 
-LAYOUTS = ("normal", "decode", "contiguous", "masked")
+LAYOUTS = ("normal", "decode", "contiguous", "masked", "wgrad", "k_grouped", "scaled")
 
 # layout: (column title, row key) pairs. Times in µs, throughput in TFLOPS and GB/s.
 COLUMNS = {
@@ -48,6 +48,35 @@ COLUMNS = {
         ("×einsum", "speedup"),
         ("seed (H100) µs", "seed_h100_us"),
         ("seed / ours", "vs_seed"),
+        ("calc_diff", "calc_diff"),
+    ],
+    "wgrad": [
+        ("M×N×K", "shape"),
+        ("jax_dgpt µs", "us"),
+        ("TFLOPS", "tflops"),
+        ("XLA fp8→f32 + c µs", "xla_us"),
+        ("×XLA", "speedup"),
+        ("seed (H200) µs", "seed_us"),
+        ("seed / ours", "vs_seed"),
+        ("calc_diff", "calc_diff"),
+    ],
+    "k_grouped": [
+        ("G, K per group, M, N", "shape"),
+        ("jax_dgpt µs", "us"),
+        ("TFLOPS", "tflops"),
+        ("GB/s", "gbps"),
+        ("per-group launches µs", "per_group_us"),
+        ("×per-group", "speedup"),
+        ("seed (H200, summed) µs", "seed_us"),
+        ("seed / ours", "vs_seed"),
+        ("calc_diff", "calc_diff"),
+    ],
+    "scaled": [
+        ("M×N×K", "shape"),
+        ("scaled µs", "us"),
+        ("TFLOPS", "tflops"),
+        ("unscaled µs", "unscaled_us"),
+        ("unscaled / scaled", "speedup"),
         ("calc_diff", "calc_diff"),
     ],
 }
@@ -87,17 +116,19 @@ def latest_rows(rows: list[dict]) -> list[dict]:
 
 
 def summary(sel: list[dict], layout: str) -> str:
-    speedups = [r["speedup"] for r in sel]
-    line = (
-        f"{layout}: {len(sel)} shapes, geomean speedup {geomean(speedups):.3f} (min {min(speedups):.3f}), "
-        f"max calc_diff {max(r['calc_diff'] for r in sel):.2g}"
-    )
+    speedups = [r["speedup"] for r in sel if isinstance(r.get("speedup"), float)]
+    line = f"{layout}: {len(sel)} shapes"
+    if speedups:
+        line += f", geomean speedup {geomean(speedups):.3f} (min {min(speedups):.3f})"
+    line += f", max calc_diff {max(r['calc_diff'] for r in sel):.2g}"
     for key, label in (("speedup_highest", "XLA HIGHEST"), ("speedup_bf16", "bf16")):
         values = [r[key] for r in sel if isinstance(r.get(key), float)]
         if values:
             line += f", geomean over {label} {geomean(values):.3f}"
     seeds = [r["vs_seed"] for r in sel if r.get("vs_seed")]
-    return line + (f", geomean seed / ours {geomean(seeds):.3f}" if layout == "masked" and seeds else "")
+    if seeds:
+        line += f", geomean seed / ours {geomean(seeds):.3f} (min {min(seeds):.3f})"
+    return line
 
 
 def markdown(rows: list[dict], layout: str) -> str:
@@ -121,7 +152,8 @@ def markdown(rows: list[dict], layout: str) -> str:
 
 # One printed line of bench.py (print_row): layout, shape, µs, TFLOPS, GB/s, diff, then key=value pairs.
 _LINE = re.compile(
-    r"^(normal|decode|contiguous|masked)\s+(.+?)\s+([\d.]+) us\s+([\d.]+) TFLOPS\s+([\d.]+) GB/s diff=(\S+)(.*)$"
+    r"^(normal|decode|contiguous|masked|wgrad|k_grouped|scaled)\s+(.+?)\s+([\d.]+) us\s+([\d.]+) TFLOPS"
+    r"\s+([\d.]+) GB/s diff=(\S+)(.*)$"
 )
 _PAIR = re.compile(r"(\w+)=(\[[^\]]*\]|\S+)")
 

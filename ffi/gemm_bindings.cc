@@ -125,10 +125,11 @@ void bind_config(nb::module_& m) {
 void bind_gemm(nb::module_& m) {
   m.def("registrations", []() {
     nb::dict d;
-    d["dgpt_gemm_normal"] = stages(dgpt_normal_instantiate, dgpt_normal_initialize, dgpt_normal_execute);
+    d["dgpt_gemm_normal"] = stages(dgpt_normal_instantiate, dgpt_initialize, dgpt_execute);
     d["dgpt_gemm_contiguous"] =
-        stages(dgpt_contiguous_instantiate, dgpt_contiguous_initialize, dgpt_contiguous_execute);
-    d["dgpt_gemm_masked"] = stages(dgpt_masked_instantiate, dgpt_masked_initialize, dgpt_masked_execute);
+        stages(dgpt_contiguous_instantiate, dgpt_initialize, dgpt_execute);
+    d["dgpt_gemm_masked"] = stages(dgpt_masked_instantiate, dgpt_initialize, dgpt_execute);
+    d["dgpt_gemm_k_grouped"] = stages(dgpt_k_grouped_instantiate, dgpt_initialize, dgpt_execute);
     return d;
   }, "FFI target name -> {stage name: PyCapsule} for jax.ffi.register_ffi_target(platform='CUDA').");
 
@@ -159,12 +160,22 @@ void bind_gemm(nb::module_& m) {
            },
            nb::arg("config"))
       .def("launch",
-           [](const LauncherForTests& self, uintptr_t a, uintptr_t b, uintptr_t d, uintptr_t grouped_layout) {
-             check(self.kernel->launch(nullptr, reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(b),
-                                       reinterpret_cast<void*>(d), reinterpret_cast<const int32_t*>(grouped_layout)));
+           [](const LauncherForTests& self, uintptr_t a, uintptr_t b, uintptr_t d, uintptr_t grouped_layout,
+              uintptr_t scale_a, uintptr_t scale_b) {
+             GemmOperands operands;
+             operands.a = reinterpret_cast<const void*>(a);
+             operands.b = reinterpret_cast<const void*>(b);
+             operands.d = reinterpret_cast<void*>(d);
+             operands.grouped_layout = reinterpret_cast<const int32_t*>(grouped_layout);
+             // Per-tensor scales (stride 0) when given.
+             operands.scale_a.data = reinterpret_cast<const float*>(scale_a);
+             operands.scale_b.data = reinterpret_cast<const float*>(scale_b);
+             check(self.kernel->launch(nullptr, operands));
            },
-           nb::arg("a"), nb::arg("b"), nb::arg("d"), nb::arg("grouped_layout") = 0,
-           "Launches on the null stream with these device addresses; raises RuntimeError on failure.");
+           nb::arg("a"), nb::arg("b"), nb::arg("d"), nb::arg("grouped_layout") = 0, nb::arg("scale_a") = 0,
+           nb::arg("scale_b") = 0,
+           "Launches on the null stream with these device addresses (scales per tensor); raises RuntimeError on "
+           "failure.");
 }
 
 }  // namespace dgpt

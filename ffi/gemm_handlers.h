@@ -1,4 +1,4 @@
-// XLA FFI handlers of the three GEMM ops (instantiate, initialize and execute stages) and the
+// XLA FFI handlers of the GEMM ops (instantiate, initialize and execute stages) and the
 // state type they share. Registered from Python through gemm_bindings.cc.
 #pragma once
 
@@ -14,13 +14,11 @@ const XLA_FFI_TypeInfo* kernel_state_type_info();
 
 }  // namespace dgpt::handlers
 
-// Stage handlers per layout (FFI targets dgpt_gemm_normal, dgpt_gemm_contiguous, dgpt_gemm_masked).
+// Instantiate per layout (FFI targets dgpt_gemm_<layout>: it checks the config's layout); initialize and
+// execute are shared: the config says what the operands are.
 XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_normal_instantiate);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_normal_initialize);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_normal_execute);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_contiguous_instantiate);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_contiguous_initialize);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_contiguous_execute);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_masked_instantiate);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_masked_initialize);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_masked_execute);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_k_grouped_instantiate);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_initialize);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_execute);

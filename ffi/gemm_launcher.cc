@@ -83,11 +83,11 @@ int GemmKernel::grid_for(const CUlaunchConfig& launch) const {
   return grid;
 }
 
-Status GemmKernel::encode_params(const Buffers& buffers, GemmParams* out) const {
+Status GemmKernel::encode_params(const GemmOperands& buffers, GemmParams* out) const {
   const KernelConfig& c = config_;
   const bool masked = c.layout == Layout::kMasked;
   const uint64_t groups_a = masked ? c.num_groups : 1;
-  const uint64_t groups_b = c.layout == Layout::kNormal ? 1 : c.num_groups;
+  const uint64_t groups_b = c.layout == Layout::kNormal || c.layout == Layout::kKGrouped ? 1 : c.num_groups;
 
   GemmParams params{};  // tensor maps a configuration does not use stay zero
   const TmaBoxes box = tma_boxes(c);
@@ -98,7 +98,8 @@ Status GemmKernel::encode_params(const Buffers& buffers, GemmParams* out) const 
   DGPT_RETURN_IF_ERROR(tma::encode({"b", const_cast<void*>(buffers.b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1,
                                     (uint64_t)c.k, (uint64_t)c.n, groups_b},
                                    box.inner_k, box.b_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
-  // D leaves in 64-column atoms (128B swizzle) plus, when the tile is not a multiple of 64 wide, tail atoms.
+  // bf16 D leaves in 64-column atoms (128B swizzle) plus, when the tile is not a multiple of 64 wide, tail
+  // atoms; an f32 D has no boxes (tma_boxes) and leaves from registers.
   const tma::Tensor3d out_tensor = {"out", const_cast<void*>(buffers.d), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
                                     (uint64_t)c.n, (uint64_t)c.m, groups_a};
   if (box.d_main_cols > 0) {
@@ -109,6 +110,16 @@ Status GemmKernel::encode_params(const Buffers& buffers, GemmParams* out) const 
     DGPT_RETURN_IF_ERROR(tma::encode(out_tensor, box.d_tail_cols, box.d_rows,
                                      tma::swizzle_for_bytes(box.d_tail_swizzle), &params.tma_d_tail));
   }
+  if (c.out_dtype == static_cast<long long>(OutType::kF32)) {
+    params.d_f32 = static_cast<float*>(buffers.d);
+    params.d_group_stride = static_cast<uint64_t>(c.m) * static_cast<uint64_t>(c.n);
+  }
+  params.scale_a = buffers.scale_a.data;
+  params.scale_a_group_stride = buffers.scale_a.group_stride;
+  params.scale_a_row_stride = buffers.scale_a.row_stride;
+  params.scale_b = buffers.scale_b.data;
+  params.scale_b_group_stride = buffers.scale_b.group_stride;
+  params.scale_b_col_stride = buffers.scale_b.row_stride;
   params.grouped_layout = buffers.grouped_layout;
   params.shape_m = static_cast<uint32_t>(c.m);
   params.num_groups = static_cast<uint32_t>(c.num_groups);
@@ -116,17 +127,19 @@ Status GemmKernel::encode_params(const Buffers& buffers, GemmParams* out) const 
   return Status::Ok();
 }
 
-Status GemmKernel::launch(CUstream stream, const void* a, const void* b, void* d,
-                          const int32_t* grouped_layout) const {
+Status GemmKernel::launch(CUstream stream, const GemmOperands& operands) const {
   const KernelConfig& c = config_;
-  const Buffers buffers{a, b, d, grouped_layout};
+  if ((c.has_scale_a != 0) != (operands.scale_a.data != nullptr) ||
+      (c.has_scale_b != 0) != (operands.scale_b.data != nullptr)) {
+    return Status::Error("the scale operands do not match the config's has_scale_a / has_scale_b");
+  }
   GemmParams params;
   {
     std::lock_guard<std::mutex> lock(params_mutex_);
-    if (!params_buffers_ || !(*params_buffers_ == buffers)) {
-      params_buffers_.reset();  // a failed encoding leaves nothing to reuse
-      DGPT_RETURN_IF_ERROR(encode_params(buffers, &params_));
-      params_buffers_ = buffers;
+    if (!params_operands_ || !(*params_operands_ == operands)) {
+      params_operands_.reset();  // a failed encoding leaves nothing to reuse
+      DGPT_RETURN_IF_ERROR(encode_params(operands, &params_));
+      params_operands_ = operands;
     }
     params = params_;
   }

@@ -23,6 +23,30 @@ namespace dgpt {
 // Checks `config` first.
 Status compile(const KernelConfig& config, bool ptxas_verbose, jit::CubinEntry* out);
 
+// One fp32 scale operand as the kernel reads it: element group * group_stride + row * row_stride (row of A,
+// or column of D for scale_b); strides in elements, 0 broadcasts. No data: the config has no such scale.
+struct ScaleOperand {
+  const float* data = nullptr;
+  uint32_t group_stride = 0;
+  uint32_t row_stride = 0;
+  bool operator==(const ScaleOperand& o) const {
+    return data == o.data && group_stride == o.group_stride && row_stride == o.row_stride;
+  }
+};
+
+// The device buffers of one launch. `d` is the output (for an accumulating config it holds c on entry).
+struct GemmOperands {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* d = nullptr;
+  const int32_t* grouped_layout = nullptr;  // m_indices, masked_m or group_sizes; null for normal
+  ScaleOperand scale_a, scale_b;
+  bool operator==(const GemmOperands& o) const {
+    return a == o.a && b == o.b && d == o.d && grouped_layout == o.grouped_layout && scale_a == o.scale_a &&
+           scale_b == o.scale_b;
+  }
+};
+
 // A compiled, loaded kernel plus the per-device setup done by `prepare`.
 class GemmKernel {
  public:
@@ -33,7 +57,7 @@ class GemmKernel {
 
   // Encodes the TMA descriptors for these buffers (or reuses the last ones when the buffers are the
   // same) and launches on `stream`. No sync, no allocation.
-  Status launch(CUstream stream, const void* a, const void* b, void* d, const int32_t* grouped_layout) const;
+  Status launch(CUstream stream, const GemmOperands& operands) const;
 
   const KernelConfig& config() const { return config_; }
 
@@ -49,21 +73,12 @@ class GemmKernel {
 
   int grid_for(const CUlaunchConfig& launch) const;
 
-  // The kernel parameter depends only on the static config and the four buffer addresses. NOTES: an XLA
-  // executable usually hands a custom call the same buffers on every run, and encoding the three or four
-  // tensor maps is a large part of the host time of one launch; the last parameter is kept and reused.
-  struct Buffers {
-    const void* a;
-    const void* b;
-    const void* d;
-    const int32_t* grouped_layout;
-    bool operator==(const Buffers& o) const {
-      return a == o.a && b == o.b && d == o.d && grouped_layout == o.grouped_layout;
-    }
-  };
-  Status encode_params(const Buffers& buffers, GemmParams* out) const;
+  // The kernel parameter depends only on the static config and the operands. NOTES: an XLA executable
+  // usually hands a custom call the same buffers on every run, and encoding the three or four tensor
+  // maps is a large part of the host time of one launch; the last parameter is kept and reused.
+  Status encode_params(const GemmOperands& operands, GemmParams* out) const;
   mutable std::mutex params_mutex_;
-  mutable std::optional<Buffers> params_buffers_;  // what params_ describes (none yet); both guarded by the mutex
+  mutable std::optional<GemmOperands> params_operands_;  // what params_ describes (none yet); both guarded by the mutex
   mutable GemmParams params_{};
 };
 

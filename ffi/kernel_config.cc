@@ -3,7 +3,7 @@
 namespace dgpt {
 
 namespace {
-constexpr Layout kLayouts[] = {Layout::kNormal, Layout::kContiguous, Layout::kMasked};
+constexpr Layout kLayouts[] = {Layout::kNormal, Layout::kContiguous, Layout::kMasked, Layout::kKGrouped};
 }  // namespace
 
 const char* layout_name(Layout layout) {
@@ -11,6 +11,7 @@ const char* layout_name(Layout layout) {
     case Layout::kNormal: return "normal";
     case Layout::kContiguous: return "contiguous";
     case Layout::kMasked: return "masked";
+    case Layout::kKGrouped: return "k_grouped";
   }
   return "unknown";
 }
@@ -22,7 +23,7 @@ Status parse_layout(std::string_view name, Layout* out) {
       return Status::Ok();
     }
   }
-  return Status::Error("unknown layout '" + std::string(name) + "' (expected normal, contiguous or masked)");
+  return Status::Error("unknown layout '" + std::string(name) + "' (expected normal, contiguous, masked or k_grouped)");
 }
 
 std::vector<std::string> config_field_names() {
@@ -76,7 +77,7 @@ Status check_config(const KernelConfig& c) {
 }
 
 std::string generate_source(const KernelConfig& c) {
-  static const char* kLayoutEnum[] = {"kNormal", "kContiguous", "kMasked"};
+  static const char* kLayoutEnum[] = {"kNormal", "kContiguous", "kMasked", "kKGrouped"};
   std::string fields;
 #define DGPT_SOURCE_FIELD(name, compile_time) \
   if (compile_time) fields += "    c." #name " = " + std::to_string(c.name) + ";\n";

@@ -12,7 +12,7 @@ namespace dgpt::tma {
 // parameter gets from TmaDescriptor, so only the size has to match.
 static_assert(sizeof(TmaDescriptor) == sizeof(CUtensorMap), "TmaDescriptor must mirror CUtensorMap");
 // The kernel parameter's layout, as the device compiler sees it too (one header, same rules).
-static_assert(sizeof(GemmParams) == 576 && offsetof(GemmParams, tma_b) == 128 && offsetof(GemmParams, tma_d) == 256 &&
+static_assert(sizeof(GemmParams) == 640 && offsetof(GemmParams, tma_b) == 128 && offsetof(GemmParams, tma_d) == 256 &&
                   offsetof(GemmParams, tma_d_tail) == 384 && offsetof(GemmParams, grouped_layout) == 512 &&
                   alignof(GemmParams) == 64,
               "GemmParams layout changed: check the kernel side");

@@ -20,8 +20,12 @@ from .ops import (
     get_m_alignment_for_contiguous_layout,
     grouped_gemm_contiguous,
     grouped_gemm_masked,
+    k_grouped_wgrad_gemm,
+    k_grouped_wgrad_gemm_per_tensor_fp8_fp8_fp32_nt,
     m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous,
     m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked,
+    wgrad_gemm,
+    wgrad_gemm_per_tensor_fp8_fp8_fp32_nt,
 )
 
 # NOTES: imports the extension and registers its FFI targets and types, once; a missing build fails
@@ -35,7 +39,11 @@ __all__ = [
     "get_num_sms",
     "grouped_gemm_contiguous",
     "grouped_gemm_masked",
+    "k_grouped_wgrad_gemm",
+    "k_grouped_wgrad_gemm_per_tensor_fp8_fp8_fp32_nt",
     "m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous",
     "m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked",
     "set_num_sms",
+    "wgrad_gemm",
+    "wgrad_gemm_per_tensor_fp8_fp8_fp32_nt",
 ]

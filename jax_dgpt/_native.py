@@ -12,7 +12,7 @@ import jax
 __all__ = ["TARGETS", "kernels_dir", "load"]
 
 # The FFI targets the extension provides, by layout (the names the CUDA lowerings call).
-TARGETS = {layout: f"dgpt_gemm_{layout}" for layout in ("normal", "contiguous", "masked")}
+TARGETS = {layout: f"dgpt_gemm_{layout}" for layout in ("normal", "contiguous", "masked", "k_grouped")}
 _PLATFORM = "CUDA"
 
 _lock = threading.Lock()

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 
 from ._ints import static_int
 from .forcing import Overrides
-from .kernel_config import LAYOUTS, KernelConfig, limits
+from .kernel_config import LAYOUTS, KernelConfig, Operands, limits
 
 __all__ = [
     "PREFERRED_MAX_STAGES",
@@ -52,7 +52,8 @@ def ceil_div(x: int, y: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One static problem. ``m`` is Mmax per group for "masked"; ``expected_m`` is its static hint."""
+    """One static problem. ``m`` is Mmax per group for "masked"; ``expected_m`` is its static hint;
+    ``operands`` the element types, scales and accumulation (they change shared memory, not the tiles)."""
 
     layout: str
     m: int
@@ -60,6 +61,7 @@ class Problem:
     k: int
     num_groups: int
     expected_m: int | None = None
+    operands: Operands = Operands()
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -77,9 +79,9 @@ class Problem:
 
 # --- tile arithmetic --------------------------------------------------------------------------------
 def num_tiles(problem: Problem, block_m: int, block_n: int) -> int:
-    """Output tiles of one launch (for "masked": the expected tiles)."""
+    """Output tiles of one launch (for "masked": the expected tiles; "k_grouped": every group's)."""
     tiles = ceil_div(problem.m_eff, block_m) * ceil_div(problem.n, block_n)
-    return tiles * problem.num_groups if problem.layout == "masked" else tiles
+    return tiles * problem.num_groups if problem.layout in ("masked", "k_grouped") else tiles
 
 
 def num_waves(tiles: int, units: int) -> int:
@@ -146,6 +148,7 @@ def candidates(problem: Problem, num_sms: int, forced: Overrides = ()) -> Iterat
                 grid_size=grid_size,
                 num_k_splits=splits,
                 k_interleave=k_interleave,
+                **problem.operands.config_fields(),
             )
 
 

@@ -2,12 +2,13 @@
 
 Layout of every operand is row-major ("NT"): the last dimension (K for A and B, N for the output) is
 the contiguous one. The kernel needs each row to start on a 16-byte boundary: K % 16 == 0 (fp8) and
-N % 8 == 0 (bf16 output). Other sizes are padded here with zeros, which changes no product.
+N % 8 == 0 (the output). Other sizes are padded here with zeros, which changes no product.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -17,8 +18,8 @@ from jax import lax
 
 from . import device, forcing
 from ._ints import static_int
-from .kernel_config import limits
-from .primitives import BF16, FP8, INT32, contiguous_p, gemm_p, masked_p
+from .kernel_config import Operands, limits
+from .primitives import BF16, F32, FP8_TYPES, INT32, contiguous_p, gemm_p, k_grouped_p, masked_p
 
 __all__ = [
     "gemm",
@@ -26,8 +27,12 @@ __all__ = [
     "get_m_alignment_for_contiguous_layout",
     "grouped_gemm_contiguous",
     "grouped_gemm_masked",
+    "k_grouped_wgrad_gemm",
+    "k_grouped_wgrad_gemm_per_tensor_fp8_fp8_fp32_nt",
     "m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous",
     "m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked",
+    "wgrad_gemm",
+    "wgrad_gemm_per_tensor_fp8_fp8_fp32_nt",
 ]
 
 
@@ -40,14 +45,19 @@ def get_m_alignment_for_contiguous_layout() -> int:
 
 
 # --- validation -----------------------------------------------------------------------------------
-def _check_array(op: str, name: str, x: Any, dtype: np.dtype, dims: str) -> tuple[int, ...]:
+def _dtype_names(dtypes: Sequence[np.dtype]) -> str:
+    return " or ".join(d.name for d in dtypes)
+
+
+def _check_array(op: str, name: str, x: Any, dtypes: np.dtype | Sequence[np.dtype], dims: str) -> tuple[int, ...]:
     """Checks dtype and rank of one operand; ``dims`` names the expected dimensions, e.g. "M, K"."""
+    allowed = tuple(dtypes) if isinstance(dtypes, (tuple, list)) else (dtypes,)
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"jax_dgpt.{op}: {name} must be an array with a shape and a dtype, got {type(x).__name__}")
     got = np.dtype(x.dtype)
-    if got != dtype:
-        raise TypeError(f"jax_dgpt.{op}: {name} must have dtype {dtype.name}, got {got.name}")
-    rank = len(dims.split(","))
+    if got not in allowed:
+        raise TypeError(f"jax_dgpt.{op}: {name} must have dtype {_dtype_names(allowed)}, got {got.name}")
+    rank = len(dims.split(",")) if dims else 0
     if not all(isinstance(d, (int, np.integer)) for d in x.shape):
         raise TypeError(
             f"jax_dgpt.{op}: {name} must have a static shape (the kernel is compiled per shape), "
@@ -78,6 +88,48 @@ def _check_expected_m(op: str, expected_m: Any) -> int:
     return static_int(f"jax_dgpt.{op}", "expected_m", expected_m, positive=True, kind="a static int")
 
 
+def _check_scale(op: str, name: str, scale: Any, shapes: dict[tuple[int, ...], str]) -> None:
+    """None, or a float32 array of one of ``shapes`` (shape -> what it scales, for the message)."""
+    if scale is None:
+        return
+    if not hasattr(scale, "shape") or not hasattr(scale, "dtype"):
+        raise TypeError(f"jax_dgpt.{op}: {name} must be None or a float32 array, got {type(scale).__name__}")
+    if np.dtype(scale.dtype) != F32:
+        raise TypeError(f"jax_dgpt.{op}: {name} must have dtype float32, got {np.dtype(scale.dtype).name}")
+    if tuple(scale.shape) not in shapes:
+        allowed = ", ".join(f"{list(s)} ({what})" for s, what in shapes.items())
+        raise ValueError(f"jax_dgpt.{op}: {name} must have shape {allowed}; got {list(scale.shape)}")
+
+
+def _check_out_dtype(op: str, out_dtype: Any) -> str:
+    try:
+        dtype = np.dtype(out_dtype)
+    except TypeError:
+        raise TypeError(f"jax_dgpt.{op}: out_dtype must be bfloat16 or float32, got {out_dtype!r}") from None
+    if dtype not in (BF16, F32):
+        raise TypeError(f"jax_dgpt.{op}: out_dtype must be bfloat16 or float32, got {dtype.name}")
+    return dtype.name
+
+
+def _check_c(op: str, c: Any, shape: tuple[int, ...], dims: str) -> None:
+    if c is None:
+        return
+    got = _check_array(op, "c", c, F32, dims)
+    if got != shape:
+        raise ValueError(f"jax_dgpt.{op}: c must have the output's shape {list(shape)} ([{dims}]), got {list(got)}")
+
+
+def _operands(a: Any, b: Any, out_dtype: str, scale_a: Any, scale_b: Any, accumulate: bool = False) -> Operands:
+    return Operands(
+        a_dtype=np.dtype(a.dtype).name,
+        b_dtype=np.dtype(b.dtype).name,
+        out_dtype=out_dtype,
+        accumulate=accumulate,
+        has_scale_a=scale_a is not None,
+        has_scale_b=scale_b is not None,
+    )
+
+
 # --- padding --------------------------------------------------------------------------------------
 def _pad_to(x: jax.Array, axis: int, multiple: int) -> jax.Array:
     size = x.shape[axis]
@@ -102,51 +154,104 @@ def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int) -> tuple[jax.Array,
     return a, _pad_to(b, b_n_axis, n_alignment)
 
 
-# --- jitted bodies (static: num_sms, overrides, expected_m) -----------------------------------------
+def _pad_n(x: jax.Array | None, column_rank: int) -> jax.Array | None:
+    """Pads the last (N) axis like B's N when ``x`` has rank ``column_rank`` or more (c, a per-column
+    scale_b); a lower rank (per tensor, per group) passes unchanged."""
+    if x is None or x.ndim < column_rank:
+        return x
+    return _pad_to(x, -1, limits()["n_alignment"])
+
+
+def _extra(*xs: jax.Array | None) -> list[jax.Array]:
+    """The optional primitive operands that are present, in the primitives' order."""
+    return [x for x in xs if x is not None]
+
+
+# --- jitted bodies (static: operands, num_sms, overrides, expected_m) -------------------------------
 # NOTES: everything the CUDA lowering's heuristics read besides shapes is a static argument here and a
 # primitive parameter below, so the jit caches keep configs apart.
 Overrides = forcing.Overrides  # fields forced by a jax_dgpt.forcing context
+_STATIC = ("operands", "num_sms", "overrides")
 
 
-@functools.partial(jax.jit, static_argnames=("num_sms", "overrides"))
-def _gemm(a: jax.Array, b: jax.Array, *, num_sms: int, overrides: Overrides) -> jax.Array:
+def _empty(shape: tuple[int, ...], operands: Operands, c: jax.Array | None) -> jax.Array:
+    """The result when nothing is multiplied: c, or zeros."""
+    return c if c is not None else jnp.zeros(shape, operands.out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _gemm(a, b, scale_a, scale_b, c, *, operands: Operands, num_sms: int, overrides: Overrides) -> jax.Array:
     (m, k), n = a.shape, b.shape[0]
     if m == 0 or n == 0 or k == 0:
-        return jnp.zeros((m, n), BF16)
+        return _empty((m, n), operands, c)
     a, b = _pad_operands(a, b, b_n_axis=0)
-    return _slice_n(gemm_p.bind(a, b, num_sms=num_sms, overrides=overrides), n)
+    extra = _extra(scale_a, _pad_n(scale_b, 1), _pad_n(c, 1))
+    return _slice_n(gemm_p.bind(a, b, *extra, operands=operands, num_sms=num_sms, overrides=overrides), n)
 
 
-@functools.partial(jax.jit, static_argnames=("num_sms", "overrides"))
-def _contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array, *, num_sms: int, overrides: Overrides) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _contiguous(a, b, m_indices, scale_a, scale_b, *, operands: Operands, num_sms: int, overrides: Overrides):
     (m, k), (g, n) = a.shape, b.shape[:2]
     if m == 0 or n == 0 or k == 0 or g == 0:
-        return jnp.zeros((m, n), BF16)  # K = 0: empty sums; G = 0: every row is padding
+        return _empty((m, n), operands, None)  # K = 0: empty sums; G = 0: every row is padding
     a, b = _pad_operands(a, b, b_n_axis=1)
-    return _slice_n(contiguous_p.bind(a, b, m_indices, num_sms=num_sms, overrides=overrides), n)
+    extra = _extra(scale_a, _pad_n(scale_b, 2))
+    out = contiguous_p.bind(a, b, m_indices, *extra, operands=operands, num_sms=num_sms, overrides=overrides)
+    return _slice_n(out, n)
 
 
-@functools.partial(jax.jit, static_argnames=("expected_m", "num_sms", "overrides"))
-def _masked(
-    a: jax.Array, b: jax.Array, masked_m: jax.Array, *, expected_m: int, num_sms: int, overrides: Overrides
-) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "expected_m"))
+def _masked(a, b, masked_m, scale_a, scale_b, *, expected_m: int, operands: Operands, num_sms: int, overrides):
     (g, m, k), n = a.shape, b.shape[1]
     if g == 0 or m == 0 or n == 0 or k == 0:
-        return jnp.zeros((g, m, n), BF16)
+        return _empty((g, m, n), operands, None)
     a, b = _pad_operands(a, b, b_n_axis=1)
-    return _slice_n(masked_p.bind(a, b, masked_m, expected_m=expected_m, num_sms=num_sms, overrides=overrides), n)
+    extra = _extra(scale_a, _pad_n(scale_b, 2))
+    out = masked_p.bind(
+        a, b, masked_m, *extra, expected_m=expected_m, operands=operands, num_sms=num_sms, overrides=overrides
+    )
+    return _slice_n(out, n)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _k_grouped(a, b, group_sizes, scale_a, scale_b, c, *, operands: Operands, num_sms: int, overrides: Overrides):
+    (m, t), n, g = a.shape, b.shape[0], group_sizes.shape[0]
+    if g == 0 or m == 0 or n == 0 or t == 0:
+        return _empty((g, m, n), operands, c)
+    # Columns past T are zeros: a group reaching past T gains nothing from them.
+    a, b = _pad_operands(a, b, b_n_axis=0)
+    extra = _extra(scale_a, _pad_n(scale_b, 1), _pad_n(c, 1))
+    out = k_grouped_p.bind(a, b, group_sizes, *extra, operands=operands, num_sms=num_sms, overrides=overrides)
+    return _slice_n(out, n)
+
+
+def _context() -> dict[str, Any]:
+    return {"num_sms": device.get_num_sms(), "overrides": forcing.forced_overrides()}
 
 
 # --- public ops -----------------------------------------------------------------------------------
-def gemm(a: jax.Array, b: jax.Array) -> jax.Array:
-    """FP8 GEMM ``D = A . B^T`` with fp32 accumulation, rounded to bfloat16.
+def gemm(
+    a: jax.Array,
+    b: jax.Array,
+    *,
+    scale_a: jax.Array | None = None,
+    scale_b: jax.Array | None = None,
+    out_dtype: Any = jnp.bfloat16,
+) -> jax.Array:
+    """FP8 GEMM ``D = A . B^T`` with fp32 accumulation, optionally scaled, rounded once to ``out_dtype``.
 
     Args:
-      a: float8_e4m3fn ``[M, K]``, row-major (K contiguous).
-      b: float8_e4m3fn ``[N, K]``, row-major (K contiguous): the "NT" layout, B given transposed.
+      a: float8_e4m3fn or float8_e5m2 ``[M, K]``, row-major (K contiguous).
+      b: float8_e4m3fn or float8_e5m2 ``[N, K]``, row-major (K contiguous): the "NT" layout, B given
+        transposed. a and b may have different fp8 types.
+      scale_a: optional float32 on the device, ``()`` (per tensor) or ``[M]`` (per row of a).
+      scale_b: optional float32 on the device, ``()`` or ``[N]`` (per row of b: per output column).
+      out_dtype: bfloat16 (default) or float32.
 
     Returns:
-      bfloat16 ``[M, N]``, row-major.
+      ``out_dtype`` ``[M, N]``, row-major. The result is ``(A . B^T) * scale_a[:, None] *
+      scale_b[None, :]``, multiplied in fp32 in that order before the one rounding; without scales the
+      kernel loads none.
 
     Any M, N, K >= 0 works. The kernel needs K % 16 == 0 and N % 8 == 0 (16-byte row strides);
     otherwise this wrapper zero-pads K of A and B to a multiple of 16 (one extra read and write of A
@@ -156,98 +261,215 @@ def gemm(a: jax.Array, b: jax.Array) -> jax.Array:
     is :func:`get_num_sms` when this is traced.
 
     Raises:
-      TypeError: a dtype other than float8_e4m3fn.
-      ValueError: a rank other than 2, or A and B with different K.
+      TypeError: a or b not fp8, a scale not float32, out_dtype not bfloat16/float32.
+      ValueError: a rank other than 2, A and B with different K, a scale of another shape.
     """
     op = "gemm"
-    _, k = _check_array(op, "a", a, FP8, "M, K")
-    _, b_k = _check_array(op, "b", b, FP8, "N, K")
+    m, k = _check_array(op, "a", a, FP8_TYPES, "M, K")
+    n, b_k = _check_array(op, "b", b, FP8_TYPES, "N, K")
     _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
-    return _gemm(
-        a,
-        b,
-        num_sms=device.get_num_sms(),
-        overrides=forcing.forced_overrides(),
-    )
+    _check_scale(op, "scale_a", scale_a, {(): "per tensor", (m,): "[M], per row of a"})
+    _check_scale(op, "scale_b", scale_b, {(): "per tensor", (n,): "[N], per row of b"})
+    out = _check_out_dtype(op, out_dtype)
+    return _gemm(a, b, scale_a, scale_b, None, operands=_operands(a, b, out, scale_a, scale_b), **_context())
 
 
-def grouped_gemm_contiguous(a: jax.Array, b: jax.Array, m_indices: jax.Array) -> jax.Array:
-    """M-grouped FP8 GEMM, contiguous layout (MoE training and prefill).
-
-    Row i of the output is ``A[i] . B[m_indices[i]]^T`` (fp32 accumulation, rounded to bfloat16).
+def wgrad_gemm(
+    a: jax.Array,
+    b: jax.Array,
+    c: jax.Array | None = None,
+    *,
+    scale_a: jax.Array | None = None,
+    scale_b: jax.Array | None = None,
+) -> jax.Array:
+    """Weight-gradient GEMM: float32 ``c + A . B^T`` (fp32 accumulation, promotion as in :func:`gemm`).
 
     Args:
-      a: float8_e4m3fn ``[M, K]``, row-major: the tokens of all experts concatenated. Each expert's
-        rows are contiguous and start at a multiple of :func:`get_m_alignment_for_contiguous_layout`
-        (128); pad between experts with rows whose index is -1. M itself need not be a multiple of
-        128.
-      b: float8_e4m3fn ``[G, N, K]``, row-major (K contiguous): one ``[N, K]`` weight per expert.
-      m_indices: int32 ``[M]`` on the device: the expert of each row; -1 marks a padding row.
-        Indices outside ``[-1, G)`` are treated as -1 (b is never read out of bounds).
+      a: float8_e4m3fn or float8_e5m2 ``[M, K]``, row-major (K contiguous).
+      b: float8_e4m3fn or float8_e5m2 ``[N, K]``, row-major (K contiguous).
+      c: optional float32 ``[M, N]`` to add to (None: zeros). The kernel adds into the output buffer,
+        which the custom call aliases with c: inside a ``jax.jit`` that donates c (``donate_argnums``)
+        the sum is formed in c's memory with no copy; otherwise XLA copies c into the output first.
+      scale_a, scale_b: optional float32 scales as in :func:`gemm` (``()`` or ``[M]``; ``()`` or
+        ``[N]``), applied to the product before c is added.
 
     Returns:
-      bfloat16 ``[M, N]``; padding rows (index -1 or out of range) are exactly zero. A layout that
+      float32 ``[M, N]``: ``c + (A . B^T) * scale_a[:, None] * scale_b[None, :]``. K = 0 gives c (or
+      zeros). Padding of K and N works, and costs, as in :func:`gemm` (with N padding, c is padded and
+      the result sliced: the in-place property needs N % 8 == 0).
+
+    Raises:
+      TypeError: a or b not fp8, c or a scale not float32.
+      ValueError: wrong ranks, A and B with different K, c not of shape ``[M, N]``, a scale of another
+        shape.
+    """
+    op = "wgrad_gemm"
+    m, k = _check_array(op, "a", a, FP8_TYPES, "M, K")
+    n, b_k = _check_array(op, "b", b, FP8_TYPES, "N, K")
+    _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
+    _check_c(op, c, (m, n), "M, N")
+    _check_scale(op, "scale_a", scale_a, {(): "per tensor", (m,): "[M], per row of a"})
+    _check_scale(op, "scale_b", scale_b, {(): "per tensor", (n,): "[N], per row of b"})
+    operands = _operands(a, b, "float32", scale_a, scale_b, accumulate=c is not None)
+    return _gemm(a, b, scale_a, scale_b, c, operands=operands, **_context())
+
+
+def grouped_gemm_contiguous(
+    a: jax.Array,
+    b: jax.Array,
+    m_indices: jax.Array,
+    *,
+    scale_a: jax.Array | None = None,
+    scale_b: jax.Array | None = None,
+    out_dtype: Any = jnp.bfloat16,
+) -> jax.Array:
+    """M-grouped FP8 GEMM, contiguous layout (MoE training and prefill).
+
+    Row i of the output is ``A[i] . B[m_indices[i]]^T`` (fp32 accumulation, scaled, rounded once).
+
+    Args:
+      a: float8_e4m3fn or float8_e5m2 ``[M, K]``, row-major: the tokens of all experts concatenated.
+        Each expert's rows are contiguous and start at a multiple of
+        :func:`get_m_alignment_for_contiguous_layout` (128); pad between experts with rows whose index
+        is -1. M itself need not be a multiple of 128.
+      b: float8_e4m3fn or float8_e5m2 ``[G, N, K]``, row-major (K contiguous): one ``[N, K]`` weight per
+        expert.
+      m_indices: int32 ``[M]`` on the device: the expert of each row; -1 marks a padding row.
+        Indices outside ``[-1, G)`` are treated as -1 (b is never read out of bounds).
+      scale_a: optional float32, ``()`` or ``[M]`` (per row of a).
+      scale_b: optional float32, ``()``, ``[G]`` (per expert) or ``[G, N]`` (per expert and row of b).
+      out_dtype: bfloat16 (default) or float32.
+
+    Returns:
+      ``out_dtype`` ``[M, N]``; padding rows (index -1 or out of range) are exactly zero. A layout that
       breaks the alignment rule never reads out of bounds: each 128-row block takes its expert from
-      its first row, and rows with another index come out as zeros.
+      its first row, and rows with another index come out as zeros. Scales multiply as in
+      :func:`gemm`, with row i's expert's scale_b.
 
     Padding of K to a multiple of 16 and of N to a multiple of 8 works, and costs, as in
     :func:`gemm`. M = 0 or N = 0 launch nothing; K = 0 or G = 0 give zeros.
 
     Raises:
-      TypeError: a or b not float8_e4m3fn, m_indices not int32.
-      ValueError: wrong ranks, a and b with different K, m_indices not of shape ``[M]``.
+      TypeError: a or b not fp8, m_indices not int32, a scale not float32, a wrong out_dtype.
+      ValueError: wrong ranks, a and b with different K, m_indices not of shape ``[M]``, a scale of
+        another shape.
     """
     op = "grouped_gemm_contiguous"
-    m, k = _check_array(op, "a", a, FP8, "M, K")
-    _, _, b_k = _check_array(op, "b", b, FP8, "G, N, K")
+    m, k = _check_array(op, "a", a, FP8_TYPES, "M, K")
+    g, n, b_k = _check_array(op, "b", b, FP8_TYPES, "G, N, K")
     (i_m,) = _check_array(op, "m_indices", m_indices, INT32, "M")
     _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
     _check_equal(op, "M (rows)", ("a", m), ("m_indices", i_m))
-    return _contiguous(a, b, m_indices, num_sms=device.get_num_sms(), overrides=forcing.forced_overrides())
+    _check_scale(op, "scale_a", scale_a, {(): "per tensor", (m,): "[M], per row of a"})
+    _check_scale(op, "scale_b", scale_b, {(): "per tensor", (g,): "[G], per expert", (g, n): "[G, N]"})
+    out = _check_out_dtype(op, out_dtype)
+    operands = _operands(a, b, out, scale_a, scale_b)
+    return _contiguous(a, b, m_indices, scale_a, scale_b, operands=operands, **_context())
 
 
-def grouped_gemm_masked(a: jax.Array, b: jax.Array, masked_m: jax.Array, expected_m: int) -> jax.Array:
+def grouped_gemm_masked(
+    a: jax.Array,
+    b: jax.Array,
+    masked_m: jax.Array,
+    expected_m: int,
+    *,
+    scale_a: jax.Array | None = None,
+    scale_b: jax.Array | None = None,
+    out_dtype: Any = jnp.bfloat16,
+) -> jax.Array:
     """M-grouped FP8 GEMM, masked layout (MoE decode, CUDA-graph friendly).
 
     For each group g, rows ``r < clamp(masked_m[g], 0, Mmax)`` of the output are ``A[g, r] .
-    B[g]^T`` (fp32 accumulation, rounded to bfloat16).
+    B[g]^T`` (fp32 accumulation, scaled, rounded once).
 
     Args:
-      a: float8_e4m3fn ``[G, Mmax, K]``, row-major (K contiguous).
-      b: float8_e4m3fn ``[G, N, K]``, row-major (K contiguous).
+      a: float8_e4m3fn or float8_e5m2 ``[G, Mmax, K]``, row-major (K contiguous).
+      b: float8_e4m3fn or float8_e5m2 ``[G, N, K]``, row-major (K contiguous).
       masked_m: int32 ``[G]`` on the device: valid rows per group. Only the device reads it (no host
         sync), so one compiled function serves every value. Values above Mmax are clamped, negative
         ones count as 0.
       expected_m: static positive int: the expected rows per group, a hint for the kernel
         configuration.
+      scale_a: optional float32, ``()`` or ``[G, Mmax]`` (per row of each group's a).
+      scale_b: optional float32, ``()``, ``[G]`` (per group) or ``[G, N]``.
+      out_dtype: bfloat16 (default) or float32.
 
     Returns:
-      bfloat16 ``[G, Mmax, N]``. Rows at or past ``masked_m[g]`` are unspecified on the GPU (the
+      ``out_dtype`` ``[G, Mmax, N]``. Rows at or past ``masked_m[g]`` are unspecified on the GPU (the
       kernel does not write them); the CPU reference returns zeros there.
 
     Padding of K to a multiple of 16 and of N to a multiple of 8 works, and costs, as in
     :func:`gemm`. G = 0, Mmax = 0 or N = 0 launch nothing; K = 0 gives zeros.
 
     Raises:
-      TypeError: a or b not float8_e4m3fn, masked_m not int32, expected_m not a static int.
-      ValueError: wrong ranks, G or K mismatches, masked_m not of shape ``[G]``, expected_m <= 0.
+      TypeError: a or b not fp8, masked_m not int32, expected_m not a static int, a scale not float32.
+      ValueError: wrong ranks, G or K mismatches, masked_m not of shape ``[G]``, expected_m <= 0, a scale
+        of another shape.
     """
     op = "grouped_gemm_masked"
-    g, _, k = _check_array(op, "a", a, FP8, "G, Mmax, K")
-    b_g, _, b_k = _check_array(op, "b", b, FP8, "G, N, K")
+    g, m_max, k = _check_array(op, "a", a, FP8_TYPES, "G, Mmax, K")
+    b_g, n, b_k = _check_array(op, "b", b, FP8_TYPES, "G, N, K")
     (mask_g,) = _check_array(op, "masked_m", masked_m, INT32, "G")
     _check_equal(op, "G (groups)", ("a", g), ("b", b_g))
     _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
     _check_equal(op, "G (groups)", ("a", g), ("masked_m", mask_g))
     expected = _check_expected_m(op, expected_m)
-    return _masked(
-        a,
-        b,
-        masked_m,
-        expected_m=expected,
-        num_sms=device.get_num_sms(),
-        overrides=forcing.forced_overrides(),
-    )
+    _check_scale(op, "scale_a", scale_a, {(): "per tensor", (g, m_max): "[G, Mmax], per row of a"})
+    _check_scale(op, "scale_b", scale_b, {(): "per tensor", (g,): "[G], per group", (g, n): "[G, N]"})
+    out = _check_out_dtype(op, out_dtype)
+    operands = _operands(a, b, out, scale_a, scale_b)
+    return _masked(a, b, masked_m, scale_a, scale_b, expected_m=expected, operands=operands, **_context())
+
+
+def k_grouped_wgrad_gemm(
+    a: jax.Array,
+    b: jax.Array,
+    group_sizes: jax.Array,
+    c: jax.Array | None = None,
+    *,
+    scale_a: jax.Array | None = None,
+    scale_b: jax.Array | None = None,
+) -> jax.Array:
+    """K-grouped weight-gradient GEMM (the MoE weight gradient): one float32 product per group, each over
+    its own stretch of K.
+
+    ``out[g] = c[g] + A[:, K_g] . B[:, K_g]^T`` with ``K_g`` the columns ``[offset_g, offset_g +
+    group_sizes[g])`` and ``offset`` the exclusive cumulative sum of the sizes: with A the transposed
+    token-sorted activations and B the transposed output gradients, ``out[g]`` is expert g's weight
+    gradient.
+
+    Args:
+      a: float8_e4m3fn or float8_e5m2 ``[M, T]``, row-major (T contiguous).
+      b: float8_e4m3fn or float8_e5m2 ``[N, T]``, row-major (T contiguous).
+      group_sizes: int32 ``[G]`` on the device: columns per group. Only the kernel reads it (no host
+        sync; one compiled function and one launch serve every value, CUDA-graph safe). Negative sizes
+        count as 0; a running total past T is clamped to T (later groups are empty); columns past the
+        total are ignored. An empty group gives ``c[g]`` (or zeros).
+      c: optional float32 ``[G, M, N]`` to add to; aliased with the output as in :func:`wgrad_gemm`.
+      scale_a: optional float32, ``()``, ``[M]`` (per row of a) or ``[G, M]`` (per group and row).
+      scale_b: optional float32, ``()``, ``[N]`` or ``[G, N]``.
+
+    Returns:
+      float32 ``[G, M, N]``: ``c[g] + (A_g . B_g^T) * scale_a[g, :, None] * scale_b[g, None, :]``.
+
+    T % 16 != 0 is zero-padded (as K in :func:`gemm`); N % 8 != 0 as in :func:`wgrad_gemm`. G = 0,
+    M = 0 or N = 0 launch nothing; T = 0 gives c (or zeros).
+
+    Raises:
+      TypeError: a or b not fp8, group_sizes not int32, c or a scale not float32.
+      ValueError: wrong ranks, a and b with different T, c not of shape ``[G, M, N]``, a scale of
+        another shape.
+    """
+    op = "k_grouped_wgrad_gemm"
+    m, t = _check_array(op, "a", a, FP8_TYPES, "M, T")
+    n, b_t = _check_array(op, "b", b, FP8_TYPES, "N, T")
+    (g,) = _check_array(op, "group_sizes", group_sizes, INT32, "G")
+    _check_equal(op, "T (last dimension)", ("a", t), ("b", b_t))
+    _check_c(op, c, (g, m, n), "G, M, N")
+    _check_scale(op, "scale_a", scale_a, {(): "per tensor", (m,): "[M], per row of a", (g, m): "[G, M]"})
+    _check_scale(op, "scale_b", scale_b, {(): "per tensor", (n,): "[N], per row of b", (g, n): "[G, N]"})
+    operands = _operands(a, b, "float32", scale_a, scale_b, accumulate=c is not None)
+    return _k_grouped(a, b, group_sizes, scale_a, scale_b, c, operands=operands, **_context())
 
 
 # --- the reference library's names (they return the output: JAX has no out= arguments) ------------
@@ -268,3 +490,51 @@ def m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked(
 ) -> jax.Array:
     """Alias of :func:`grouped_gemm_masked` under the reference library's name; returns D."""
     return grouped_gemm_masked(lhs, rhs, masked_m, expected_m)
+
+
+def wgrad_gemm_per_tensor_fp8_fp8_fp32_nt(lhs: jax.Array, rhs: jax.Array, out: jax.Array) -> jax.Array:
+    """Alias of :func:`wgrad_gemm` under the reference library's name: returns ``out + lhs . rhs^T``."""
+    return wgrad_gemm(lhs, rhs, out)
+
+
+def k_grouped_wgrad_gemm_per_tensor_fp8_fp8_fp32_nt(
+    lhs_flat: jax.Array, rhs_flat: jax.Array, out: jax.Array, k_sizes: Sequence[int]
+) -> jax.Array:
+    """The reference library's k-grouped weight gradient: returns ``out[g] + lhs_g . rhs_g^T``.
+
+    Args:
+      lhs_flat: fp8 ``[sum(M * k for k in k_sizes)]``: group g's ``[M, k_g]`` row-major, one after another.
+      rhs_flat: fp8 ``[sum(N * k for k in k_sizes)]``: group g's ``[N, k_g]``, the same way.
+      out: float32 ``[G, M, N]``.
+      k_sizes: static sequence of G non-negative ints.
+
+    The flat per-group layout is regrouped into ``[M, T]`` and ``[N, T]`` (one copy of each operand,
+    fused by XLA) and handed to :func:`k_grouped_wgrad_gemm`, one launch for all groups. Data already
+    laid out ``[M, T]`` should go to :func:`k_grouped_wgrad_gemm` directly.
+    """
+    op = "k_grouped_wgrad_gemm_per_tensor_fp8_fp8_fp32_nt"
+    (flat_a,) = _check_array(op, "lhs_flat", lhs_flat, FP8_TYPES, "M * T")
+    (flat_b,) = _check_array(op, "rhs_flat", rhs_flat, FP8_TYPES, "N * T")
+    g, m, n = _check_array(op, "out", out, F32, "G, M, N")
+    if isinstance(k_sizes, jax.Array) or not isinstance(k_sizes, Sequence):
+        raise TypeError(
+            f"jax_dgpt.{op}: k_sizes must be a static sequence of ints (use k_grouped_wgrad_gemm "
+            "with group_sizes on the device for traced sizes)"
+        )
+    sizes = [static_int(f"jax_dgpt.{op}", "k_sizes[i]", k) for k in k_sizes]
+    if len(sizes) != g or min(sizes, default=0) < 0:
+        raise ValueError(f"jax_dgpt.{op}: k_sizes must hold G = {g} non-negative ints, got {list(k_sizes)}")
+    total = sum(sizes)
+    if flat_a != m * total or flat_b != n * total:
+        raise ValueError(
+            f"jax_dgpt.{op}: lhs_flat and rhs_flat must hold M * sum(k_sizes) = {m * total} and "
+            f"N * sum(k_sizes) = {n * total} elements, got {flat_a} and {flat_b}"
+        )
+
+    def regroup(flat: jax.Array, rows: int) -> jax.Array:
+        starts = np.concatenate([[0], np.cumsum([rows * k for k in sizes])]).astype(int)
+        pieces = [flat[starts[i] : starts[i + 1]].reshape(rows, k) for i, k in enumerate(sizes)]
+        return jnp.concatenate(pieces, axis=1) if pieces else flat.reshape(rows, 0)
+
+    group_sizes = jnp.asarray(sizes, jnp.int32)
+    return k_grouped_wgrad_gemm(regroup(lhs_flat, m), regroup(rhs_flat, n), group_sizes, out)

@@ -28,8 +28,18 @@ struct GemmParams {
   TmaDescriptor tma_b;  // B as (K, N, G), fp8, box (BLOCK_K, BLOCK_N, 1), 128B swizzle
   TmaDescriptor tma_d;       // D as (N, M, G_a), bf16, box (64 columns, 64 rows, 1), 128B swizzle
   TmaDescriptor tma_d_tail;  // the same D, box (tail atom width, 64 rows, 1): BLOCK_N % 64 columns
-  const i32* grouped_layout;  // m_indices [M] (contiguous) or masked_m [G] (masked); else null
-  u32 shape_m;     // rows of A: M (normal, contiguous) or Mmax per group (masked)
+  // m_indices [M] (contiguous), masked_m [G] (masked) or group_sizes [G] (k_grouped); else null
+  const i32* grouped_layout;
+  // An f32 output (no TMA): row-major [G_out][rows][N]; group g starts at g * d_group_stride elements.
+  float* d_f32;
+  u64 d_group_stride;
+  // Scales (null when the config has none): scale_a[group_a * a_group_stride + row * a_row_stride],
+  // scale_b[group_b * b_group_stride + col * b_col_stride], strides in elements (0: broadcast).
+  const float* scale_a;
+  const float* scale_b;
+  u32 scale_a_group_stride, scale_a_row_stride;
+  u32 scale_b_group_stride, scale_b_col_stride;
+  u32 shape_m;     // rows of A: M (normal, contiguous, k_grouped) or Mmax per group (masked)
   u32 num_groups;  // G (1 for normal)
   // Rows of A per TMA box: BLOCK_M, or round_up(rows of A, 8) when every row fits in one block (small
   // M). Out-of-bounds box rows are zero-filled but cost TMA time as if loaded; the kernel zeroes the
@@ -59,24 +69,9 @@ DGPT_HOST_DEVICE constexpr u32 swizzle_d_bytes(u32 cols) {
   return (cols * 2) % 128 == 0 ? 128 : ((cols * 2) % 64 == 0 ? 64 : 32);
 }
 
-// Shared memory: [D tile][A stages][B stages][K-split partials][full barriers][empty barriers]
-// [split-K barriers], base aligned to 1024 bytes (the 128B swizzle period); the extra 1024 covers
-// aligning the dynamic base.
-DGPT_HOST_DEVICE constexpr u32 smem_d_bytes(u32 block_m, u32 block_n) { return align_up(block_m * block_n * 2, 1024); }
+// Bytes of the shared-memory pieces; kernel_config.cuh's SmemLayout places them.
 DGPT_HOST_DEVICE constexpr u32 smem_a_stage_bytes(u32 block_m) { return block_m * kBlockK; }
 DGPT_HOST_DEVICE constexpr u32 smem_b_stage_bytes(u32 block_n) { return block_n * kBlockK; }
-// A fp32 tile of partial sums when K is split: over a cluster (the other ranks' K slices), or inside
-// the CTA (k_interleave: the second warpgroup's K blocks).
-DGPT_HOST_DEVICE constexpr u32 smem_partials_bytes(u32 block_m, u32 block_n, u32 num_k_splits, bool k_interleave) {
-  return num_k_splits > 1 || k_interleave ? block_m * block_n * 4 : 0;
-}
-DGPT_HOST_DEVICE constexpr u32 smem_size(u32 block_m, u32 block_n, u32 num_stages, u32 num_k_splits,
-                                         bool k_interleave) {
-  return smem_d_bytes(block_m, block_n) +
-         num_stages * (smem_a_stage_bytes(block_m) + smem_b_stage_bytes(block_n)) +
-         smem_partials_bytes(block_m, block_n, num_k_splits, k_interleave) + num_stages * 2 * 8 +
-         (num_k_splits > 1 ? 2 * 8 : 0) + 1024;
-}
 
 }  // namespace tile
 }  // namespace dgpt

@@ -19,6 +19,14 @@ enum class Layout : u32 {
   kNormal = 0,      // D[M,N] = A[M,K] * B[N,K]^T
   kContiguous = 1,  // D[M,N] = A[M,K] * B[e(m),N,K]^T, e(m) = m_indices[m], -1 = padding row
   kMasked = 2,      // D[g,m,N] = A[g,m,K] * B[g,N,K]^T for m < masked_m[g]
+  kKGrouped = 3,    // D[g,M,N] (+)= A[M,Kg] * B[N,Kg]^T, Kg = group g's columns [offset_g, offset_g + size_g)
+};
+
+// Element types of the operands (the fp8 code is the field's value) and of the output.
+enum class Fp8Type : u32 { kE4M3 = 0, kE5M2 = 1 };
+enum class OutType : u32 {
+  kBF16 = 0,  // rounded once, leaves through stmatrix and TMA stores
+  kF32 = 1,   // leaves straight from registers (stores, or reductions when accumulating)
 };
 
 // Integer fields, each X(name, compile_time). Compile-time fields are constants of the kernel (one
@@ -33,7 +41,13 @@ enum class Layout : u32 {
   X(num_stages, true)    /* shared-memory ring of A/B stages */                                         \
   X(grid_size, false)    /* persistent CTAs launched (whole clusters) */                                \
   X(num_k_splits, true)  /* K splitting over a cluster: CTAs sharing one tile, one K slice each */      \
-  X(k_interleave, true)  /* K splitting inside a CTA: 1 = two math warpgroups take alternate K blocks */
+  X(k_interleave, true)  /* K splitting inside a CTA: 1 = two math warpgroups take alternate K blocks */ \
+  X(a_dtype, true)       /* Fp8Type of A */                                                             \
+  X(b_dtype, true)       /* Fp8Type of B */                                                             \
+  X(out_dtype, true)     /* OutType of D */                                                             \
+  X(accumulate, true)    /* 1: D += result (f32; the output buffer holds c on entry) */                 \
+  X(has_scale_a, true)   /* 1: result rows scaled by fp32 scale_a (per tensor or per row of A) */       \
+  X(has_scale_b, true)   /* 1: result columns scaled by fp32 scale_b (per tensor, group or row of B) */
 
 struct KernelConfig {
   Layout layout;
@@ -77,10 +91,36 @@ DGPT_HOST_DEVICE constexpr u32 num_math_warpgroups(const KernelConfig& c) {
 // Plus the producer warpgroup.
 DGPT_HOST_DEVICE constexpr u32 num_threads(const KernelConfig& c) { return 128u * (num_math_warpgroups(c) + 1u); }
 DGPT_HOST_DEVICE constexpr u32 cluster_size(const KernelConfig& c) { return static_cast<u32>(c.num_k_splits); }
-DGPT_HOST_DEVICE constexpr u32 smem_size(const KernelConfig& c) {
-  return tile::smem_size(static_cast<u32>(c.block_m), static_cast<u32>(c.block_n), static_cast<u32>(c.num_stages),
-                         static_cast<u32>(c.num_k_splits), c.k_interleave != 0);
+DGPT_HOST_DEVICE constexpr bool splits_k(const KernelConfig& c) { return c.num_k_splits > 1 || c.k_interleave != 0; }
+
+// Shared memory, from a base aligned to 1024 bytes (the 128B swizzle period): [D tile (bf16 output)]
+// [A stages][B stages][fp32 partial tile (K splitting)][scales][full, empty barriers][split-K barriers].
+// The extra 1024 bytes of `total` cover aligning the dynamic base.
+struct SmemLayout {
+  u32 d, a, b, partials, scales, full, empty, split, total;
+};
+// Per math warpgroup: its 64 rows' scale_a and the tile's block_n columns of scale_b (fp32).
+DGPT_HOST_DEVICE constexpr u32 scale_floats_per_warpgroup(const KernelConfig& c) {
+  return static_cast<u32>(tile::kWgmmaM + c.block_n);
 }
+DGPT_HOST_DEVICE constexpr SmemLayout smem_layout(const KernelConfig& c) {
+  const u32 block_m = static_cast<u32>(c.block_m), block_n = static_cast<u32>(c.block_n);
+  const u32 stages = static_cast<u32>(c.num_stages);
+  const bool bf16_out = c.out_dtype == static_cast<long long>(OutType::kBF16);
+  const bool scaled = c.has_scale_a != 0 || c.has_scale_b != 0;
+  SmemLayout s{};
+  s.d = 0;
+  s.a = bf16_out ? tile::align_up(block_m * block_n * 2, 1024) : 0;
+  s.b = s.a + stages * tile::smem_a_stage_bytes(block_m);
+  s.partials = s.b + stages * tile::smem_b_stage_bytes(block_n);
+  s.scales = s.partials + (splits_k(c) ? block_m * block_n * 4 : 0);
+  s.full = tile::align_up(s.scales + (scaled ? num_math_warpgroups(c) * scale_floats_per_warpgroup(c) * 4 : 0), 8);
+  s.empty = s.full + stages * 8;
+  s.split = s.empty + stages * 8;
+  s.total = s.split + (c.num_k_splits > 1 ? 2 * 8 : 0) + 1024;
+  return s;
+}
+DGPT_HOST_DEVICE constexpr u32 smem_size(const KernelConfig& c) { return smem_layout(c).total; }
 
 // The TMA boxes the kernel loads and stores, for the host to encode: rows x inner elements, swizzle in
 // bytes. The kernel's loads and stores use the same tile:: arithmetic.
@@ -94,7 +134,9 @@ struct TmaBoxes {
   u32 d_tail_swizzle;  // D: swizzle of the tail atoms, bytes
 };
 DGPT_HOST_DEVICE constexpr TmaBoxes tma_boxes(const KernelConfig& c) {
-  const u32 tile_cols = static_cast<u32>(c.block_n), tail = tile::d_tail_cols(tile_cols);
+  // An f32 output leaves straight from registers: no D boxes.
+  const bool tma_out = c.out_dtype == static_cast<long long>(OutType::kBF16);
+  const u32 tile_cols = static_cast<u32>(c.block_n), tail = tma_out ? tile::d_tail_cols(tile_cols) : 0u;
   // NOTES: when all of A's rows fit in one block (small M, or a small Mmax), load only those rows: the TMA
   // unit spends time on zero-filled out-of-bounds rows too (M = 1 ran 1.4x slower than M = 64 on the same
   // tiles, benchmarks/KERNEL_LOG.md v2); the kernel zeroes the rows it no longer loads once.
@@ -103,7 +145,7 @@ DGPT_HOST_DEVICE constexpr TmaBoxes tma_boxes(const KernelConfig& c) {
                   static_cast<u32>(c.block_m < all_rows ? c.block_m : all_rows),
                   tile_cols,
                   tile::kWgmmaM,
-                  tile::d_main_cols(tile_cols) > 0 ? tile::kDAtomCols : 0u,
+                  tma_out && tile::d_main_cols(tile_cols) > 0 ? tile::kDAtomCols : 0u,
                   tail > 0 ? tile::swizzle_d_bytes(tail) / 2 : 0u,
                   tail > 0 ? tile::swizzle_d_bytes(tail) : 0u};
 }
@@ -111,8 +153,9 @@ DGPT_HOST_DEVICE constexpr TmaBoxes tma_boxes(const KernelConfig& c) {
 // --- validity ------------------------------------------------------------------------------------------
 // The rule a configuration breaks, or nullptr. Compile-time fields only: what the kernel static_asserts.
 DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c) {
-  if (c.layout != Layout::kNormal && c.layout != Layout::kContiguous && c.layout != Layout::kMasked) {
-    return "layout must be normal, contiguous or masked";
+  if (c.layout != Layout::kNormal && c.layout != Layout::kContiguous && c.layout != Layout::kMasked &&
+      c.layout != Layout::kKGrouped) {
+    return "layout must be normal, contiguous, masked or k_grouped";
   }
   if (c.n <= 0 || c.n % limits::kNAlignment != 0 || c.n > limits::kMaxDim) {
     return "n must be a positive multiple of n_alignment, at most max_dim";
@@ -133,6 +176,20 @@ DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c
   // NOTES: the two warpgroups take the stages of alternate ring positions; with an even ring a stage
   // always has the same reader, so a parity wait never meets the other warpgroup's unfinished phase.
   if (c.k_interleave != 0 && c.num_stages % 2 != 0) return "k_interleave needs an even num_stages";
+  if ((c.a_dtype != 0 && c.a_dtype != 1) || (c.b_dtype != 0 && c.b_dtype != 1)) {
+    return "a_dtype and b_dtype must be 0 (e4m3) or 1 (e5m2)";
+  }
+  if (c.out_dtype != 0 && c.out_dtype != 1) return "out_dtype must be 0 (bf16) or 1 (f32)";
+  if ((c.accumulate != 0 && c.accumulate != 1) || (c.has_scale_a != 0 && c.has_scale_a != 1) ||
+      (c.has_scale_b != 0 && c.has_scale_b != 1)) {
+    return "accumulate, has_scale_a and has_scale_b must be 0 or 1";
+  }
+  const bool f32_out = c.out_dtype == static_cast<long long>(OutType::kF32);
+  if (c.accumulate != 0 && !f32_out) return "accumulate needs out_dtype 1 (f32)";
+  // NOTES: a group's K range is known only on the device, so its K blocks cannot be split statically.
+  if (c.layout == Layout::kKGrouped && (!f32_out || splits_k(c))) {
+    return "the k_grouped layout needs out_dtype 1 (f32), num_k_splits 1 and k_interleave 0";
+  }
   if (c.layout == Layout::kContiguous && limits::kMAlignmentContiguous % c.block_m != 0) {
     return "the contiguous layout needs block_m to divide m_alignment_contiguous";
   }

@@ -190,4 +190,18 @@ __device__ __forceinline__ i32 load_global_nc(const i32* ptr) {
   return v;
 }
 
+__device__ __forceinline__ float load_global_nc(const float* ptr) {
+  float v;
+  asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(ptr));
+  return v;
+}
+
+// Two consecutive fp32 outputs (8-byte aligned): a plain store, or an atomic add into what is there.
+__device__ __forceinline__ void store_global_v2(float* ptr, float x, float y) {
+  asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(ptr), "f"(x), "f"(y) : "memory");
+}
+__device__ __forceinline__ void reduce_add_global_v2(float* ptr, float x, float y) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(ptr), "f"(x), "f"(y) : "memory");
+}
+
 }  // namespace dgpt::ptx

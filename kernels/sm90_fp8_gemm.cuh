@@ -1,12 +1,13 @@
-// The core Hopper FP8 GEMM: D (bf16) = A (e4m3) * B (e4m3)^T with fp32 accumulation, for the
-// normal, M-grouped contiguous and M-grouped masked layouts.
+// The core Hopper FP8 GEMM: D = A * B^T with fp32 accumulation, A and B e4m3 or e5m2, D bf16 or fp32
+// (stored, or added into what D holds), optional fp32 scales per row of A and of B applied before the
+// one rounding; for the normal, M-grouped contiguous, M-grouped masked and K-grouped layouts.
 //
 // One persistent CTA per SM walks tiles from the scheduler. Warp-specialised:
 //   - the last warpgroup is the producer: one thread issues TMA loads of A and B tiles into a
 //     ring of shared-memory stages guarded by full/empty mbarriers;
 //   - one or two math warpgroups issue wgmma over each 128-wide K block, then add the block's
 //     result into fp32 registers ("promotion": the tensor core's FP8 accumulator is narrower than
-//     fp32), and finally write bf16 through stmatrix + TMA store.
+//     fp32), scale it, and write bf16 through stmatrix + TMA store, or fp32 straight from registers.
 // K splitting (kKSplit) is the one variant of the main loop: none; over a cluster (num_k_splits CTAs
 // share a tile, one K slice each, and rank 0 adds the slices); or inside the CTA (k_interleave: a
 // second math warpgroup takes every other K block of the same 64 rows, and warpgroup 0 adds the two).
@@ -55,10 +56,12 @@ struct Sm90Fp8Gemm {
   static constexpr u32 kNumReaderWarps = (kKSplit == KSplit::kWarpgroups ? 128 : kNumMathThreads) / 32;
   static constexpr u32 kNumKBlocks = tile::ceil_div(kK, kBlockK);
   static constexpr u32 kKBlocksPerSplit = tile::ceil_div(kNumKBlocks, kNumKSplits);
-  static constexpr u32 kSmemPartials =
-      tile::smem_partials_bytes(kBlockM, kBlockN, kNumKSplits, kKSplit == KSplit::kWarpgroups);
   static constexpr u32 kNumAccum = kBlockN / 2;  // fp32 per thread for 64 x BLOCK_N
-  static constexpr u32 kSmemD = tile::smem_d_bytes(kBlockM, kBlockN);
+  static constexpr bool kF32Out = kConfig.out_dtype == static_cast<long long>(OutType::kF32);
+  static constexpr bool kAccumulate = kConfig.accumulate != 0;
+  static constexpr bool kScaleA = kConfig.has_scale_a != 0;
+  static constexpr bool kScaleB = kConfig.has_scale_b != 0;
+  static constexpr SmemLayout kSmem = smem_layout(kConfig);
   static constexpr u32 kSmemA = tile::smem_a_stage_bytes(kBlockM);
   static constexpr u32 kSmemB = tile::smem_b_stage_bytes(kBlockN);
   // The D tile in shared memory: 64-column atoms (128B swizzle), then the tail's narrower atoms.
@@ -82,10 +85,21 @@ struct Sm90Fp8Gemm {
   // partials are written" and "warpgroup 0 has read them".
   static constexpr u32 kPartialsWrittenBarrier = 3;
   static constexpr u32 kPartialsFreeBarrier = 4;
+  // k_grouped: every math thread has zeroed its part of a stage's columns past the group's end.
+  static constexpr u32 kKTailBarrier = 5;
   static_assert(kPartialsWrittenBarrier > kNumMathWarpgroups, "named barrier ids overlap");
 
-  using Mma = mma::WgmmaFp8<kBlockN>;
-  using Scheduler = sched::TileScheduler<kLayout, kBlockM, kBlockN, kN, kNumNBlocksPerBand, kClusterSize>;
+  using Mma = mma::WgmmaFp8<kBlockN, static_cast<u32>(kConfig.a_dtype), static_cast<u32>(kConfig.b_dtype)>;
+  using Scheduler = sched::TileScheduler<kLayout, kBlockM, kBlockN, kN, kK, kNumNBlocksPerBand, kClusterSize>;
+
+  // This tile's scales, loaded before its main loop so the loads' latency hides behind it: thread t of a
+  // storing warpgroup holds scale_a of the warpgroup's row t (t < 64) and scale_b of tile columns t and
+  // t + 128 (when the tile has them). The epilogue shares them through shared memory.
+  struct TileScales {
+    float a = 1.0f;
+    float b0 = 1.0f;
+    float b1 = 1.0f;
+  };
 
   struct Smem {
     u8* d;
@@ -93,12 +107,16 @@ struct Sm90Fp8Gemm {
     u8* b;  // stage s at b + s * kSmemB
     u64* full;
     u64* empty;
-    // K splitting only, behind the stages: the fp32 partial tile that rank 0 (or warpgroup 0) reads,
-    // and, for a cluster, after `empty` two barriers: split_ready (rank 0: the other ranks' partials
-    // are written) and split_free (other ranks: rank 0 has read this CTA's partials).
-    __device__ float* partials() const { return reinterpret_cast<float*>(b + kNumStages * kSmemB); }
-    __device__ u64* split_ready() const { return empty + kNumStages; }
-    __device__ u64* split_free() const { return empty + kNumStages + 1; }
+    // K splitting only: the fp32 partial tile that rank 0 (or warpgroup 0) reads, and, for a cluster,
+    // two barriers: split_ready (rank 0: the other ranks' partials are written) and split_free (other
+    // ranks: rank 0 has read this CTA's partials).
+    float* partials;
+    u64* split;
+    // Scaled configs: per math warpgroup, scale_a of its 64 rows then scale_b of the tile's columns.
+    float* scales;
+    __device__ u64* split_ready() const { return split; }
+    __device__ u64* split_free() const { return split + 1; }
+    __device__ float* scales_of(u32 warpgroup) const { return scales + warpgroup * scale_floats_per_warpgroup(kConfig); }
   };
 
   __device__ static Smem carve(u8* raw) {
@@ -106,11 +124,14 @@ struct Sm90Fp8Gemm {
     const u32 base = ptx::smem_addr(raw);
     u8* p = raw + (tile::align_up(base, 1024) - base);
     Smem s;
-    s.d = p;
-    s.a = p + kSmemD;
-    s.b = s.a + kNumStages * kSmemA;
-    s.full = reinterpret_cast<u64*>(s.b + kNumStages * kSmemB + kSmemPartials);
-    s.empty = s.full + kNumStages;
+    s.d = p + kSmem.d;
+    s.a = p + kSmem.a;
+    s.b = p + kSmem.b;
+    s.partials = reinterpret_cast<float*>(p + kSmem.partials);
+    s.scales = reinterpret_cast<float*>(p + kSmem.scales);
+    s.full = reinterpret_cast<u64*>(p + kSmem.full);
+    s.empty = reinterpret_cast<u64*>(p + kSmem.empty);
+    s.split = reinterpret_cast<u64*>(p + kSmem.split);
     return s;
   }
 
@@ -141,8 +162,8 @@ struct Sm90Fp8Gemm {
   __device__ static void init_barriers(const GemmParams& params, const Smem& smem) {
     ptx::tma_prefetch_descriptor(&params.tma_a);
     ptx::tma_prefetch_descriptor(&params.tma_b);
-    if constexpr (kMainCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d);
-    if constexpr (kTailCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d_tail);
+    if constexpr (!kF32Out && kMainCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d);
+    if constexpr (!kF32Out && kTailCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d_tail);
     for (u32 s = 0; s < kNumStages; ++s) {
       ptx::mbarrier_init(&smem.full[s], 1);
       ptx::mbarrier_init(&smem.empty[s], kNumReaderWarps);  // one arrival per math warp that reads it
@@ -168,18 +189,21 @@ struct Sm90Fp8Gemm {
     ptx::fence_proxy_async_shared();
   }
 
-  // This CTA's K blocks: all of them, or over a cluster the slice of its rank.
-  __device__ static u32 first_k_block() {
-    if constexpr (kKSplit != KSplit::kCluster) {
-      return 0;
+  // The K blocks of a tile this CTA reads: blocks [first, end) at columns origin + kb * BLOCK_K. All of
+  // K, or over a cluster the slice of its rank; k_grouped: the tile's group's columns (from the device).
+  struct KBlocks {
+    u32 first, end, origin;
+  };
+  __device__ static KBlocks k_blocks(const sched::Tile& tile) {
+    if constexpr (kLayout == Layout::kKGrouped) {
+      return {0, tile::ceil_div(tile.k_end - tile.k_begin, kBlockK), tile.k_begin};
+    } else if constexpr (kKSplit != KSplit::kCluster) {
+      return {0, kNumKBlocks, 0};
     } else {
       const u32 first = ptx::cluster_ctarank() * kKBlocksPerSplit;
-      return first < kNumKBlocks ? first : kNumKBlocks;
+      const u32 end = first + kKBlocksPerSplit;
+      return {first < kNumKBlocks ? first : kNumKBlocks, end < kNumKBlocks ? end : kNumKBlocks, 0};
     }
-  }
-  __device__ static u32 end_k_block() {
-    const u32 end = first_k_block() + kKBlocksPerSplit;
-    return end < kNumKBlocks ? end : kNumKBlocks;
   }
 
   // Producer: stream A and B tiles of every K block through the stage ring.
@@ -187,20 +211,23 @@ struct Sm90Fp8Gemm {
     Scheduler scheduler(params);
     sched::Tile tile;
     u32 iter = 0;
-    const u32 kb_begin = first_k_block(), kb_end = end_k_block();
     // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
     const u32 stage_bytes = params.a_box_rows * kBlockK + kSmemB;
     while (scheduler.next_tile(tile)) {
       if (!tile.compute) continue;
       const i32 m = static_cast<i32>(tile.m_block * kBlockM);
       const i32 n = static_cast<i32>(tile.n_block * kBlockN);
-      for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
+      const KBlocks blocks = k_blocks(tile);
+      for (u32 kb = blocks.first; kb < blocks.end; ++kb, ++iter) {
         const u32 stage = iter % kNumStages;
         ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
         ptx::mbarrier_arrive_expect_tx(&smem.full[stage], stage_bytes);
-        const i32 k = static_cast<i32>(kb * kBlockK);
-        ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, tile.group_a);
-        ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, tile.group_b);
+        const i32 k = static_cast<i32>(blocks.origin + kb * kBlockK);
+        // k_grouped: every group reads the one A and the one B (its own columns of them).
+        const u32 group_a = kLayout == Layout::kKGrouped ? 0u : tile.group_a;
+        const u32 group_b = kLayout == Layout::kKGrouped ? 0u : tile.group_b;
+        ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, group_a);
+        ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, group_b);
       }
     }
   }
@@ -222,11 +249,13 @@ struct Sm90Fp8Gemm {
       if (warpgroup == 0) ptx::named_barrier_arrive(kPartialsFreeBarrier, 2 * 128);
     }
     while (scheduler.next_tile(tile)) {
+      TileScales scales;
+      load_scales(params, tile, warpgroup, thread, scales);
 #pragma unroll
       for (u32 i = 0; i < kNumAccum; ++i) result[i] = 0.0f;
-      if (tile.compute) accumulate_tile(smem, warpgroup, lane, iter, accum, result);
+      if (tile.compute) accumulate_tile(smem, tile, warpgroup, thread, iter, accum, result);
       if (!combine_partials(smem, tile, warpgroup, thread, handshakes, result)) continue;
-      store_tile(params, smem, tile, warpgroup, warp, lane, result);
+      store_tile(params, smem, tile, warpgroup, warp, lane, scales, result);
     }
     finish_partials(smem, warpgroup, handshakes);
     if (thread == 0) ptx::tma_store_wait_all();
@@ -234,16 +263,22 @@ struct Sm90Fp8Gemm {
 
   // The main loop of one tile: for each K block this warpgroup reads, wgmma into `accum`, then
   // promote into the fp32 `result`.
-  __device__ static void accumulate_tile(const Smem& smem, u32 warpgroup, u32 lane, u32& iter,
-                                         float (&accum)[kNumAccum], float (&result)[kNumAccum]) {
+  __device__ static void accumulate_tile(const Smem& smem, const sched::Tile& tile, u32 warpgroup, u32 thread,
+                                         u32& iter, float (&accum)[kNumAccum], float (&result)[kNumAccum]) {
     constexpr bool kAlternate = kKSplit == KSplit::kWarpgroups;
-    const u32 kb_begin = first_k_block(), kb_end = end_k_block();
-    for (u32 kb = kb_begin; kb < kb_end; ++kb, ++iter) {
+    const u32 lane = thread % 32;
+    const KBlocks blocks = k_blocks(tile);
+    for (u32 kb = blocks.first; kb < blocks.end; ++kb, ++iter) {
       // k_interleave: warpgroup w reads the stages with iter % 2 == w. NOTES: by iter, not by kb: with an
       // even ring a stage then always has the same reader (see static_config_error).
       if (kAlternate && (iter & 1) != warpgroup) continue;
       const u32 stage = iter % kNumStages;
       ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
+      if constexpr (kLayout == Layout::kKGrouped) {
+        // The group's last block may end inside the stage: the columns past it are the next group's.
+        const u32 valid = tile.k_end - (blocks.origin + kb * kBlockK);
+        if (valid < kBlockK) zero_k_tail(smem, stage, valid, warpgroup, thread);
+      }
       const u32 row_block = kAlternate ? 0 : warpgroup;  // which 64 rows of the A stage
       const u64 desc_a = ptx::make_smem_desc_sw128(smem.a + stage * kSmemA + row_block * tile::kWgmmaM * kBlockK);
       const u64 desc_b = ptx::make_smem_desc_sw128(smem.b + stage * kSmemB);
@@ -264,6 +299,31 @@ struct Sm90Fp8Gemm {
       if (lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
 #pragma unroll
       for (u32 i = 0; i < kNumAccum; ++i) result[i] += accum[i];
+    }
+  }
+
+  // k_grouped: zero columns [valid, BLOCK_K) of a stage, A rows by their warpgroup and B rows shared by
+  // all math threads, then make the writes visible to wgmma (the async proxy) before anyone reads.
+  __device__ static void zero_k_tail(const Smem& smem, u32 stage, u32 valid, u32 warpgroup, u32 thread) {
+    zero_columns(smem.a + stage * kSmemA + warpgroup * tile::kWgmmaM * kBlockK, tile::kWgmmaM, valid, thread, 128);
+    zero_columns(smem.b + stage * kSmemB, kBlockN, valid, warpgroup * 128 + thread, kNumMathThreads);
+    ptx::fence_proxy_async_shared();
+    ptx::named_barrier_sync(kKTailBarrier, kNumMathThreads);
+  }
+
+  // Rows of 128 bytes in the 128B swizzle (16-byte chunk j of row r at chunk j ^ (r % 8)): zeroes bytes
+  // [valid, 128) of each row; this thread takes (row, chunk) items first, first + step, ...
+  __device__ static void zero_columns(u8* rows, u32 num_rows, u32 valid, u32 first, u32 step) {
+    const u32 first_chunk = valid / 16, keep = valid % 16;
+    for (u32 i = first; i < num_rows * 8; i += step) {
+      const u32 r = i / 8, j = i % 8;
+      if (j < first_chunk) continue;
+      u32* chunk = reinterpret_cast<u32*>(rows + r * 128 + ((j ^ (r % 8)) * 16));
+#pragma unroll
+      for (u32 w = 0; w < 4; ++w) {
+        const u32 kept = j > first_chunk ? 0u : (keep > 4 * w ? keep - 4 * w : 0u);  // bytes kept of word w
+        if (kept < 4) chunk[w] = kept == 0 ? 0u : chunk[w] & ((1u << (8 * kept)) - 1u);
+      }
     }
   }
 
@@ -299,7 +359,7 @@ struct Sm90Fp8Gemm {
   // 16-byte vector and rank 0's threads read exactly the fragments they hold.
   __device__ static void reduce_k_splits(const Smem& smem, u32 handshake, float (&result)[kNumAccum]) {
     const u32 rank = ptx::cluster_ctarank();
-    float4* mine = reinterpret_cast<float4*>(smem.partials()) + threadIdx.x;
+    float4* mine = reinterpret_cast<float4*>(smem.partials) + threadIdx.x;
     if (rank != 0) {
       // The buffer is free once rank 0 has read the previous tile's partials.
       ptx::mbarrier_wait_cluster(smem.split_free(), (handshake & 1) ^ 1);
@@ -333,7 +393,7 @@ struct Sm90Fp8Gemm {
   // the split-K partials ([accumulator quad][thread][4]): conflict-free 16-byte accesses.
   __device__ static void reduce_k_interleave(const Smem& smem, u32 warpgroup, u32 thread,
                                              float (&result)[kNumAccum]) {
-    float4* partials = reinterpret_cast<float4*>(smem.partials()) + thread;
+    float4* partials = reinterpret_cast<float4*>(smem.partials) + thread;
     if (warpgroup == 1) {
       ptx::named_barrier_sync(kPartialsFreeBarrier, 2 * 128);
 #pragma unroll
@@ -370,30 +430,115 @@ struct Sm90Fp8Gemm {
                      ptx::pack_bf16x2(f[6], f[7]));
   }
 
-  // Epilogue: bf16 rows through stmatrix into the swizzled D tile, then TMA stores per atom.
+  // The tile's scales for this thread (see TileScales); loads only what the config scales by.
+  __device__ static void load_scales(const GemmParams& params, const sched::Tile& tile, u32 warpgroup, u32 thread,
+                                     TileScales& scales) {
+    if constexpr (kScaleA) {
+      const u32 row = tile.m_block * kBlockM + warpgroup * tile::kWgmmaM + thread;
+      if (thread < tile::kWgmmaM && row < params.shape_m) {
+        scales.a = ptx::load_global_nc(params.scale_a + static_cast<u64>(tile.group_a) * params.scale_a_group_stride +
+                                       static_cast<u64>(row) * params.scale_a_row_stride);
+      }
+    }
+    if constexpr (kScaleB) {
+      const float* group = params.scale_b + static_cast<u64>(tile.group_b) * params.scale_b_group_stride;
+      const u32 col = tile.n_block * kBlockN + thread;
+      if (thread < kBlockN && col < kN) scales.b0 = ptx::load_global_nc(group + static_cast<u64>(col) * params.scale_b_col_stride);
+      if (thread + 128 < kBlockN && col + 128 < kN) {
+        scales.b1 = ptx::load_global_nc(group + static_cast<u64>(col + 128) * params.scale_b_col_stride);
+      }
+    }
+  }
+
+  // Multiplies each result by its row's scale_a and its column's scale_b, in that order (fp32), from the
+  // values the warpgroup shared. Accumulator i of a thread: row warp * 16 + lane / 4 + 8 * (i % 4 / 2),
+  // column i / 4 * 8 + lane % 4 * 2 + i % 2 of the warpgroup's 64 x BLOCK_N.
+  __device__ static void apply_scales(const Smem& smem, u32 warpgroup, u32 warp, u32 lane,
+                                      float (&result)[kNumAccum]) {
+    const float* shared = smem.scales_of(warpgroup);
+    const u32 row = warp * 16 + lane / 4;
+    const float a0 = kScaleA ? shared[row] : 1.0f, a1 = kScaleA ? shared[row + 8] : 1.0f;
+#pragma unroll
+    for (u32 i = 0; i < kNumAccum; ++i) {
+      if constexpr (kScaleA) result[i] *= (i % 4) < 2 ? a0 : a1;
+      if constexpr (kScaleB) result[i] *= shared[tile::kWgmmaM + i / 4 * 8 + lane % 4 * 2 + i % 2];
+    }
+  }
+
+  // Epilogue: mask, scale, then bf16 through stmatrix and TMA stores, or fp32 from registers.
   __device__ static void store_tile(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
+                                    u32 warpgroup, u32 warp, u32 lane, const TileScales& scales,
+                                    float (&result)[kNumAccum]) {
+    constexpr bool kScaled = kScaleA || kScaleB;
+    const u32 thread = warp * 32 + lane;
+    if constexpr (kLayout == Layout::kContiguous) mask_other_experts(params, tile, warpgroup, warp, lane, result);
+    if constexpr (kScaled) {
+      float* shared = smem.scales_of(warpgroup);
+      if (kScaleA && thread < tile::kWgmmaM) shared[thread] = scales.a;
+      if (kScaleB && thread < kBlockN) shared[tile::kWgmmaM + thread] = scales.b0;
+      if (kScaleB && thread + 128 < kBlockN) shared[tile::kWgmmaM + thread + 128] = scales.b1;
+    }
+    // The previous tile's stores must have finished reading this warpgroup's part of the D tile.
+    if (!kF32Out && thread == 0) ptx::tma_store_wait_read();
+    if constexpr (!kF32Out || kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
+    if constexpr (kScaled) apply_scales(smem, warpgroup, warp, lane, result);
+    if constexpr (kF32Out) {
+      store_f32(params, tile, warpgroup, warp, lane, result);
+      // The next tile's scales must not overwrite these before every thread has read them.
+      if constexpr (kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
+    } else {
+      store_bf16(params, smem, tile, warpgroup, warp, lane, result);
+    }
+  }
+
+  // Contiguous: rows of another expert or padding (-1, out of range) inside this block come out as zero.
+  __device__ static void mask_other_experts(const GemmParams& params, const sched::Tile& tile, u32 warpgroup,
+                                            u32 warp, u32 lane, float (&result)[kNumAccum]) {
+    const u32 r0 = tile.m_block * kBlockM + warpgroup * tile::kWgmmaM + warp * 16 + lane / 4;
+    const i32 expert = tile.compute ? static_cast<i32>(tile.group_b) : -1;
+    const bool keep0 = r0 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0) == expert;
+    const bool keep1 = r0 + 8 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0 + 8) == expert;
+#pragma unroll
+    for (u32 i = 0; i < kNumAccum; ++i) {
+      const bool keep = (i % 4) < 2 ? keep0 : keep1;
+      result[i] = keep ? result[i] : 0.0f;
+    }
+  }
+
+  // fp32 output: each thread's pairs of adjacent columns go straight to global memory (a warp's stores
+  // cover whole 32-byte sectors), added to what is there when accumulating. N % 8 == 0 keeps a pair
+  // inside the row.
+  __device__ static void store_f32(const GemmParams& params, const sched::Tile& tile, u32 warpgroup, u32 warp,
+                                   u32 lane, const float (&result)[kNumAccum]) {
+    // With nothing computed, an accumulating output already holds its value (c).
+    if (kAccumulate && !tile.compute) return;
+    const u32 r0 = tile.m_block * kBlockM + warpgroup * tile::kWgmmaM + warp * 16 + lane / 4;
+    const u32 c0 = tile.n_block * kBlockN + lane % 4 * 2;
+    float* out = params.d_f32 + tile.group_a * params.d_group_stride;
+#pragma unroll
+    for (u32 j = 0; j < kBlockN / 8; ++j) {
+      const u32 col = c0 + j * 8;
+      if (col >= kN) continue;
+#pragma unroll
+      for (u32 half = 0; half < 2; ++half) {
+        const u32 row = r0 + half * 8;
+        if (row >= params.shape_m) continue;
+        float* dst = out + static_cast<u64>(row) * kN + col;
+        if constexpr (kAccumulate) {
+          ptx::reduce_add_global_v2(dst, result[j * 4 + half * 2], result[j * 4 + half * 2 + 1]);
+        } else {
+          ptx::store_global_v2(dst, result[j * 4 + half * 2], result[j * 4 + half * 2 + 1]);
+        }
+      }
+    }
+  }
+
+  // bf16 output: rows through stmatrix into the swizzled D tile, then TMA stores per atom.
+  __device__ static void store_bf16(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
                                     u32 warpgroup, u32 warp, u32 lane, float (&result)[kNumAccum]) {
     const u32 thread = warp * 32 + lane;
     const u32 row_base = warpgroup * tile::kWgmmaM;  // first tile row of this warpgroup
     const u32 m_tile = tile.m_block * kBlockM;
-
-    if constexpr (kLayout == Layout::kContiguous) {
-      // Rows of another expert or padding (-1, out of range) inside this block come out as zero.
-      const u32 r0 = m_tile + row_base + warp * 16 + lane / 4;
-      const i32 expert = tile.compute ? static_cast<i32>(tile.group_b) : -1;
-      const bool keep0 = r0 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0) == expert;
-      const bool keep1 = r0 + 8 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0 + 8) == expert;
-#pragma unroll
-      for (u32 i = 0; i < kNumAccum; ++i) {
-        const bool keep = (i % 4) < 2 ? keep0 : keep1;
-        result[i] = keep ? result[i] : 0.0f;
-      }
-    }
-
-    // The previous tile's stores must have finished reading this warpgroup's part of the D tile.
-    if (thread == 0) ptx::tma_store_wait_read();
-    ptx::named_barrier_sync(1 + warpgroup, 128);
-
     const u32 q = lane / 8;
     const u32 row = row_base + warp * 16 + (q & 1) * 8 + lane % 8;
 #pragma unroll

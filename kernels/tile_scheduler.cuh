@@ -1,4 +1,4 @@
-// Persistent tile scheduler shared by the three layouts. Every role of a CTA (producer and math
+// Persistent tile scheduler shared by the four layouts. Every role of a CTA (producer and math
 // warpgroups) runs its own copy and walks the same tile sequence, decided only by device data.
 #pragma once
 
@@ -10,22 +10,26 @@ namespace dgpt::sched {
 struct Tile {
   u32 m_block;   // block row inside the group (masked) or the whole problem
   u32 n_block;
-  u32 group_a;   // third TMA coordinate of A and D
-  u32 group_b;   // third TMA coordinate of B (the expert)
-  bool compute;  // false: every row is padding, write zeros without loading anything
+  u32 group_a;   // group of A's rows and of D: A's and D's third TMA coordinate (k_grouped: D's group)
+  u32 group_b;   // group of B: the expert, B's third TMA coordinate (k_grouped: the group)
+  bool compute;  // false: every row is padding (or the group has no K): write zeros without loading anything
+  u32 k_begin;   // k_grouped: the group's columns [k_begin, k_end) of A and B; else [0, K)
+  u32 k_end;
 };
 
 // A cluster (consecutive blockIdx.x) walks tiles as one unit: with split-K its kClusterSize CTAs take
 // the same tile, one K slice each.
-template <Layout kLayout, u32 kBlockM, u32 kBlockN, u32 kN, u32 kNumNBlocksPerBand, u32 kClusterSize>
+template <Layout kLayout, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumNBlocksPerBand, u32 kClusterSize>
 struct TileScheduler {
   static constexpr u32 kNumNBlocks = tile::ceil_div(kN, kBlockN);
 
   const GemmParams& params;
   u32 next;              // next linear tile index of this CTA
-  u32 group = 0;         // masked: group holding `next`
-  u32 group_start = 0;   // masked: linear index of that group's first tile
-  u32 num_m_blocks = 0;  // normal/contiguous: all rows; masked: rows of `group`
+  u32 group = 0;         // masked, k_grouped: group holding `next`
+  u32 group_start = 0;   // masked, k_grouped: linear index of that group's first tile
+  u32 num_m_blocks = 0;  // normal/contiguous/k_grouped: all rows; masked: rows of `group`
+  u32 k_begin = 0;       // k_grouped: columns [k_begin, k_end) of `group`
+  u32 k_end = 0;
 
   __device__ explicit TileScheduler(const GemmParams& p) : params(p), next(blockIdx.x / kClusterSize) {
     if constexpr (kLayout == Layout::kMasked) {
@@ -33,6 +37,15 @@ struct TileScheduler {
     } else {
       num_m_blocks = tile::ceil_div(p.shape_m, kBlockM);
     }
+    if constexpr (kLayout == Layout::kKGrouped) k_end = group_k_end(0, 0);
+  }
+
+  // k_grouped: where group g's columns end when they begin at `begin`. Negative sizes count as 0 and a
+  // running total past K is clamped to K.
+  __device__ u32 group_k_end(u32 g, u32 begin) const {
+    const i32 size = ptx::load_global_nc(params.grouped_layout + g);
+    const u32 columns = size <= 0 ? 0u : static_cast<u32>(size);
+    return columns >= kK - begin ? kK : begin + columns;
   }
 
   // Masked rows of group g, clamped to [0, Mmax], in blocks.
@@ -70,6 +83,23 @@ struct TileScheduler {
       rasterize(index - group_start, num_m_blocks, tile.m_block, tile.n_block);
       tile.group_a = tile.group_b = group;
       tile.compute = true;
+      tile.k_begin = 0;
+      tile.k_end = kK;
+      return true;
+    } else if constexpr (kLayout == Layout::kKGrouped) {
+      // Every group has all M x N tiles; only its K range (from the device-side sizes) differs.
+      const u32 per_group = num_m_blocks * kNumNBlocks;
+      while (index >= group_start + per_group) {
+        group_start += per_group;
+        if (++group >= params.num_groups) return false;
+        k_begin = k_end;
+        k_end = group_k_end(group, k_begin);
+      }
+      rasterize(index - group_start, num_m_blocks, tile.m_block, tile.n_block);
+      tile.group_a = tile.group_b = group;
+      tile.compute = k_end > k_begin;
+      tile.k_begin = k_begin;
+      tile.k_end = k_end;
       return true;
     } else {
       if (index >= num_m_blocks * kNumNBlocks) return false;
@@ -77,6 +107,8 @@ struct TileScheduler {
       tile.group_a = 0;
       tile.group_b = 0;
       tile.compute = true;
+      tile.k_begin = 0;
+      tile.k_end = kK;
       if constexpr (kLayout == Layout::kContiguous) {
         // The block's expert is its first row's; the layout puts experts on block boundaries.
         const i32 expert = ptx::load_global_nc(params.grouped_layout + tile.m_block * kBlockM);

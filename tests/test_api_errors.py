@@ -30,19 +30,121 @@ GEMM_CASES = [
         "a_dtype",
         lambda: jax_dgpt.gemm(arr((4, 32), jnp.float16), arr((8, 32))),
         TypeError,
-        r"jax_dgpt\.gemm: a must have dtype float8_e4m3fn, got float16",
+        r"jax_dgpt\.gemm: a must have dtype float8_e4m3fn or float8_e5m2, got float16",
     ),
     (
         "b_dtype",
         lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 32), jnp.float16)),
         TypeError,
-        r"jax_dgpt\.gemm: b must have dtype float8_e4m3fn, got float16",
+        r"jax_dgpt\.gemm: b must have dtype float8_e4m3fn or float8_e5m2, got float16",
     ),
     (
-        "b_e5m2",
-        lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 32), jnp.float8_e5m2)),
+        "b_int8",
+        lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 32), jnp.int8)),
         TypeError,
-        r"b must have dtype float8_e4m3fn, got float8_e5m2",
+        r"b must have dtype float8_e4m3fn or float8_e5m2, got int8",
+    ),
+    (
+        "scale_a_shape",
+        lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 32)), scale_a=arr((8,), jnp.float32)),
+        ValueError,
+        r"jax_dgpt\.gemm: scale_a must have shape \[\] \(per tensor\), \[4\] \(\[M\], per row of a\); got \[8\]",
+    ),
+    (
+        "scale_b_dtype",
+        lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 32)), scale_b=arr((8,), jnp.bfloat16)),
+        TypeError,
+        r"jax_dgpt\.gemm: scale_b must have dtype float32, got bfloat16",
+    ),
+    (
+        "scale_not_array",
+        lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 32)), scale_b=2.0),
+        TypeError,
+        r"jax_dgpt\.gemm: scale_b must be None or a float32 array, got float",
+    ),
+    (
+        "out_dtype",
+        lambda: jax_dgpt.gemm(arr((4, 32)), arr((8, 32)), out_dtype=jnp.float16),
+        TypeError,
+        r"jax_dgpt\.gemm: out_dtype must be bfloat16 or float32, got float16",
+    ),
+    (
+        "wgrad_c_shape",
+        lambda: jax_dgpt.wgrad_gemm(arr((4, 32)), arr((8, 32)), arr((4, 9), jnp.float32)),
+        ValueError,
+        r"jax_dgpt\.wgrad_gemm: c must have the output's shape \[4, 8\] \(\[M, N\]\), got \[4, 9\]",
+    ),
+    (
+        "wgrad_c_dtype",
+        lambda: jax_dgpt.wgrad_gemm(arr((4, 32)), arr((8, 32)), arr((4, 8), jnp.bfloat16)),
+        TypeError,
+        r"jax_dgpt\.wgrad_gemm: c must have dtype float32, got bfloat16",
+    ),
+    (
+        "k_grouped_sizes_dtype",
+        lambda: jax_dgpt.k_grouped_wgrad_gemm(arr((4, 32)), arr((8, 32)), arr((3,), jnp.int64)),
+        TypeError,
+        r"jax_dgpt\.k_grouped_wgrad_gemm: group_sizes must have dtype int32",
+    ),
+    (
+        "k_grouped_sizes_rank",
+        lambda: jax_dgpt.k_grouped_wgrad_gemm(arr((4, 32)), arr((8, 32)), arr((3, 1), jnp.int32)),
+        ValueError,
+        r"jax_dgpt\.k_grouped_wgrad_gemm: group_sizes must have rank 1 \(shape \[G\]\)",
+    ),
+    (
+        "k_grouped_t_mismatch",
+        lambda: jax_dgpt.k_grouped_wgrad_gemm(arr((4, 32)), arr((8, 48)), arr((3,), jnp.int32)),
+        ValueError,
+        r"jax_dgpt\.k_grouped_wgrad_gemm: a and b must have the same T \(last dimension\), got 32 and 48",
+    ),
+    (
+        "k_grouped_c_shape",
+        lambda: jax_dgpt.k_grouped_wgrad_gemm(
+            arr((4, 32)), arr((8, 32)), arr((3,), jnp.int32), arr((2, 4, 8), jnp.float32)
+        ),
+        ValueError,
+        r"c must have the output's shape \[3, 4, 8\] \(\[G, M, N\]\), got \[2, 4, 8\]",
+    ),
+    (
+        "k_grouped_scale_b_shape",
+        lambda: jax_dgpt.k_grouped_wgrad_gemm(
+            arr((4, 32)), arr((8, 32)), arr((3,), jnp.int32), scale_b=arr((3,), jnp.float32)
+        ),
+        ValueError,
+        r"scale_b must have shape \[\] \(per tensor\), \[8\] \(\[N\], per row of b\), \[3, 8\] \(\[G, N\]\); got \[3\]",
+    ),
+    (
+        "masked_scale_a_per_row_only",
+        lambda: jax_dgpt.grouped_gemm_masked(
+            arr((2, 4, 32)), arr((2, 8, 32)), arr((2,), jnp.int32), 4, scale_a=arr((4,), jnp.float32)
+        ),
+        ValueError,
+        r"grouped_gemm_masked: scale_a must have shape \[\] \(per tensor\), \[2, 4\] \(\[G, Mmax\], per row of a\)",
+    ),
+    (
+        "contiguous_scale_b_shape",
+        lambda: jax_dgpt.grouped_gemm_contiguous(
+            arr((4, 32)), arr((2, 8, 32)), arr((4,), jnp.int32), scale_b=arr((8,), jnp.float32)
+        ),
+        ValueError,
+        r"scale_b must have shape \[\] \(per tensor\), \[2\] \(\[G\], per expert\), \[2, 8\] \(\[G, N\]\); got \[8\]",
+    ),
+    (
+        "k_sizes_traced",
+        lambda: jax_dgpt.k_grouped_wgrad_gemm_per_tensor_fp8_fp8_fp32_nt(
+            arr((4 * 32,)), arr((8 * 32,)), arr((1, 4, 8), jnp.float32), jnp.asarray([32])
+        ),
+        TypeError,
+        r"k_sizes must be a static sequence of ints",
+    ),
+    (
+        "k_sizes_total",
+        lambda: jax_dgpt.k_grouped_wgrad_gemm_per_tensor_fp8_fp8_fp32_nt(
+            arr((4 * 32,)), arr((8 * 32,)), arr((1, 4, 8), jnp.float32), [16]
+        ),
+        ValueError,
+        r"lhs_flat and rhs_flat must hold M \* sum\(k_sizes\) = 64 and N \* sum\(k_sizes\) = 128 elements",
     ),
     (
         "a_rank",
@@ -81,13 +183,13 @@ CONTIGUOUS_CASES = [
         "a_dtype",
         lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32), jnp.bfloat16), arr((2, 8, 32)), arr((4,), jnp.int32)),
         TypeError,
-        r"jax_dgpt\.grouped_gemm_contiguous: a must have dtype float8_e4m3fn, got bfloat16",
+        r"jax_dgpt\.grouped_gemm_contiguous: a must have dtype float8_e4m3fn or float8_e5m2, got bfloat16",
     ),
     (
         "b_dtype",
         lambda: jax_dgpt.grouped_gemm_contiguous(arr((4, 32)), arr((2, 8, 32), jnp.float32), arr((4,), jnp.int32)),
         TypeError,
-        r"b must have dtype float8_e4m3fn, got float32",
+        r"b must have dtype float8_e4m3fn or float8_e5m2, got float32",
     ),
     (
         "b_rank",
@@ -151,7 +253,7 @@ MASKED_CASES = [
         "a_dtype",
         masked(a_dtype=jnp.int8),
         TypeError,
-        r"jax_dgpt\.grouped_gemm_masked: a must have dtype float8_e4m3fn, got int8",
+        r"jax_dgpt\.grouped_gemm_masked: a must have dtype float8_e4m3fn or float8_e5m2, got int8",
     ),
     (
         "a_rank",

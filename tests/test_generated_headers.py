@@ -47,14 +47,16 @@ def test_generated_header_is_current():
 
 def test_generated_header_covers_every_block_n():
     text = GENERATED.read_text()
-    generated = {int(n) for n in re.findall(r"struct WgmmaFp8<(\d+)>", text)}
+    generated = {int(n) for n in re.findall(r"struct WgmmaFp8<(\d+), kAType, kBType>", text)}
     lim = limits()
     wanted = set(range(lim["block_n_step"], lim["max_block_n"] + 1, lim["block_n_step"]))  # every valid block_n
     assert wanted <= generated, f"no wgmma wrapper for BLOCK_N {sorted(wanted - generated)}"
     for n in generated:  # each wrapper names N/2 accumulator registers, as PTX requires
-        match = re.search(rf"struct WgmmaFp8<{n}> {{\s*static constexpr int kNumAccum = (\d+);", text)
+        match = re.search(rf"struct WgmmaFp8<{n}, kAType, kBType> {{\s*static constexpr int kNumAccum = (\d+);", text)
         assert match and int(match.group(1)) == n // 2, f"WgmmaFp8<{n}>"
-        assert f"wgmma.mma_async.sync.aligned.m64n{n}k32.f32.e4m3.e4m3" in text
+        assert f'wgmma.mma_async.sync.aligned.m64n{n}k32.f32" TYPES' in text  # the pairing comes last
+    for pairing in ("e4m3.e4m3", "e4m3.e5m2", "e5m2.e4m3", "e5m2.e5m2"):  # every fp8 pairing wgmma reads
+        assert text.count(f'(".{pairing}")') == len(generated), pairing
 
 
 def test_kernels_dir_is_the_repository_headers():

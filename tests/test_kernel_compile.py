@@ -17,7 +17,7 @@ import pytest
 import jax_dgpt  # noqa: F401  (loads the extension and points it at kernels/)
 from jax_dgpt import _native, device, heuristics, ptxas_report
 from jax_dgpt.heuristics import Problem
-from jax_dgpt.kernel_config import KernelConfig, limits
+from jax_dgpt.kernel_config import KernelConfig, Operands, limits
 from jax_dgpt.testing import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX, NK_PAIRS, NORMAL_ANCHORS, ODD_M
 
 C = _native.load()
@@ -61,6 +61,35 @@ def enumerate_variants():
             yield chosen(Problem(layout, 64, 2112, 7168, groups, hint), block_m=64, block_n=block_n, k_interleave=1)
 
 
+def enumerate_operand_variants():
+    """e5m2 operands, fused scales, float32 and accumulating outputs in every layout, and the k_grouped
+    layout on the weight-gradient shapes (ANCHORS-H200.md) and on many small experts."""
+    e5m2, f32 = "float8_e5m2", "float32"
+    variants = [
+        Operands(a_dtype=e5m2),
+        Operands(b_dtype=e5m2),
+        Operands(a_dtype=e5m2, b_dtype=e5m2, has_scale_a=True, has_scale_b=True),
+        Operands(out_dtype=f32, has_scale_b=True),
+        Operands(out_dtype=f32, accumulate=True, has_scale_a=True),
+    ]
+    for operands in variants:
+        for m, n, k in ((4096, 7168, 2048), (64, 2112, 7168), (128, 7168, 16384)):
+            if operands.accumulate or operands.out_dtype == "float32" or m == 4096:
+                yield chosen(Problem("normal", m, n, k, 1, operands=operands))
+        if not operands.accumulate:
+            yield chosen(Problem("contiguous", 4 * 1024, 4096, 7168, 4, operands=operands))
+            yield chosen(Problem("masked", MASKED_MMAX, 4096, 7168, 4, 256, operands=operands))
+    for accumulate, sa, sb in ((True, False, False), (False, True, True), (True, True, False)):
+        operands = Operands(b_dtype=e5m2, out_dtype=f32, accumulate=accumulate, has_scale_a=sa, has_scale_b=sb)
+        for m, n, t, groups in (
+            (7168, 4096, 32768, 8),
+            (2048, 7168, 16384, 4),
+            (7168, 2048, 8192, 256),
+            (64, 96, 512, 3),
+        ):
+            yield chosen(Problem("k_grouped", m, n, t, groups, operands=operands))
+
+
 def unique_sources(configs):
     """One config per distinct generated source (equal sources compile to the same cubin)."""
     by_source: dict[str, KernelConfig] = {}
@@ -71,6 +100,7 @@ def unique_sources(configs):
 
 CHOSEN = unique_sources(enumerate_chosen())
 VARIANTS = unique_sources(enumerate_variants())
+OPERAND_VARIANTS = unique_sources(enumerate_operand_variants())
 
 
 def config_id(config: KernelConfig) -> str:
@@ -89,7 +119,7 @@ def compiler(jit_env):
 @pytest.fixture(scope="module")
 def compiled(compiler):
     """Generated source -> verbose compile result (or the exception), two compiles at a time."""
-    sources = {**CHOSEN, **VARIANTS}
+    sources = {**CHOSEN, **VARIANTS, **OPERAND_VARIANTS}
 
     def build(config: KernelConfig):
         try:
@@ -125,6 +155,11 @@ def test_k_split_variants_compile_clean(source, compiled):
     assert shape["smem_bytes"] > plain.launch_shape()["smem_bytes"]
     assert shape["cluster_size"] == config.num_k_splits
     assert shape["threads"] == (384 if config.k_interleave or config.block_m == 128 else 256)
+
+
+@pytest.mark.parametrize("source", list(OPERAND_VARIANTS), ids=[config_id(c) for c in OPERAND_VARIANTS.values()])
+def test_operand_variants_compile_clean(source, compiled):
+    assert_compiles_clean(compiled[source], OPERAND_VARIANTS[source], source)
 
 
 def test_nvrtc_build(jit_env):

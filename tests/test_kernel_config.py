@@ -28,7 +28,7 @@ def with_(**changes) -> KernelConfig:
 
 def test_python_and_cpp_declare_the_same_fields():
     assert tuple(f.name for f in dataclasses.fields(KernelConfig)) == C.config_fields()
-    assert LAYOUTS == ("normal", "contiguous", "masked")
+    assert LAYOUTS == ("normal", "contiguous", "masked", "k_grouped")
 
 
 def test_limits_are_plain_ints_by_name():
@@ -68,6 +68,16 @@ def test_a_known_good_config_is_valid():
         ({"k_interleave": 1, "block_m": 64, "num_stages": 3}, "k_interleave needs an even num_stages"),
         ({"k_interleave": 2, "block_m": 64}, "k_interleave must be 0 or 1"),
         ({"layout": "contiguous", "num_groups": 4, "block_m": 64}, "contiguous layout needs block_m"),
+        ({"a_dtype": 2}, "a_dtype and b_dtype must be 0 \\(e4m3\\) or 1 \\(e5m2\\)"),
+        ({"b_dtype": -1}, "a_dtype and b_dtype must be 0"),
+        ({"out_dtype": 2}, "out_dtype must be 0 \\(bf16\\) or 1 \\(f32\\)"),
+        ({"has_scale_a": 2}, "accumulate, has_scale_a and has_scale_b must be 0 or 1"),
+        ({"accumulate": 1}, "accumulate needs out_dtype 1"),
+        ({"layout": "k_grouped", "num_groups": 4}, "k_grouped layout needs out_dtype 1"),
+        (
+            {"layout": "k_grouped", "num_groups": 4, "out_dtype": 1, "num_k_splits": 2, "block_n": 64},
+            "k_grouped layout needs out_dtype 1 \\(f32\\), num_k_splits 1",
+        ),
     ],
 )
 def test_invalid_configs_name_the_rule(changes, rule):
@@ -81,6 +91,14 @@ def test_invalid_configs_name_the_rule(changes, rule):
         config.launch_shape()
 
 
+def test_shared_memory_follows_the_output_and_scales():
+    # float32 output: no D tile (it leaves from registers); scales: 64 + block_n floats per math warpgroup.
+    stages = 4 * (128 * 128 + 208 * 128) + 4 * 2 * 8 + 1024
+    assert with_(out_dtype=1).launch_shape()["smem_bytes"] == stages
+    assert with_(out_dtype=1, has_scale_b=1).launch_shape()["smem_bytes"] == stages + 2 * (64 + 208) * 4
+    assert with_(layout="k_grouped", num_groups=3, out_dtype=1, accumulate=1).error() is None
+
+
 def test_the_contiguous_layout_takes_64_row_tiles_when_every_row_fits():
     assert with_(layout="contiguous", num_groups=4, m=64, block_m=64).error() is None
 
@@ -89,7 +107,7 @@ def test_the_contiguous_layout_takes_64_row_tiles_when_every_row_fits():
     "mutate, message",
     [
         (lambda d: d.pop("block_n"), "config lacks field 'block_n'"),
-        (lambda d: d.update(extra=1), "has 12 entries, expected exactly the 11 fields"),
+        (lambda d: d.update(extra=1), "has 18 entries, expected exactly the 17 fields"),
         (lambda d: d.update(block_n=True), "config field 'block_n' must be an int"),
         (lambda d: d.update(block_n=128.0), "config field 'block_n' must be an int"),
         (lambda d: d.update(layout="ragged"), "unknown layout 'ragged'"),

@@ -41,14 +41,16 @@ def last_launch():
     return dict(zip(("grid", "cluster", "smem", "block"), out))
 
 def last_params():
-    raw = (ctypes.c_ubyte * 576)()
-    fake.fake_last_params(raw, 576)
-    words = struct.unpack("<72Q", bytes(raw))
+    raw = (ctypes.c_ubyte * 640)()  # sizeof(GemmParams), kernels/dgpt_types.cuh
+    fake.fake_last_params(raw, 640)
+    words = struct.unpack("<80Q", bytes(raw))
     fields = ("address", "inner", "rows", "box_inner", "box_rows", "swizzle")
     maps = {name: dict(zip(fields, words[16 * i : 16 * i + 6])) for i, name in enumerate(("a", "b", "d", "d_tail"))}
-    layout, shape_m_groups, box_rows = words[64], words[65], words[66]
-    return dict(maps=maps, grouped_layout=layout, shape_m=shape_m_groups & 0xFFFFFFFF,
-                num_groups=shape_m_groups >> 32, a_box_rows=box_rows & 0xFFFFFFFF)
+    lo, hi = (lambda w: w & 0xFFFFFFFF), (lambda w: w >> 32)
+    return dict(maps=maps, grouped_layout=words[64], d_f32=words[65], d_group_stride=words[66],
+                scale_a=words[67], scale_b=words[68], scale_a_strides=(lo(words[69]), hi(words[69])),
+                scale_b_strides=(lo(words[70]), hi(words[70])), shape_m=lo(words[71]), num_groups=hi(words[71]),
+                a_box_rows=lo(words[72]))
 """
 
 
@@ -165,6 +167,37 @@ def test_small_m_and_grouped_parameters(fake_driver_dir, tmp_path):
     masked = r["masked"]["params"]
     assert masked["grouped_layout"] == 0x70000 and (masked["shape_m"], masked["num_groups"]) == (512, 3)
     assert masked["maps"]["a"]["rows"] == 512 and masked["maps"]["b"]["rows"] == 256
+
+
+def test_float32_output_scales_and_k_grouped_parameters(fake_driver_dir, tmp_path):
+    r = run(
+        fake_driver_dir,
+        tmp_path,
+        """
+        k = launcher(layout="k_grouped", m=512, n=256, k=1024, num_groups=3, block_m=128, block_n=128,
+                     num_stages=6, grid_size=132, out_dtype=1, accumulate=1, has_scale_a=1, has_scale_b=1)
+        k.launch(0x10000, 0x20000, 0x30000, 0x70000, 0x80000, 0x90000)
+        out = dict(params=last_params(), encodes=fake.fake_encodes())
+        try:
+            k.launch(0x10000, 0x20000, 0x30000, 0x70000, 0x80000)  # scale_b missing
+        except RuntimeError as error:
+            out["missing"] = str(error)
+        print(json.dumps(out))
+    """,
+    )
+    p = r["params"]
+    # No D tensor maps: the fp32 output leaves from registers, through d_f32.
+    assert r["encodes"] == 2 and p["maps"]["d"]["address"] == 0 and p["maps"]["d_tail"]["address"] == 0
+    assert (p["d_f32"], p["d_group_stride"]) == (0x30000, 512 * 256)
+    # One A [M, T] and one B [N, T] for every group; the sizes are the grouped-layout array.
+    assert p["maps"]["a"]["rows"] == 512 and p["maps"]["b"]["rows"] == 256 and p["grouped_layout"] == 0x70000
+    assert (p["scale_a"], p["scale_b"], p["scale_a_strides"], p["scale_b_strides"]) == (
+        0x80000,
+        0x90000,
+        [0, 0],
+        [0, 0],
+    )
+    assert "scale operands do not match" in r["missing"]
 
 
 def test_cluster_grid_is_capped_at_co_resident_clusters(fake_driver_dir, tmp_path):

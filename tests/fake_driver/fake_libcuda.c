@@ -80,7 +80,7 @@ static CUresult launch_kernel_ex(const CUlaunchConfig *c, CUfunction f, void **p
   for (unsigned i = 0; i < c->numAttrs; ++i) {
     if (c->attrs[i].id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) g_cluster = c->attrs[i].value.clusterDim.x;
   }
-  memcpy(g_params, params[0], sizeof g_params < 576 ? sizeof g_params : 576);
+  memcpy(g_params, params[0], sizeof g_params < 640 ? sizeof g_params : 640);  /* sizeof(GemmParams) */
   return CUDA_SUCCESS;
 }
 /* The map records (address, inner dim, rows, box inner, box rows, swizzle) as 64-bit words. */
