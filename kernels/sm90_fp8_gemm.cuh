@@ -85,8 +85,8 @@ struct Sm90Fp8Gemm {
   // partials are written" and "warpgroup 0 has read them".
   static constexpr u32 kPartialsWrittenBarrier = 3;
   static constexpr u32 kPartialsFreeBarrier = 4;
-  // k_grouped: every math thread has zeroed its part of a stage's columns past the group's end.
-  static constexpr u32 kKTailBarrier = 5;
+  // k_grouped: every math thread has zeroed its part of a stage's columns outside the group.
+  static constexpr u32 kGroupColumnsBarrier = 5;
   static_assert(kPartialsWrittenBarrier > kNumMathWarpgroups, "named barrier ids overlap");
 
   using Mma = mma::WgmmaFp8<kBlockN, static_cast<u32>(kConfig.a_dtype), static_cast<u32>(kConfig.b_dtype)>;
@@ -190,13 +190,17 @@ struct Sm90Fp8Gemm {
   }
 
   // The K blocks of a tile this CTA reads: blocks [first, end) at columns origin + kb * BLOCK_K. All of
-  // K, or over a cluster the slice of its rank; k_grouped: the tile's group's columns (from the device).
+  // K, or over a cluster the slice of its rank; k_grouped: the blocks covering the tile's group's columns
+  // (from the device). NOTES: a group may start at any column; its blocks start at the BLOCK_K boundary
+  // at or before it (TMA boxes on aligned columns, whole 128-byte lines), and the math warpgroups zero the
+  // columns of the first and last block that belong to the neighbouring groups.
   struct KBlocks {
     u32 first, end, origin;
   };
   __device__ static KBlocks k_blocks(const sched::Tile& tile) {
     if constexpr (kLayout == Layout::kKGrouped) {
-      return {0, tile::ceil_div(tile.k_end - tile.k_begin, kBlockK), tile.k_begin};
+      const u32 origin = tile.k_begin / kBlockK * kBlockK;
+      return {0, tile::ceil_div(tile.k_end - origin, kBlockK), origin};
     } else if constexpr (kKSplit != KSplit::kCluster) {
       return {0, kNumKBlocks, 0};
     } else {
@@ -275,9 +279,11 @@ struct Sm90Fp8Gemm {
       const u32 stage = iter % kNumStages;
       ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
       if constexpr (kLayout == Layout::kKGrouped) {
-        // The group's last block may end inside the stage: the columns past it are the next group's.
-        const u32 valid = tile.k_end - (blocks.origin + kb * kBlockK);
-        if (valid < kBlockK) zero_k_tail(smem, stage, valid, warpgroup, thread);
+        // The group's first and last blocks may hold columns of its neighbours: keep [lo, hi) only.
+        const u32 start = blocks.origin + kb * kBlockK;
+        const u32 lo = tile.k_begin > start ? tile.k_begin - start : 0u;
+        const u32 hi = tile.k_end - start < kBlockK ? tile.k_end - start : kBlockK;
+        if (lo > 0 || hi < kBlockK) zero_outside_group(smem, stage, lo, hi, warpgroup, thread);
       }
       const u32 row_block = kAlternate ? 0 : warpgroup;  // which 64 rows of the A stage
       const u64 desc_a = ptx::make_smem_desc_sw128(smem.a + stage * kSmemA + row_block * tile::kWgmmaM * kBlockK);
@@ -302,27 +308,33 @@ struct Sm90Fp8Gemm {
     }
   }
 
-  // k_grouped: zero columns [valid, BLOCK_K) of a stage, A rows by their warpgroup and B rows shared by
+  // k_grouped: zero the columns outside [lo, hi) of a stage, A rows by their warpgroup and B rows shared by
   // all math threads, then make the writes visible to wgmma (the async proxy) before anyone reads.
-  __device__ static void zero_k_tail(const Smem& smem, u32 stage, u32 valid, u32 warpgroup, u32 thread) {
-    zero_columns(smem.a + stage * kSmemA + warpgroup * tile::kWgmmaM * kBlockK, tile::kWgmmaM, valid, thread, 128);
-    zero_columns(smem.b + stage * kSmemB, kBlockN, valid, warpgroup * 128 + thread, kNumMathThreads);
+  __device__ static void zero_outside_group(const Smem& smem, u32 stage, u32 lo, u32 hi, u32 warpgroup, u32 thread) {
+    zero_columns(smem.a + stage * kSmemA + warpgroup * tile::kWgmmaM * kBlockK, tile::kWgmmaM, lo, hi, thread, 128);
+    zero_columns(smem.b + stage * kSmemB, kBlockN, lo, hi, warpgroup * 128 + thread, kNumMathThreads);
     ptx::fence_proxy_async_shared();
-    ptx::named_barrier_sync(kKTailBarrier, kNumMathThreads);
+    // NOTES: bar.sync (like the wgmma after it) needs converged warps; the loops above diverge per lane.
+    __syncwarp();
+    ptx::named_barrier_sync(kGroupColumnsBarrier, kNumMathThreads);
   }
 
-  // Rows of 128 bytes in the 128B swizzle (16-byte chunk j of row r at chunk j ^ (r % 8)): zeroes bytes
-  // [valid, 128) of each row; this thread takes (row, chunk) items first, first + step, ...
-  __device__ static void zero_columns(u8* rows, u32 num_rows, u32 valid, u32 first, u32 step) {
-    const u32 first_chunk = valid / 16, keep = valid % 16;
+  // Rows of 128 bytes in the 128B swizzle (16-byte chunk j of row r at chunk j ^ (r % 8)): zeroes the bytes
+  // outside [lo, hi) of each row; this thread takes the (row, chunk) items first, first + step, ...
+  __device__ static void zero_columns(u8* rows, u32 num_rows, u32 lo, u32 hi, u32 first, u32 step) {
     for (u32 i = first; i < num_rows * 8; i += step) {
       const u32 r = i / 8, j = i % 8;
-      if (j < first_chunk) continue;
+      if (j * 16 >= lo && j * 16 + 16 <= hi) continue;  // the whole chunk is the group's
       u32* chunk = reinterpret_cast<u32*>(rows + r * 128 + ((j ^ (r % 8)) * 16));
 #pragma unroll
       for (u32 w = 0; w < 4; ++w) {
-        const u32 kept = j > first_chunk ? 0u : (keep > 4 * w ? keep - 4 * w : 0u);  // bytes kept of word w
-        if (kept < 4) chunk[w] = kept == 0 ? 0u : chunk[w] & ((1u << (8 * kept)) - 1u);
+        u32 keep = 0;
+#pragma unroll
+        for (u32 byte = 0; byte < 4; ++byte) {
+          const u32 column = j * 16 + w * 4 + byte;
+          if (column >= lo && column < hi) keep |= 0xFFu << (8 * byte);
+        }
+        chunk[w] &= keep;
       }
     }
   }

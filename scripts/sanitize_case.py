@@ -78,13 +78,13 @@ def training_ops() -> bool:
     ok &= diff(d, reference_gemm_f64(a, b, scale_a=sa, scale_b=sb)) <= 3e-6
     c = jnp.ones((200, 272), jnp.float32)
     w = jax.jit(jax_dgpt.wgrad_gemm, donate_argnums=2)(a, b, c)
-    ok &= diff(w, reference_wgrad_f64(a, b, np.ones((200, 272)))) <= 1e-9
+    ok &= diff(w, reference_wgrad_f64(a, b, np.ones((200, 272)))) <= 2e-8
     sizes = [100, 0, 129, 300, 27]  # ends inside K blocks, an empty group, unaligned starts
     ak, bk = fp8((130, 560), 15), fp8((144, 560), 16, dtype=jnp.float8_e5m2)
     kg = jax.jit(jax_dgpt.k_grouped_wgrad_gemm)(ak, bk, jnp.asarray(sizes, jnp.int32))
     ref = reference_k_grouped_wgrad_f64(ak, bk, sizes)
     for g in range(len(sizes)):
-        ok &= bool(np.all(np.asarray(kg[g]) == 0)) if sizes[g] == 0 else diff(kg[g], ref[g]) <= 1e-9
+        ok &= bool(np.all(np.asarray(kg[g]) == 0)) if sizes[g] == 0 else diff(kg[g], ref[g]) <= 2e-8
     return ok
 
 

@@ -62,7 +62,7 @@ def main() -> int:
         assert np.all(to_f64(dc)[m_indices < 0] == 0), f"call {call}: padding rows not zero"
         ref = reference_k_grouped_wgrad_f64(a_t, b_t, sizes, c)
         for g in range(G):
-            assert calc_diff(to_f64(dk[g]), ref[g]) <= 1e-9, f"call {call}: k_grouped group {g} sizes {sizes}"
+            assert calc_diff(to_f64(dk[g]), ref[g]) <= 2e-8, f"call {call}: k_grouped group {g} sizes {sizes}"
         print(f"call {call}: masked_m={masked_m.tolist()} rows={rows} group_sizes={sizes} ok")
     print("REPLAY OK")
     return 0
