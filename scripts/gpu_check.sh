@@ -9,7 +9,7 @@
 # usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [ncu] [sass]
 #        [example] ...        (default: build smoke tests)
 #   compat needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
-#   PYTEST_ARGS="-k masked" narrows the test run; TEST_TIMEOUT (s) limits it; BENCH_ARGS goes to the benchmark
+#   PYTEST_ARGS="-k masked" and TEST_PATHS (default tests) narrow the test run; TEST_TIMEOUT (s) limits it; BENCH_ARGS goes to the benchmark
 #   (e.g. "--quick") and BENCH_TIMEOUT (s) limits it; NCU_SHAPES/NCU_ARGS/NCU_KERNEL choose the ncu case; DGPT_GIT_SHA (and DGPT_GIT_DIRTY=0/1)
 #   name the commit when the copy on the GPU machine has no .git.
 set -uo pipefail
@@ -84,7 +84,7 @@ for what in "$@"; do
     tests)
       begin tests "gpu tests"
       # Several pytest workers (PYTEST_ARGS="-n 4", pytest-xdist) share the GPU: no preallocation.
-      cmd="python3 -m pytest tests -m gpu -q -rs --durations=12 ${PYTEST_ARGS:-}"
+      cmd="python3 -m pytest ${TEST_PATHS:-tests} -m gpu -q -rs --durations=12 ${PYTEST_ARGS:-}"
       XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TEST_TIMEOUT:-480}" $cmd 2>&1 | tee "$RUN/gpu_tests.log" | tail -40
       finish "${PIPESTATUS[0]}" "$cmd" gpu_tests.log ;;
     cputests)
