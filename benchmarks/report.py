@@ -19,7 +19,7 @@ import json
 import pathlib
 import sys
 
-from benchmarks import tables
+from benchmarks import bench_wgrad, tables
 from benchmarks.tables import geomean, latest_rows
 from jax_dgpt import testing
 
@@ -32,7 +32,14 @@ TABLES = {
     "decode": [f"{m}x{n}x{k}" for m in testing.DECODE_M for n, k in testing.NK_PAIRS],
     "contiguous": [f"G={g} m={em} N={n} K={k}" for g, em, n, k in testing.CONTIGUOUS_ANCHORS],
     "masked": [f"G={g} m={em} N={n} K={k}" for g, em, n, k in testing.MASKED_ANCHORS],
+    # The training tables (benchmarks/bench_wgrad.py): k_grouped shapes are labelled by their draw, so
+    # a table is complete with as many rows as bench_wgrad defines.
+    "wgrad": [f"{m}x{n}x{k}" for m, n, k in bench_wgrad.WGRAD],
+    "scaled": [f"{m}x{n}x{k}" for m, n, k in testing.NORMAL_ANCHORS],
+    "k_grouped": [case[-1] for case in bench_wgrad.k_grouped_cases(tiny=False)],
 }
+# The tables the README's chart draws (the forward ones).
+CHART_TABLES = ("normal", "decode", "contiguous", "masked")
 # Normal shapes in the README's table; the compute-bound ones also show TFLOPS.
 README_SHAPES = [
     "64x7168x576",
@@ -390,7 +397,9 @@ def draw_headline_chart(runs: list[Run], path: pathlib.Path) -> None:
     from benchmarks import chart
 
     try:
-        chart.draw([r for _, sel in headline(runs).values() for r in sel], str(path), "latest complete tables")
+        chosen = headline(runs)
+        rows = [r for layout in CHART_TABLES if layout in chosen for r in chosen[layout][1]]
+        chart.draw(rows, str(path), "latest complete tables")
     except ImportError:
         print(f"matplotlib not installed: {path} not redrawn", file=sys.stderr)
 

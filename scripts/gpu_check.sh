@@ -96,7 +96,9 @@ for what in "$@"; do
       begin sanitize
       rc=0
       for tool in memcheck racecheck synccheck; do
-        compute-sanitizer --tool "$tool" --print-limit 20 python3 scripts/sanitize_case.py >"$RUN/sanitize_$tool.log" 2>&1
+        # NOTES: --error-exitcode: without it racecheck exits 0 with hazards reported (seen 2026-12-01).
+        compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 python3 scripts/sanitize_case.py \
+          >"$RUN/sanitize_$tool.log" 2>&1
         tool_rc=$?
         echo "$tool: rc=$tool_rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RUN/sanitize_$tool.log" | tail -1)"
         [ $tool_rc = 0 ] || rc=1
