@@ -20,8 +20,10 @@ B), and only the valid rows are multiplied, in chunks of :data:`CHUNK_ROWS` rows
 :data:`TAIL_ROWS` rows, so at most ``TAIL_ROWS - 1`` extra rows per expert. The scales are applied
 per chunk (``scale_a``'s rows of the chunk, ``scale_b``'s row of the chunk's expert), so they add no
 full-size temporary. The loops have data-dependent trip counts (``lax.while_loop``), so one compiled
-program serves every routing. :func:`k_grouped_wgrad_gemm` walks each group's columns the same way
-(chunks of ``CHUNK_ROWS`` columns, then of ``TAIL_ROWS``).
+program serves every routing. :func:`grouped_gemm_ragged` walks each group's rows of A in place
+(the groups' bounds from :func:`ragged_bounds`), and :func:`k_grouped_wgrad_gemm` walks each group's
+columns the same way (chunks of ``CHUNK_ROWS`` columns, then of ``TAIL_ROWS``); both layouts share one
+clamping rule for their group sizes (:func:`ragged_bounds`, alias :func:`k_grouped_bounds`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ __all__ = [
     "gemm",
     "grouped_gemm_contiguous",
     "grouped_gemm_masked",
+    "grouped_gemm_ragged",
+    "k_grouped_bounds",
     "k_grouped_wgrad_gemm",
+    "ragged_bounds",
     "wgrad_gemm",
 ]
 
@@ -324,21 +329,82 @@ def grouped_gemm_masked(
     return _stored_to_out(buffer[:, :m_max], out_dtype)
 
 
-def k_grouped_bounds(group_sizes: jax.Array, total: int) -> tuple[jax.Array, jax.Array]:
-    """(starts, ends) int32 [G] of the k-grouped layout's groups over ``total`` columns.
+def ragged_bounds(group_sizes: jax.Array, total: int) -> tuple[jax.Array, jax.Array]:
+    """(starts, ends) int32 [G] of groups laid end to end over ``total`` rows (ragged) or columns (k-grouped).
 
-    Sizes are clamped: a negative size counts as 0, and the running end is clamped to ``total`` (a
-    group reaching past it loses its columns past ``total``; a group starting at or past it is
-    empty). ``ends = min(cumsum(max(sizes, 0)), total)``, ``starts`` = the previous group's end (0
-    for the first). Works on traced sizes; no int32 overflow for ``total < 2**30``.
+    The one rule of both layouts: a negative size counts as 0, each group starts where the previous one
+    ends (the first at 0), and the running end is clamped to ``total`` (a group reaching past it loses
+    its part past ``total``; a group starting at or past it is empty). ``ends = min(cumsum(max(sizes,
+    0)), total)``, ``starts`` = the previous group's end. Works on traced sizes (one program for every
+    value); no int32 overflow for ``total < 2**30``, whatever the sizes hold.
     """
-    sizes = jnp.clip(group_sizes.astype(jnp.int32), 0, total)
+    sizes = jnp.clip(jnp.asarray(group_sizes), 0, total).astype(jnp.int32)
     if sizes.shape[0] == 0:
         return sizes, sizes
     # Saturating addition is associative: a running sum clamped to `total` at every step.
     ends = lax.associative_scan(lambda x, y: jnp.minimum(x + y, total), sizes)
     starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
     return starts, ends
+
+
+# The k-grouped layout's name for the same rule (over the T columns of its operands).
+k_grouped_bounds = ragged_bounds
+
+
+def grouped_gemm_ragged(
+    a: jax.Array,
+    b: jax.Array,
+    group_sizes: jax.Array,
+    *,
+    scale_a: jax.Array | None = None,
+    scale_b: jax.Array | None = None,
+    out_dtype: jnp.dtype = jnp.bfloat16,
+) -> jax.Array:
+    """a [M, K], b [G, N, K] (fp8), group_sizes int32 [G] -> out_dtype [M, N].
+
+    Group g owns rows ``[starts[g], ends[g])`` of a (:func:`ragged_bounds` over M: exclusive
+    cumulative sum of the sizes, negative sizes count as 0, the running end clamped to M, so a group
+    starting at or past M is empty). Row i of group g is ``(a[i] . b[g]^T) * scale_a[i] *
+    scale_b[g]``; rows past the last group's end are exactly zero, whatever a and the scales hold
+    there (NaN included). scale_a: None, () or [M] (per row of a); scale_b: None, (), [G] (per group)
+    or [G, N] (per group and output column); float32. ``out_dtype``: bfloat16 or float32.
+
+    One program serves every ``group_sizes`` (traced). Each group's rows are multiplied in place, in
+    chunks of CHUNK_ROWS and then of TAIL_ROWS rows (the last chunk masked to the group's rows):
+    about ``(rows in groups + G * TAIL_ROWS) * N * K`` multiply-adds, and no work at all for empty
+    groups. Groups are visited in order, so a chunk's masked rows past its group's end are zeros
+    that the next group overwrites. Temporaries: one group's float32 weight, a chunk of rows, a uint8
+    copy of A and one ``[M + CHUNK_ROWS, N]`` buffer of bfloat16 bits (of float32 for a float32
+    output), sliced to ``[M, N]``.
+    """
+    m, n, num_groups = a.shape[0], b.shape[1], b.shape[0]
+    scale_a, scale_b = _as_f32(scale_a), _as_f32(scale_b)
+    if m == 0 or num_groups == 0:
+        return _zeros_varying_like((m, n), out_dtype, a, b, group_sizes, scale_a, scale_b)
+    starts, ends = ragged_bounds(group_sizes, m)
+    # NOTES: a chunk starts inside its group (row < M) and has at most CHUNK_ROWS rows: with CHUNK_ROWS
+    # rows of padding, no dynamic slice or update runs past the end (which XLA would clamp, shifting it).
+    a_bits = jnp.pad(_as_bits(a), ((0, CHUNK_ROWS), (0, 0)))
+    if scale_a is not None and scale_a.ndim == 1:
+        scale_a = jnp.pad(scale_a, (0, CHUNK_ROWS))  # a chunk's rows past the group are dropped
+
+    def rows_of(g, row, size):
+        del g
+        return _fp8_bits_to_f32(lax.dynamic_slice_in_dim(a_bits, row, size), a.dtype)
+
+    def store(buffer, g, row, count, out):
+        row_scale = scale_a
+        if scale_a is not None and scale_a.ndim == 1:
+            row_scale = lax.dynamic_slice_in_dim(scale_a, row, out.shape[0])
+        out = _apply_scales(out, row_scale, _expert_col_scale(scale_b, g))
+        keep = jnp.arange(out.shape[0]) < count  # rows past the group: zero (a later group overwrites)
+        out = _f32_to_stored(jnp.where(keep[:, None], out, 0.0), out_dtype)
+        return lax.dynamic_update_slice_in_dim(buffer, out, row, axis=0)
+
+    stored = _store_dtype(out_dtype)
+    buffer = _zeros_varying_like((m + CHUNK_ROWS, n), stored, a, b, group_sizes, scale_a, scale_b)
+    buffer = _expert_rows(b, ends - starts, starts, rows_of, store, buffer)
+    return _stored_to_out(buffer[:m], out_dtype)
 
 
 def k_grouped_wgrad_gemm(
@@ -352,7 +418,7 @@ def k_grouped_wgrad_gemm(
 ) -> jax.Array:
     """a [M, T], b [N, T] (fp8), group_sizes int32 [G], c None or float32 [G, M, N] -> float32 [G, M, N].
 
-    Group g contracts over columns ``[starts[g], ends[g])`` of a and b (:func:`k_grouped_bounds`:
+    Group g contracts over columns ``[starts[g], ends[g])`` of a and b (:func:`ragged_bounds` over T:
     exclusive cumulative sum of the sizes, negative sizes count as 0, ends clamped to T; columns past
     the total are ignored): ``out[g] = c[g] + (A_g . B_g^T) * scale_a_g[:, None] * scale_b_g[None, :]``
     in float32, the add after the scaling. An empty group gives ``c[g]`` (zeros without c). scale_a:
@@ -371,7 +437,7 @@ def k_grouped_wgrad_gemm(
     n = b.shape[0]
     num_groups = group_sizes.shape[0]
     scale_a, scale_b = _as_f32(scale_a), _as_f32(scale_b)
-    starts, ends = k_grouped_bounds(group_sizes, total)
+    starts, ends = ragged_bounds(group_sizes, total)
     a_bits = jnp.pad(_as_bits(a), ((0, 0), (0, CHUNK_ROWS)))
     b_bits = jnp.pad(_as_bits(b), ((0, 0), (0, CHUNK_ROWS)))
 

@@ -2,9 +2,10 @@
 
 Problem shapes, deterministic fp8 inputs (e4m3 or e5m2, in numpy, or on the device for large operands) and
 scales, the contiguous- and masked-layout input builders, the float64 references of the ops (scaled or not,
-the weight-gradient ops included, with the k-grouped layout's clamping rule in ``k_grouped_offsets``) and the accuracy
-metric of the numerical contract (``calc_diff`` on the host; ``gemm_diff``, ``contiguous_diffs`` and
-``masked_diffs`` on the device), see ``docs/numerical_contract.md``. Needs numpy and jax only; not
+the ragged and weight-gradient ops included, with the clamping rule of the ragged and k-grouped layouts' group
+sizes in ``k_grouped_offsets``) and the accuracy metric of the numerical contract (``calc_diff`` on the host;
+``gemm_diff``, ``contiguous_diffs``, ``masked_diffs`` and ``ragged_diffs`` on the device), see
+``docs/numerical_contract.md``. Group sizes of the ragged layout: ``generate_group_rows``. Needs numpy and jax only; not
 imported by ``jax_dgpt`` itself.
 """
 
@@ -253,6 +254,24 @@ def reference_contiguous_f64(a: jax.Array, b: jax.Array, m_indices, *, scale_a=N
     return out
 
 
+def reference_ragged_f64(a: jax.Array, b: jax.Array, group_sizes, *, scale_a=None, scale_b=None) -> np.ndarray:
+    """Exact float64 result of the ragged op (a [M, K], b [G, N, K], group_sizes [G] host values) -> [M, N]:
+    group g owns rows ``[starts[g], ends[g])`` of :func:`k_grouped_offsets` over M (negative sizes count as 0,
+    the running end clamped to M), row i of group g is ``(a[i] . b[g]^T) * scale_a[i] * scale_b[g]``, rows
+    past the last group's end are 0. scale_a: None, () or [M]; scale_b: None, (), [G] or [G, N]."""
+    starts, ends = k_grouped_offsets(group_sizes, a.shape[0])
+    sa = None if scale_a is None else to_f64(scale_a)
+    sb = None if scale_b is None else to_f64(scale_b)
+    out = np.zeros((a.shape[0], b.shape[1]), np.float64)
+    for g, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+        if end <= start:
+            continue
+        sa_g = sa if sa is None or sa.ndim == 0 else sa[start:end]
+        sb_g = sb if sb is None or sb.ndim == 0 else sb[g]
+        out[start:end] = _scaled_f64(matmul_nt_f64(a[start:end], b[g]), sa_g, sb_g)
+    return out
+
+
 def reference_masked_f64(a: jax.Array, b: jax.Array, masked_m, *, scale_a=None, scale_b=None) -> np.ndarray:
     """Exact float64 result of the masked op (a [G, Mmax, K], b [G, N, K]): ``(a[g] . b[g]^T) *
     scale_a[g, :, None] * scale_b[g]``; rows at or past ``masked_m[g]``, which the kernel leaves
@@ -329,6 +348,46 @@ def contiguous_diffs(out: jax.Array, a: jax.Array, b: jax.Array, m_indices) -> d
     rows = jnp.asarray(table)
     diffs = _diffs_on_device(out[rows], a[rows], b[jnp.asarray(groups)], valid)
     return {g: float(d) for g, d in zip(groups, diffs)}
+
+
+# NOTES: the per-group tables below are padded to a power of two of rows (at least 8) and hold a power
+# of two of groups, so that few programs are compiled; a batch of groups converts at most about
+# _DIFF_WEIGHT_BYTES of weights to float64 (256 experts of [4096, 7168] would be 60 GB at once).
+_DIFF_WEIGHT_BYTES = 2**32
+
+
+def ragged_diffs(out: jax.Array, a: jax.Array, b: jax.Array, group_sizes) -> dict[int, float]:
+    """{group: calc_diff of its rows} of a ragged output [M, N] against float64, for each group with rows
+    (:func:`k_grouped_offsets` over M; host sizes), computed on the default device. Rows past the total
+    are not compared: check that they are zero separately.
+
+    Groups are measured in batches of similar size (each group's rows padded to the next power of two),
+    so the temporaries stay within about twice the valid rows plus one batch of float64 weights, even
+    with one group holding every row next to many small ones.
+    """
+    starts, ends = k_grouped_offsets(group_sizes, a.shape[0])
+    sizes = (ends - starts).tolist()
+    by_width: dict[int, list[int]] = {}
+    for g, size in enumerate(sizes):
+        if size > 0:
+            by_width.setdefault(max(8, 1 << (size - 1).bit_length()), []).append(g)
+    weight_bytes = max(1, b.shape[1] * b.shape[2] * 8)
+    per_batch = 1 << (max(1, _DIFF_WEIGHT_BYTES // weight_bytes).bit_length() - 1)
+    diffs: dict[int, float] = {}
+    for width, groups in sorted(by_width.items()):
+        for first in range(0, len(groups), per_batch):
+            batch = groups[first : first + per_batch]
+            count = min(per_batch, 1 << (len(batch) - 1).bit_length())
+            table = np.zeros((count, width), np.int32)
+            valid = np.zeros((count, width), bool)
+            ids = np.zeros((count,), np.int32)
+            for i, g in enumerate(batch):
+                table[i, : sizes[g]] = np.arange(starts[g], ends[g])
+                valid[i, : sizes[g]], ids[i] = True, g
+            rows = jnp.asarray(table)
+            values = _diffs_on_device(out[rows], a[rows], b[jnp.asarray(ids)], valid)
+            diffs.update({g: float(d) for g, d in zip(batch, values)})
+    return dict(sorted(diffs.items()))
 
 
 def masked_diffs(out: jax.Array, a: jax.Array, b: jax.Array, masked_m) -> dict[int, float]:
