@@ -2,13 +2,14 @@
 
 Run from the repository root:
 
-    python -m benchmarks.bench [--only normal,decode,contiguous,masked,wgrad,k_grouped,scaled] [--quick | --tiny]
-        [--out DIR]
+    python -m benchmarks.bench [--only normal,decode,contiguous,masked,ragged,wgrad,k_grouped,scaled]
+        [--quick | --tiny] [--out DIR]
         [--shapes MxNxK,...] [--match G=32] [--k-splits 2,4] [--k-interleave] [--block-m 64]
         [--block-n 128,160] [--stages 3,4]
 
     --only        tables to run (default: the four forward tables: 22 normal, 21 decode, 6 contiguous, 6 masked
-                  shapes; the training tables, benchmarks/bench_wgrad.py: 12 wgrad, 10 k_grouped, 22 scaled)
+                  shapes; 9 ragged shapes, benchmarks/bench_ragged.py; the training tables,
+                  benchmarks/bench_wgrad.py: 12 wgrad, 10 k_grouped, 22 scaled)
     --quick       every fourth shape of each table (16 shapes)
     --tiny        a few tiny shapes per layout, on any backend: without a Hopper GPU the ops run the CPU
                   reference and the times are wall-clock times of that (checks the bookkeeping, not the kernels)
@@ -46,7 +47,7 @@ import jaxlib
 import numpy as np
 
 import jax_dgpt
-from benchmarks import bench_wgrad, tables
+from benchmarks import bench_ragged, bench_wgrad, tables
 from benchmarks.profiling import make_timer
 from jax_dgpt import testing
 
@@ -352,6 +353,13 @@ def main(argv=None) -> int:
         table = list(zip(size["masked"], seeds, masked_draws(size["masked"])))
         chosen = [s for s in pick(table) if args.match in grouped_label(*s[0])]
         bench_masked(timer, chosen, rows, variants, TINY["mmax"] if args.tiny else testing.MASKED_MMAX)
+    if "ragged" in only:
+        chosen = [
+            s
+            for s in pick(bench_ragged.TINY if args.tiny else bench_ragged.RAGGED)
+            if args.match in bench_ragged.label(*s)
+        ]
+        bench_ragged.bench_ragged(timer, chosen, rows, measure, variants)
     if "wgrad" in only:
         bench_wgrad.bench_wgrad(
             timer, pick(bench_wgrad.TINY["wgrad"] if args.tiny else bench_wgrad.WGRAD), rows, measure

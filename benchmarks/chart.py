@@ -17,7 +17,10 @@ def draw(rows: list[dict], out: str, title: str = "jax_dgpt speedup per shape") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in latest_rows(rows) if isinstance(r.get("speedup"), float)]  # rows with a baseline
+    # Rows with a baseline to compare with (some training-table rows have none).
+    rows = [r for r in latest_rows(rows) if isinstance(r.get("speedup"), (int, float)) and r["speedup"] > 0]
+    if not rows:
+        return
     fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(rows)), 4.5))
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["speedup"] for r in rows], width=0.4, label="vs XLA default / ragged_dot / einsum")

@@ -19,7 +19,7 @@ import json
 import pathlib
 import sys
 
-from benchmarks import bench_wgrad, tables
+from benchmarks import bench_ragged, bench_wgrad, tables
 from benchmarks.tables import geomean, latest_rows
 from jax_dgpt import testing
 
@@ -32,6 +32,7 @@ TABLES = {
     "decode": [f"{m}x{n}x{k}" for m in testing.DECODE_M for n, k in testing.NK_PAIRS],
     "contiguous": [f"G={g} m={em} N={n} K={k}" for g, em, n, k in testing.CONTIGUOUS_ANCHORS],
     "masked": [f"G={g} m={em} N={n} K={k}" for g, em, n, k in testing.MASKED_ANCHORS],
+    "ragged": [bench_ragged.label(*shape) for shape in bench_ragged.RAGGED],
     # The training tables (benchmarks/bench_wgrad.py): k_grouped shapes are labelled by their draw, so
     # a table is complete with as many rows as bench_wgrad defines.
     "wgrad": [f"{m}x{n}x{k}" for m, n, k in bench_wgrad.WGRAD],

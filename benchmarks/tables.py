@@ -13,7 +13,7 @@ import math
 import re
 import sys
 
-LAYOUTS = ("normal", "decode", "contiguous", "masked", "wgrad", "k_grouped", "scaled")
+LAYOUTS = ("normal", "decode", "contiguous", "masked", "ragged", "wgrad", "k_grouped", "scaled")
 
 # layout: (column title, row key) pairs. Times in µs, throughput in TFLOPS and GB/s.
 COLUMNS = {
@@ -48,6 +48,19 @@ COLUMNS = {
         ("×einsum", "speedup"),
         ("seed (H100) µs", "seed_h100_us"),
         ("seed / ours", "vs_seed"),
+        ("calc_diff", "calc_diff"),
+    ],
+    "ragged": [
+        ("G, expected_m, N, K", "shape"),
+        ("jax_dgpt ragged µs", "us"),
+        ("TFLOPS (valid rows)", "tflops"),
+        ("GB/s", "gbps"),
+        ("contiguous (padded) µs", "contiguous_us"),
+        ("×contiguous", "vs_contiguous"),
+        ("ragged_dot fp8 µs", "ragged_fp8_us"),
+        ("×fp8", "speedup"),
+        ("ragged_dot bf16 µs", "ragged_bf16_us"),
+        ("×bf16", "speedup_bf16"),
         ("calc_diff", "calc_diff"),
     ],
     "wgrad": [
@@ -152,7 +165,7 @@ def markdown(rows: list[dict], layout: str) -> str:
 
 # One printed line of bench.py (print_row): layout, shape, µs, TFLOPS, GB/s, diff, then key=value pairs.
 _LINE = re.compile(
-    r"^(normal|decode|contiguous|masked|wgrad|k_grouped|scaled)\s+(.+?)\s+([\d.]+) us\s+([\d.]+) TFLOPS"
+    r"^(normal|decode|contiguous|masked|ragged|wgrad|k_grouped|scaled)\s+(.+?)\s+([\d.]+) us\s+([\d.]+) TFLOPS"
     r"\s+([\d.]+) GB/s diff=(\S+)(.*)$"
 )
 _PAIR = re.compile(r"(\w+)=(\[[^\]]*\]|\S+)")

@@ -130,6 +130,7 @@ void bind_gemm(nb::module_& m) {
         stages(dgpt_contiguous_instantiate, dgpt_initialize, dgpt_execute);
     d["dgpt_gemm_masked"] = stages(dgpt_masked_instantiate, dgpt_initialize, dgpt_execute);
     d["dgpt_gemm_k_grouped"] = stages(dgpt_k_grouped_instantiate, dgpt_initialize, dgpt_execute);
+    d["dgpt_gemm_ragged"] = stages(dgpt_ragged_instantiate, dgpt_initialize, dgpt_execute);
     return d;
   }, "FFI target name -> {stage name: PyCapsule} for jax.ffi.register_ffi_target(platform='CUDA').");
 

@@ -133,11 +133,11 @@ ffi::DataType fp8_type(long long code) { return code == static_cast<long long>(F
 
 // A scale operand's strides from its shape (jax_dgpt/ops.py documents the shapes per op): () broadcasts;
 // a vector is per row (scale_a: rows of A; scale_b: columns of D), except scale_b of a layout whose B is
-// grouped (contiguous, masked), where it is per group; a matrix is [G, rows].
+// grouped (contiguous, masked, ragged), where it is per group; a matrix is [G, rows].
 ffi::Error scale_operand(const char* name, const ffi::AnyBuffer& buffer, const KernelConfig& c, bool of_b,
                          ScaleOperand* out) {
   const int64_t rows = of_b ? c.n : c.m;
-  const bool grouped_b = c.layout == Layout::kContiguous || c.layout == Layout::kMasked;
+  const bool grouped_b = c.layout == Layout::kContiguous || c.layout == Layout::kMasked || c.layout == Layout::kRagged;
   const bool per_group_vector = of_b && grouped_b;
   // scale_a of the masked layout is per row of each group: [G, Mmax] (or a scalar).
   const bool vector_allowed = of_b || c.layout != Layout::kMasked;
@@ -171,7 +171,7 @@ ffi::Error scale_operand(const char* name, const ffi::AnyBuffer& buffer, const K
 ffi::Error execute(CUstream stream, KernelState* state, ffi::AnyBuffer a, ffi::AnyBuffer b,
                    ffi::RemainingArgs rest, ffi::Result<ffi::AnyBuffer> d) {
   const KernelConfig& c = state->kernel->config();
-  const bool grouped_b = c.layout == Layout::kContiguous || c.layout == Layout::kMasked;
+  const bool grouped_b = c.layout == Layout::kContiguous || c.layout == Layout::kMasked || c.layout == Layout::kRagged;
   const bool grouped_out = c.layout == Layout::kMasked || c.layout == Layout::kKGrouped;
   const ffi::DataType out_type = c.out_dtype == static_cast<long long>(OutType::kF32) ? ffi::F32 : ffi::BF16;
   const std::vector<int64_t> out_dims =
@@ -205,7 +205,7 @@ ffi::Error execute(CUstream stream, KernelState* state, ffi::AnyBuffer a, ffi::A
     const int64_t length = c.layout == Layout::kContiguous ? c.m : c.num_groups;
     const char* name = c.layout == Layout::kContiguous ? "m_indices"
                        : c.layout == Layout::kMasked   ? "masked_m"
-                                                       : "group_sizes";
+                                                       : "group_sizes";  // k_grouped, ragged
     DGPT_RETURN_IF_FFI_ERROR(check_buffer(name, *layout, ffi::S32, {length}));
     operands.grouped_layout = static_cast<const int32_t*>(layout->untyped_data());
   }
@@ -263,6 +263,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_contiguous_instantiate, h::instantiate<Layout
                               h::instantiate_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_masked_instantiate, h::instantiate<Layout::kMasked>, h::instantiate_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_k_grouped_instantiate, h::instantiate<Layout::kKGrouped>, h::instantiate_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_ragged_instantiate, h::instantiate<Layout::kRagged>, h::instantiate_binding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(dgpt_initialize, h::initialize, h::initialize_binding());
 
@@ -272,7 +273,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
        xla::ffi::Result<xla::ffi::AnyBuffer> d) { return h::guarded(h::execute, s, st, a, b, rest, d); },
     h::execute_binding()
         .Arg<xla::ffi::AnyBuffer>()   // a: [M, K], [G, Mmax, K] (masked) or [M, T] (k_grouped); fp8
-        .Arg<xla::ffi::AnyBuffer>()   // b: [N, K], [G, N, K] (contiguous, masked) or [N, T] (k_grouped); fp8
+        .Arg<xla::ffi::AnyBuffer>()   // b: [N, K], [G, N, K] (contiguous, masked, ragged) or [N, T] (k_grouped); fp8
         .RemainingArgs()              // grouped-layout int32 array, scale_a, scale_b, c: as the config says
         .Ret<xla::ffi::AnyBuffer>(),  // out: [M, N] or [G, Mmax | M, N]; bf16 or f32
     {xla::ffi::Traits::kCmdBufferCompatible});

@@ -20,5 +20,6 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_normal_instantiate);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_contiguous_instantiate);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_masked_instantiate);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_k_grouped_instantiate);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_ragged_instantiate);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_initialize);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(dgpt_execute);

@@ -110,10 +110,8 @@ Status GemmKernel::encode_params(const GemmOperands& buffers, GemmParams* out) c
     DGPT_RETURN_IF_ERROR(tma::encode(out_tensor, box.d_tail_cols, box.d_rows,
                                      tma::swizzle_for_bytes(box.d_tail_swizzle), &params.tma_d_tail));
   }
-  if (c.out_dtype == static_cast<long long>(OutType::kF32)) {
-    params.d_f32 = static_cast<float*>(buffers.d);
-    params.d_group_stride = static_cast<uint64_t>(c.m) * static_cast<uint64_t>(c.n);
-  }
+  params.d_direct = buffers.d;
+  params.d_group_stride = static_cast<uint64_t>(c.m) * static_cast<uint64_t>(c.n);
   params.scale_a = buffers.scale_a.data;
   params.scale_a_group_stride = buffers.scale_a.group_stride;
   params.scale_a_row_stride = buffers.scale_a.row_stride;

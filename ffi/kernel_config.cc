@@ -3,7 +3,8 @@
 namespace dgpt {
 
 namespace {
-constexpr Layout kLayouts[] = {Layout::kNormal, Layout::kContiguous, Layout::kMasked, Layout::kKGrouped};
+constexpr Layout kLayouts[] = {Layout::kNormal, Layout::kContiguous, Layout::kMasked, Layout::kKGrouped,
+                               Layout::kRagged};
 }  // namespace
 
 const char* layout_name(Layout layout) {
@@ -12,6 +13,7 @@ const char* layout_name(Layout layout) {
     case Layout::kContiguous: return "contiguous";
     case Layout::kMasked: return "masked";
     case Layout::kKGrouped: return "k_grouped";
+    case Layout::kRagged: return "ragged";
   }
   return "unknown";
 }
@@ -23,7 +25,7 @@ Status parse_layout(std::string_view name, Layout* out) {
       return Status::Ok();
     }
   }
-  return Status::Error("unknown layout '" + std::string(name) + "' (expected normal, contiguous, masked or k_grouped)");
+  return Status::Error("unknown layout '" + std::string(name) + "' (expected normal, contiguous, masked, k_grouped or ragged)");
 }
 
 std::vector<std::string> config_field_names() {
@@ -77,7 +79,7 @@ Status check_config(const KernelConfig& c) {
 }
 
 std::string generate_source(const KernelConfig& c) {
-  static const char* kLayoutEnum[] = {"kNormal", "kContiguous", "kMasked", "kKGrouped"};
+  static const char* kLayoutEnum[] = {"kNormal", "kContiguous", "kMasked", "kKGrouped", "kRagged"};
   std::string fields;
 #define DGPT_SOURCE_FIELD(name, compile_time) \
   if (compile_time) fields += "    c." #name " = " + std::to_string(c.name) + ";\n";

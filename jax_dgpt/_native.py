@@ -12,7 +12,7 @@ import jax
 __all__ = ["TARGETS", "kernels_dir", "load"]
 
 # The FFI targets the extension provides, by layout (the names the CUDA lowerings call).
-TARGETS = {layout: f"dgpt_gemm_{layout}" for layout in ("normal", "contiguous", "masked", "k_grouped")}
+TARGETS = {layout: f"dgpt_gemm_{layout}" for layout in ("normal", "contiguous", "masked", "k_grouped", "ragged")}
 _PLATFORM = "CUDA"
 
 _lock = threading.Lock()

@@ -73,14 +73,21 @@ class Problem:
 
     @property
     def m_eff(self) -> int:
-        """Rows per group the tiles are sized for: M, or for "masked" the expected rows (at most Mmax)."""
+        """Rows per group the tiles are sized for: M, for "masked" the expected rows (at most Mmax), for
+        "ragged" the mean rows per group."""
+        if self.layout == "ragged":
+            return ceil_div(self.m, self.num_groups)
         return self.m if self.expected_m is None else min(self.expected_m, self.m)
 
 
 # --- tile arithmetic --------------------------------------------------------------------------------
 def num_tiles(problem: Problem, block_m: int, block_n: int) -> int:
-    """Output tiles of one launch (for "masked": the expected tiles; "k_grouped": every group's)."""
-    tiles = ceil_div(problem.m_eff, block_m) * ceil_div(problem.n, block_n)
+    """Output tiles of one launch (for "masked": the expected tiles; "k_grouped": every group's; "ragged": at
+    most one partial row block per group on top of M's)."""
+    n_blocks = ceil_div(problem.n, block_n)
+    if problem.layout == "ragged":
+        return (ceil_div(problem.m, block_m) + problem.num_groups) * n_blocks
+    tiles = ceil_div(problem.m_eff, block_m) * n_blocks
     return tiles * problem.num_groups if problem.layout in ("masked", "k_grouped") else tiles
 
 
@@ -113,9 +120,11 @@ def auto_k_splits(problem: Problem) -> int:
 
 
 def _grid_size(problem: Problem, block_m: int, block_n: int, num_sms: int, splits: int) -> int:
-    """Whole clusters, at most one per tile (the masked layout's tile count is only known on the device)."""
+    """Whole clusters, at most one per tile (the masked and ragged layouts' tile counts are only known on the
+    device)."""
     units = max(1, num_sms // splits)
-    clusters = units if problem.layout == "masked" else min(units, num_tiles(problem, block_m, block_n))
+    device_counted = problem.layout in ("masked", "ragged")
+    clusters = units if device_counted else min(units, num_tiles(problem, block_m, block_n))
     return clusters * splits
 
 

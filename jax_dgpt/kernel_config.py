@@ -18,7 +18,7 @@ from ._native import load as _native
 __all__ = ["FP8_DTYPES", "LAYOUTS", "OUT_DTYPES", "TUNING_FIELDS", "KernelConfig", "Operands", "limits"]
 
 # One name per layout, in Python, C++ (dgpt::Layout) and the FFI targets (dgpt_gemm_<layout>).
-LAYOUTS = ("normal", "contiguous", "masked", "k_grouped")
+LAYOUTS = ("normal", "contiguous", "masked", "k_grouped", "ragged")
 # Element types by their code in the config (a_dtype / b_dtype, out_dtype): dgpt::Fp8Type, dgpt::OutType.
 FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 OUT_DTYPES = ("bfloat16", "float32")

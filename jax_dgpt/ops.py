@@ -19,7 +19,7 @@ from jax import lax
 from . import device, forcing
 from ._ints import static_int
 from .kernel_config import Operands, limits
-from .primitives import BF16, F32, FP8_TYPES, INT32, contiguous_p, gemm_p, k_grouped_p, masked_p
+from .primitives import BF16, F32, FP8_TYPES, INT32, contiguous_p, gemm_p, k_grouped_p, masked_p, ragged_p
 
 __all__ = [
     "gemm",
@@ -27,10 +27,12 @@ __all__ = [
     "get_m_alignment_for_contiguous_layout",
     "grouped_gemm_contiguous",
     "grouped_gemm_masked",
+    "grouped_gemm_ragged",
     "k_grouped_wgrad_gemm",
     "k_grouped_wgrad_gemm_per_tensor_fp8_fp8_fp32_nt",
     "m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_contiguous",
     "m_grouped_gemm_per_tensor_fp8_fp8_bf16_nt_masked",
+    "ragged_dot",
     "wgrad_gemm",
     "wgrad_gemm_per_tensor_fp8_fp8_fp32_nt",
 ]
@@ -210,6 +212,17 @@ def _masked(a, b, masked_m, scale_a, scale_b, *, expected_m: int, operands: Oper
     out = masked_p.bind(
         a, b, masked_m, *extra, expected_m=expected_m, operands=operands, num_sms=num_sms, overrides=overrides
     )
+    return _slice_n(out, n)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _ragged(a, b, group_sizes, scale_a, scale_b, *, operands: Operands, num_sms: int, overrides: Overrides):
+    (m, k), (g, n) = a.shape, b.shape[:2]
+    if m == 0 or n == 0 or k == 0 or g == 0:
+        return _empty((m, n), operands, None)  # K = 0: empty sums; G = 0: no row belongs to a group
+    a, b = _pad_operands(a, b, b_n_axis=1)
+    extra = _extra(scale_a, _pad_n(scale_b, 2))
+    out = ragged_p.bind(a, b, group_sizes, *extra, operands=operands, num_sms=num_sms, overrides=overrides)
     return _slice_n(out, n)
 
 
@@ -419,6 +432,103 @@ def grouped_gemm_masked(
     out = _check_out_dtype(op, out_dtype)
     operands = _operands(a, b, out, scale_a, scale_b)
     return _masked(a, b, masked_m, scale_a, scale_b, expected_m=expected, operands=operands, **_context())
+
+
+def grouped_gemm_ragged(
+    a: jax.Array,
+    b: jax.Array,
+    group_sizes: jax.Array,
+    *,
+    scale_a: jax.Array | None = None,
+    scale_b: jax.Array | None = None,
+    out_dtype: Any = jnp.bfloat16,
+) -> jax.Array:
+    """M-grouped FP8 GEMM on unpadded groups (MoE prefill and training): tokens sorted by expert, any sizes.
+
+    Group g owns rows ``[offset_g, offset_g + group_sizes[g])`` of a and of the output, with ``offset`` the
+    exclusive cumulative sum of the sizes; each of its rows is ``A[i] . B[g]^T`` (fp32 accumulation, scaled,
+    rounded once). No padding and no per-row index array: the kernel schedules each group's row tiles from
+    the device-side sizes, starting at any row.
+
+    Args:
+      a: float8_e4m3fn or float8_e5m2 ``[M, K]``, row-major: the tokens of all groups, group after group.
+      b: float8_e4m3fn or float8_e5m2 ``[G, N, K]``, row-major (K contiguous): one ``[N, K]`` weight per group.
+      group_sizes: int32 ``[G]`` on the device: rows per group. Only the kernel reads it (no host sync; one
+        compiled function and one captured CUDA graph serve every value). Negative sizes count as 0; a running
+        total past M is clamped to M (later groups get no rows).
+      scale_a: optional float32, ``()`` or ``[M]`` (per row of a).
+      scale_b: optional float32, ``()``, ``[G]`` (per group) or ``[G, N]``.
+      out_dtype: bfloat16 (default) or float32.
+
+    Returns:
+      ``out_dtype`` ``[M, N]``; rows past the total of the sizes are exactly zero. A group's last row tile,
+      when the next group begins inside it, is stored row by row so that no group's rows are overwritten.
+
+    Padding of K to a multiple of 16 and of N to a multiple of 8 works, and costs, as in :func:`gemm`.
+    M = 0 or N = 0 launch nothing; K = 0 or G = 0 give zeros.
+
+    Raises:
+      TypeError: a or b not fp8, group_sizes not int32, a scale not float32, a wrong out_dtype.
+      ValueError: wrong ranks, a and b with different K, group_sizes not of shape ``[G]``, a scale of another
+        shape.
+    """
+    op = "grouped_gemm_ragged"
+    m, k = _check_array(op, "a", a, FP8_TYPES, "M, K")
+    g, n, b_k = _check_array(op, "b", b, FP8_TYPES, "G, N, K")
+    (s_g,) = _check_array(op, "group_sizes", group_sizes, INT32, "G")
+    _check_equal(op, "K (last dimension)", ("a", k), ("b", b_k))
+    _check_equal(op, "G (groups)", ("b", g), ("group_sizes", s_g))
+    _check_scale(op, "scale_a", scale_a, {(): "per tensor", (m,): "[M], per row of a"})
+    _check_scale(op, "scale_b", scale_b, {(): "per tensor", (g,): "[G], per group", (g, n): "[G, N]"})
+    out = _check_out_dtype(op, out_dtype)
+    operands = _operands(a, b, out, scale_a, scale_b)
+    return _ragged(a, b, group_sizes, scale_a, scale_b, operands=operands, **_context())
+
+
+def ragged_dot(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    group_sizes: jax.Array,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    group_offset: jax.Array | None = None,
+) -> jax.Array:
+    """``jax.lax.ragged_dot`` for FP8 operands on Hopper: ``lhs [M, K]``, ``rhs [G, K, N]``, ``group_sizes [G]``
+    → ``[M, N]``, row block g of lhs times ``rhs[g]``; rows past the sizes' total are zero.
+
+    The fp8 tensor cores read K-major operands, so ``rhs`` is transposed to ``[G, N, K]`` here (one extra pass
+    over the weights, fused by XLA with whatever produced them); weights stored ``[G, N, K]`` should go to
+    :func:`grouped_gemm_ragged` directly. ``precision`` is accepted and has no effect: the kernel always
+    accumulates in fp32, promoting the tensor cores' partial sums every 128 of K. ``preferred_element_type``:
+    None (bfloat16: an fp8 result would lose the accumulation) or bfloat16 / float32. Integer group_sizes of
+    another width are converted to int32. ``group_offset`` (only the local groups, as after
+    ``ragged_all_to_all``) is not supported: pass the local groups' weights and sizes instead.
+
+    Raises:
+      TypeError: operands that are not fp8 (use jax.lax.ragged_dot), a preferred_element_type other than
+        None, bfloat16 or float32, non-integer group_sizes.
+      NotImplementedError: a group_offset.
+      ValueError: shapes as in :func:`grouped_gemm_ragged` (rhs as ``[G, K, N]``).
+    """
+    op = "ragged_dot"
+    for name, x in (("lhs", lhs), ("rhs", rhs)):
+        if not hasattr(x, "dtype") or np.dtype(x.dtype) not in FP8_TYPES:
+            got = np.dtype(x.dtype).name if hasattr(x, "dtype") else type(x).__name__
+            raise TypeError(
+                f"jax_dgpt.{op}: {name} must be float8_e4m3fn or float8_e5m2, got {got}; for other dtypes use "
+                "jax.lax.ragged_dot"
+            )
+    if group_offset is not None:
+        raise NotImplementedError(
+            f"jax_dgpt.{op}: group_offset is not supported; pass the local groups' rhs and group_sizes instead"
+        )
+    if not hasattr(group_sizes, "dtype") or not jnp.issubdtype(group_sizes.dtype, jnp.integer):
+        raise TypeError(
+            f"jax_dgpt.{op}: group_sizes must be an integer array, got {getattr(group_sizes, 'dtype', group_sizes)}"
+        )
+    out_dtype = _check_out_dtype(op, BF16 if preferred_element_type is None else preferred_element_type)
+    _check_array(op, "rhs", rhs, FP8_TYPES, "G, K, N")
+    return grouped_gemm_ragged(lhs, jnp.swapaxes(rhs, 1, 2), group_sizes.astype(jnp.int32), out_dtype=out_dtype)
 
 
 def k_grouped_wgrad_gemm(

@@ -31,7 +31,7 @@ from ._native import TARGETS
 from .forcing import Overrides
 from .kernel_config import Operands, limits
 
-__all__ = ["SPECS", "OpSpec", "Parts", "contiguous_p", "gemm_p", "k_grouped_p", "masked_p", "plain_int"]
+__all__ = ["SPECS", "OpSpec", "Parts", "contiguous_p", "gemm_p", "k_grouped_p", "masked_p", "plain_int", "ragged_p"]
 
 FP8 = np.dtype(jnp.float8_e4m3fn)
 FP8_TYPES = (np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2))
@@ -90,7 +90,7 @@ class OpSpec:
         a, b = parts.a.shape, parts.b.shape
         if self.layout == "normal":
             return a[0], b[0], a[1], 1
-        if self.layout == "contiguous":
+        if self.layout in ("contiguous", "ragged"):
             return a[0], b[1], a[1], b[0]
         if self.layout == "masked":
             return a[1], b[1], a[2], b[0]
@@ -106,6 +106,7 @@ SPECS = {
     "contiguous": OpSpec("grouped_gemm_contiguous", "contiguous", (2, 3, 1)),
     "masked": OpSpec("grouped_gemm_masked", "masked", (3, 3, 1)),
     "k_grouped": OpSpec("k_grouped_wgrad_gemm", "k_grouped", (2, 2, 1)),
+    "ragged": OpSpec("grouped_gemm_ragged", "ragged", (2, 3, 1)),
 }
 
 
@@ -154,6 +155,8 @@ def _abstract_eval(spec: OpSpec, *avals: Any, operands: Operands = PLAIN, **para
         raise ValueError(f"{where}: a, b and masked_m must agree on G, got {[x.shape for x in main]}")
     if spec.layout == "contiguous" and parts.index.shape != (m,):
         raise ValueError(f"{where}: m_indices must have shape ({m},), got {parts.index.shape}")
+    if spec.layout == "ragged" and parts.index.shape != (g,):
+        raise ValueError(f"{where}: group_sizes must have shape ({g},), got {parts.index.shape}")
     out_shape = spec.out_shape(parts)
     if parts.c is not None and tuple(parts.c.shape) != out_shape:
         raise ValueError(f"{where}: c must have the output's shape {out_shape}, got {tuple(parts.c.shape)}")
@@ -172,6 +175,8 @@ def _reference(spec: OpSpec, parts: Parts, operands: Operands) -> jax.Array:
         return reference.grouped_gemm_contiguous(parts.a, parts.b, parts.index, out_dtype=out_dtype, **scales)
     if spec.layout == "masked":
         return reference.grouped_gemm_masked(parts.a, parts.b, parts.index, out_dtype=out_dtype, **scales)
+    if spec.layout == "ragged":
+        return reference.grouped_gemm_ragged(parts.a, parts.b, parts.index, out_dtype=out_dtype, **scales)
     return reference.k_grouped_wgrad_gemm(parts.a, parts.b, parts.index, parts.c, **scales)
 
 
@@ -318,11 +323,13 @@ gemm_p = _define("normal")
 contiguous_p = _define("contiguous")
 masked_p = _define("masked")
 k_grouped_p = _define("k_grouped")
+ragged_p = _define("ragged")
 
 batching.primitive_batchers[gemm_p] = _batch_gemm
 batching.primitive_batchers[contiguous_p] = _batch_by_loop(contiguous_p)
 batching.primitive_batchers[masked_p] = _batch_masked
 batching.primitive_batchers[k_grouped_p] = _batch_by_loop(k_grouped_p)
+batching.primitive_batchers[ragged_p] = _batch_by_loop(ragged_p)
 
 
 def _not_differentiable(op: str) -> Callable[..., Any]:
@@ -335,5 +342,5 @@ def _not_differentiable(op: str) -> Callable[..., Any]:
     return rule
 
 
-for _spec, _prim in zip(SPECS.values(), (gemm_p, contiguous_p, masked_p, k_grouped_p)):
+for _spec, _prim in zip(SPECS.values(), (gemm_p, contiguous_p, masked_p, k_grouped_p, ragged_p)):
     ad.primitive_jvps[_prim] = _not_differentiable(_spec.op)

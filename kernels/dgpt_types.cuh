@@ -28,10 +28,11 @@ struct GemmParams {
   TmaDescriptor tma_b;  // B as (K, N, G), fp8, box (BLOCK_K, BLOCK_N, 1), 128B swizzle
   TmaDescriptor tma_d;       // D as (N, M, G_a), bf16, box (64 columns, 64 rows, 1), 128B swizzle
   TmaDescriptor tma_d_tail;  // the same D, box (tail atom width, 64 rows, 1): BLOCK_N % 64 columns
-  // m_indices [M] (contiguous), masked_m [G] (masked) or group_sizes [G] (k_grouped); else null
+  // m_indices [M] (contiguous), masked_m [G] (masked) or group_sizes [G] (k_grouped, ragged); else null
   const i32* grouped_layout;
-  // An f32 output (no TMA): row-major [G_out][rows][N]; group g starts at g * d_group_stride elements.
-  float* d_f32;
+  // D for stores without TMA (an f32 output; a ragged group's last bf16 tile): row-major [G_out][rows][N],
+  // group g from element g * d_group_stride.
+  void* d_direct;
   u64 d_group_stride;
   // Scales (null when the config has none): scale_a[group_a * a_group_stride + row * a_row_stride],
   // scale_b[group_b * b_group_stride + col * b_col_stride], strides in elements (0: broadcast).
@@ -39,7 +40,7 @@ struct GemmParams {
   const float* scale_b;
   u32 scale_a_group_stride, scale_a_row_stride;
   u32 scale_b_group_stride, scale_b_col_stride;
-  u32 shape_m;     // rows of A: M (normal, contiguous, k_grouped) or Mmax per group (masked)
+  u32 shape_m;     // rows of A: M (normal, contiguous, k_grouped, ragged) or Mmax per group (masked)
   u32 num_groups;  // G (1 for normal)
   // Rows of A per TMA box: BLOCK_M, or round_up(rows of A, 8) when every row fits in one block (small
   // M). Out-of-bounds box rows are zero-filled but cost TMA time as if loaded; the kernel zeroes the

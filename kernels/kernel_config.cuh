@@ -20,6 +20,7 @@ enum class Layout : u32 {
   kContiguous = 1,  // D[M,N] = A[M,K] * B[e(m),N,K]^T, e(m) = m_indices[m], -1 = padding row
   kMasked = 2,      // D[g,m,N] = A[g,m,K] * B[g,N,K]^T for m < masked_m[g]
   kKGrouped = 3,    // D[g,M,N] (+)= A[M,Kg] * B[N,Kg]^T, Kg = group g's columns [offset_g, offset_g + size_g)
+  kRagged = 4,      // D[r,N] = A[r,K] * B[g,N,K]^T for the rows r of group g: [offset_g, offset_g + size_g)
 };
 
 // Element types of the operands (the fp8 code is the field's value) and of the output.
@@ -154,8 +155,8 @@ DGPT_HOST_DEVICE constexpr TmaBoxes tma_boxes(const KernelConfig& c) {
 // The rule a configuration breaks, or nullptr. Compile-time fields only: what the kernel static_asserts.
 DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c) {
   if (c.layout != Layout::kNormal && c.layout != Layout::kContiguous && c.layout != Layout::kMasked &&
-      c.layout != Layout::kKGrouped) {
-    return "layout must be normal, contiguous, masked or k_grouped";
+      c.layout != Layout::kKGrouped && c.layout != Layout::kRagged) {
+    return "layout must be normal, contiguous, masked, k_grouped or ragged";
   }
   if (c.n <= 0 || c.n % limits::kNAlignment != 0 || c.n > limits::kMaxDim) {
     return "n must be a positive multiple of n_alignment, at most max_dim";
@@ -189,6 +190,9 @@ DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c
   // NOTES: a group's K range is known only on the device, so its K blocks cannot be split statically.
   if (c.layout == Layout::kKGrouped && (!f32_out || splits_k(c))) {
     return "the k_grouped layout needs out_dtype 1 (f32), num_k_splits 1 and k_interleave 0";
+  }
+  if (c.layout == Layout::kRagged && (splits_k(c) || c.accumulate != 0)) {
+    return "the ragged layout needs num_k_splits 1, k_interleave 0 and accumulate 0";
   }
   if (c.layout == Layout::kContiguous && limits::kMAlignmentContiguous % c.block_m != 0) {
     return "the contiguous layout needs block_m to divide m_alignment_contiguous";

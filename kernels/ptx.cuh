@@ -200,6 +200,9 @@ __device__ __forceinline__ float load_global_nc(const float* ptr) {
 __device__ __forceinline__ void store_global_v2(float* ptr, float x, float y) {
   asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(ptr), "f"(x), "f"(y) : "memory");
 }
+__device__ __forceinline__ void store_global_b32(void* ptr, u32 x) {
+  asm volatile("st.global.b32 [%0], %1;" ::"l"(ptr), "r"(x) : "memory");
+}
 __device__ __forceinline__ void reduce_add_global_v2(float* ptr, float x, float y) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(ptr), "f"(x), "f"(y) : "memory");
 }

@@ -219,7 +219,7 @@ struct Sm90Fp8Gemm {
     const u32 stage_bytes = params.a_box_rows * kBlockK + kSmemB;
     while (scheduler.next_tile(tile)) {
       if (!tile.compute) continue;
-      const i32 m = static_cast<i32>(tile.m_block * kBlockM);
+      const i32 m = static_cast<i32>(tile.row);
       const i32 n = static_cast<i32>(tile.n_block * kBlockN);
       const KBlocks blocks = k_blocks(tile);
       for (u32 kb = blocks.first; kb < blocks.end; ++kb, ++iter) {
@@ -446,8 +446,8 @@ struct Sm90Fp8Gemm {
   __device__ static void load_scales(const GemmParams& params, const sched::Tile& tile, u32 warpgroup, u32 thread,
                                      TileScales& scales) {
     if constexpr (kScaleA) {
-      const u32 row = tile.m_block * kBlockM + warpgroup * tile::kWgmmaM + thread;
-      if (thread < tile::kWgmmaM && row < params.shape_m) {
+      const u32 row = tile.row + warpgroup * tile::kWgmmaM + thread;
+      if (thread < tile::kWgmmaM && row < tile.row_end) {
         scales.a = ptx::load_global_nc(params.scale_a + static_cast<u64>(tile.group_a) * params.scale_a_group_stride +
                                        static_cast<u64>(row) * params.scale_a_row_stride);
       }
@@ -477,12 +477,25 @@ struct Sm90Fp8Gemm {
     }
   }
 
-  // Epilogue: mask, scale, then bf16 through stmatrix and TMA stores, or fp32 from registers.
+  // Whether the tile's rows go out without TMA, row by row: an f32 output, or a ragged group's last tile
+  // when the next group's rows follow inside it (a TMA box would overwrite them).
+  __device__ static bool stores_rows(const GemmParams& params, const sched::Tile& tile) {
+    if constexpr (kF32Out) {
+      return true;
+    } else if constexpr (kLayout == Layout::kRagged) {
+      return tile.row + kBlockM > tile.row_end && tile.row_end < params.shape_m;
+    } else {
+      return false;
+    }
+  }
+
+  // Epilogue: mask, scale, then bf16 through stmatrix and TMA stores, or row by row from registers.
   __device__ static void store_tile(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
                                     u32 warpgroup, u32 warp, u32 lane, const TileScales& scales,
                                     float (&result)[kNumAccum]) {
     constexpr bool kScaled = kScaleA || kScaleB;
     const u32 thread = warp * 32 + lane;
+    const bool by_rows = stores_rows(params, tile);
     if constexpr (kLayout == Layout::kContiguous) mask_other_experts(params, tile, warpgroup, warp, lane, result);
     if constexpr (kScaled) {
       float* shared = smem.scales_of(warpgroup);
@@ -494,11 +507,11 @@ struct Sm90Fp8Gemm {
     if (!kF32Out && thread == 0) ptx::tma_store_wait_read();
     if constexpr (!kF32Out || kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
     if constexpr (kScaled) apply_scales(smem, warpgroup, warp, lane, result);
-    if constexpr (kF32Out) {
-      store_f32(params, tile, warpgroup, warp, lane, result);
+    if (by_rows) {
+      store_rows(params, tile, warpgroup, warp, lane, result);
       // The next tile's scales must not overwrite these before every thread has read them.
       if constexpr (kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
-    } else {
+    } else if constexpr (!kF32Out) {
       store_bf16(params, smem, tile, warpgroup, warp, lane, result);
     }
   }
@@ -506,7 +519,7 @@ struct Sm90Fp8Gemm {
   // Contiguous: rows of another expert or padding (-1, out of range) inside this block come out as zero.
   __device__ static void mask_other_experts(const GemmParams& params, const sched::Tile& tile, u32 warpgroup,
                                             u32 warp, u32 lane, float (&result)[kNumAccum]) {
-    const u32 r0 = tile.m_block * kBlockM + warpgroup * tile::kWgmmaM + warp * 16 + lane / 4;
+    const u32 r0 = tile.row + warpgroup * tile::kWgmmaM + warp * 16 + lane / 4;
     const i32 expert = tile.compute ? static_cast<i32>(tile.group_b) : -1;
     const bool keep0 = r0 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0) == expert;
     const bool keep1 = r0 + 8 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0 + 8) == expert;
@@ -517,16 +530,16 @@ struct Sm90Fp8Gemm {
     }
   }
 
-  // fp32 output: each thread's pairs of adjacent columns go straight to global memory (a warp's stores
-  // cover whole 32-byte sectors), added to what is there when accumulating. N % 8 == 0 keeps a pair
-  // inside the row.
-  __device__ static void store_f32(const GemmParams& params, const sched::Tile& tile, u32 warpgroup, u32 warp,
-                                   u32 lane, const float (&result)[kNumAccum]) {
+  // Row by row: each thread's pairs of adjacent columns go straight to global memory for the tile's rows
+  // only (fp32: a warp's stores cover whole 32-byte sectors), added to what is there when accumulating.
+  // N % 8 == 0 keeps a pair inside the row.
+  __device__ static void store_rows(const GemmParams& params, const sched::Tile& tile, u32 warpgroup, u32 warp,
+                                    u32 lane, const float (&result)[kNumAccum]) {
     // With nothing computed, an accumulating output already holds its value (c).
     if (kAccumulate && !tile.compute) return;
-    const u32 r0 = tile.m_block * kBlockM + warpgroup * tile::kWgmmaM + warp * 16 + lane / 4;
+    const u32 r0 = tile.row + warpgroup * tile::kWgmmaM + warp * 16 + lane / 4;
     const u32 c0 = tile.n_block * kBlockN + lane % 4 * 2;
-    float* out = params.d_f32 + tile.group_a * params.d_group_stride;
+    const u64 group_offset = tile.group_a * params.d_group_stride;
 #pragma unroll
     for (u32 j = 0; j < kBlockN / 8; ++j) {
       const u32 col = c0 + j * 8;
@@ -534,12 +547,15 @@ struct Sm90Fp8Gemm {
 #pragma unroll
       for (u32 half = 0; half < 2; ++half) {
         const u32 row = r0 + half * 8;
-        if (row >= params.shape_m) continue;
-        float* dst = out + static_cast<u64>(row) * kN + col;
-        if constexpr (kAccumulate) {
-          ptx::reduce_add_global_v2(dst, result[j * 4 + half * 2], result[j * 4 + half * 2 + 1]);
+        if (row >= tile.row_end) continue;
+        const u64 at = group_offset + static_cast<u64>(row) * kN + col;
+        const float x = result[j * 4 + half * 2], y = result[j * 4 + half * 2 + 1];
+        if constexpr (!kF32Out) {
+          ptx::store_global_b32(static_cast<u16*>(params.d_direct) + at, ptx::pack_bf16x2(x, y));
+        } else if constexpr (kAccumulate) {
+          ptx::reduce_add_global_v2(static_cast<float*>(params.d_direct) + at, x, y);
         } else {
-          ptx::store_global_v2(dst, result[j * 4 + half * 2], result[j * 4 + half * 2 + 1]);
+          ptx::store_global_v2(static_cast<float*>(params.d_direct) + at, x, y);
         }
       }
     }
@@ -550,7 +566,7 @@ struct Sm90Fp8Gemm {
                                     u32 warpgroup, u32 warp, u32 lane, float (&result)[kNumAccum]) {
     const u32 thread = warp * 32 + lane;
     const u32 row_base = warpgroup * tile::kWgmmaM;  // first tile row of this warpgroup
-    const u32 m_tile = tile.m_block * kBlockM;
+    const u32 m_tile = tile.row;
     const u32 q = lane / 8;
     const u32 row = row_base + warp * 16 + (q & 1) * 8 + lane % 8;
 #pragma unroll

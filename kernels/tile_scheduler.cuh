@@ -1,4 +1,4 @@
-// Persistent tile scheduler shared by the four layouts. Every role of a CTA (producer and math
+// Persistent tile scheduler shared by the layouts. Every role of a CTA (producer and math
 // warpgroups) runs its own copy and walks the same tile sequence, decided only by device data.
 #pragma once
 
@@ -8,8 +8,10 @@
 namespace dgpt::sched {
 
 struct Tile {
-  u32 m_block;   // block row inside the group (masked) or the whole problem
+  u32 m_block;   // block row inside the group (masked, ragged) or the whole problem
   u32 n_block;
+  u32 row;       // the tile's first row of A and D (masked: inside its group)
+  u32 row_end;   // rows at or past this are not the tile's: M (Mmax for masked), or a ragged group's end
   u32 group_a;   // group of A's rows and of D: A's and D's third TMA coordinate (k_grouped: D's group)
   u32 group_b;   // group of B: the expert, B's third TMA coordinate (k_grouped: the group)
   bool compute;  // false: every row is padding (or the group has no K): write zeros without loading anything
@@ -25,9 +27,11 @@ struct TileScheduler {
 
   const GemmParams& params;
   u32 next;              // next linear tile index of this CTA
-  u32 group = 0;         // masked, k_grouped: group holding `next`
-  u32 group_start = 0;   // masked, k_grouped: linear index of that group's first tile
-  u32 num_m_blocks = 0;  // normal/contiguous/k_grouped: all rows; masked: rows of `group`
+  u32 group = 0;         // masked, k_grouped, ragged: group holding `next` (ragged: G = the rows past the total)
+  u32 group_start = 0;   // masked, k_grouped, ragged: linear index of that group's first tile
+  u32 num_m_blocks = 0;  // normal/contiguous/k_grouped: all rows; masked, ragged: rows of `group`
+  u32 row_begin = 0;     // ragged: rows [row_begin, row_end) of `group`
+  u32 row_end = 0;
   u32 k_begin = 0;       // k_grouped: columns [k_begin, k_end) of `group`
   u32 k_end = 0;
 
@@ -38,6 +42,20 @@ struct TileScheduler {
       num_m_blocks = tile::ceil_div(p.shape_m, kBlockM);
     }
     if constexpr (kLayout == Layout::kKGrouped) k_end = group_k_end(0, 0);
+    if constexpr (kLayout == Layout::kRagged) enter_ragged_group(0);
+  }
+
+  // ragged: the rows of group g, which begin at row_begin: its clamped size (a running total past M is
+  // clamped to M); group G stands for the rows past the total, which come out as zeros.
+  __device__ void enter_ragged_group(u32 g) {
+    if (g < params.num_groups) {
+      const i32 size = ptx::load_global_nc(params.grouped_layout + g);
+      const u32 rows = size <= 0 ? 0u : static_cast<u32>(size);
+      row_end = rows >= params.shape_m - row_begin ? params.shape_m : row_begin + rows;
+    } else {
+      row_end = params.shape_m;
+    }
+    num_m_blocks = tile::ceil_div(row_end - row_begin, kBlockM);
   }
 
   // k_grouped: where group g's columns end when they begin at `begin`. Negative sizes count as 0 and a
@@ -81,8 +99,27 @@ struct TileScheduler {
       }
       if (group >= params.num_groups) return false;
       rasterize(index - group_start, num_m_blocks, tile.m_block, tile.n_block);
+      tile.row = tile.m_block * kBlockM;
+      tile.row_end = params.shape_m;
       tile.group_a = tile.group_b = group;
       tile.compute = true;
+      tile.k_begin = 0;
+      tile.k_end = kK;
+      return true;
+    } else if constexpr (kLayout == Layout::kRagged) {
+      // Groups in order, each from the row where the previous one ended; then the rows past the total.
+      while (index >= group_start + num_m_blocks * kNumNBlocks) {
+        group_start += num_m_blocks * kNumNBlocks;
+        if (++group > params.num_groups) return false;
+        row_begin = row_end;
+        enter_ragged_group(group);
+      }
+      rasterize(index - group_start, num_m_blocks, tile.m_block, tile.n_block);
+      tile.row = row_begin + tile.m_block * kBlockM;
+      tile.row_end = row_end;
+      tile.group_a = 0;
+      tile.compute = group < params.num_groups;
+      tile.group_b = tile.compute ? group : 0u;
       tile.k_begin = 0;
       tile.k_end = kK;
       return true;
@@ -96,6 +133,8 @@ struct TileScheduler {
         k_end = group_k_end(group, k_begin);
       }
       rasterize(index - group_start, num_m_blocks, tile.m_block, tile.n_block);
+      tile.row = tile.m_block * kBlockM;
+      tile.row_end = params.shape_m;
       tile.group_a = tile.group_b = group;
       tile.compute = k_end > k_begin;
       tile.k_begin = k_begin;
@@ -104,6 +143,8 @@ struct TileScheduler {
     } else {
       if (index >= num_m_blocks * kNumNBlocks) return false;
       rasterize(index, num_m_blocks, tile.m_block, tile.n_block);
+      tile.row = tile.m_block * kBlockM;
+      tile.row_end = params.shape_m;
       tile.group_a = 0;
       tile.group_b = 0;
       tile.compute = true;
@@ -111,7 +152,7 @@ struct TileScheduler {
       tile.k_end = kK;
       if constexpr (kLayout == Layout::kContiguous) {
         // The block's expert is its first row's; the layout puts experts on block boundaries.
-        const i32 expert = ptx::load_global_nc(params.grouped_layout + tile.m_block * kBlockM);
+        const i32 expert = ptx::load_global_nc(params.grouped_layout + tile.row);
         tile.compute = expert >= 0 && static_cast<u32>(expert) < params.num_groups;
         tile.group_b = tile.compute ? static_cast<u32>(expert) : 0u;
       }

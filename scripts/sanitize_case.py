@@ -85,6 +85,14 @@ def training_ops() -> bool:
     ref = reference_k_grouped_wgrad_f64(ak, bk, sizes)
     for g in range(len(sizes)):
         ok &= bool(np.all(np.asarray(kg[g]) == 0)) if sizes[g] == 0 else diff(kg[g], ref[g]) <= 2e-8
+    # ragged: groups starting at any row, a group's last tile stored row by row where the next group begins
+    # inside it, an empty group, and rows past the total written as zeros.
+    from jax_dgpt.testing import reference_ragged_f64
+
+    rs = [70, 0, 129, 3]
+    ar, br = fp8((260, 256), 17), fp8((4, 144, 256), 18)
+    dr = jax.jit(jax_dgpt.grouped_gemm_ragged)(ar, br, jnp.asarray(rs, jnp.int32))
+    ok &= diff(dr, reference_ragged_f64(ar, br, rs)) <= 3e-6 and bool(np.all(np.asarray(dr[202:]) == 0))
     return ok
 
 

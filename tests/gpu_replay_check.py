@@ -18,6 +18,7 @@ from jax_dgpt.testing import (
     generate_fp8,
     masked_diffs,
     reference_k_grouped_wgrad_f64,
+    reference_ragged_f64,
     to_f64,
 )
 
@@ -26,12 +27,13 @@ T = 640  # columns of the k-grouped operands
 
 
 @jax.jit
-def step(a, b, a_masked, b_grouped, masked_m, a_contig, m_indices, a_t, b_t, group_sizes, c):
+def step(a, b, a_masked, b_grouped, masked_m, a_contig, m_indices, a_t, b_t, group_sizes, c, ragged_sizes):
     return (
         jax_dgpt.gemm(a, b),
         jax_dgpt.grouped_gemm_masked(a_masked, b_grouped, masked_m, 192),
         jax_dgpt.grouped_gemm_contiguous(a_contig, b_grouped, m_indices),
         jax_dgpt.k_grouped_wgrad_gemm(a_t, b_t, group_sizes, c),
+        jax_dgpt.grouped_gemm_ragged(a_masked[0], b_grouped, ragged_sizes),
     )
 
 
@@ -49,9 +51,10 @@ def main() -> int:
         a_contig = generate_fp8((len(m_indices), K), key=30 + call)
         sizes = [int(x) for x in rng.integers(-20, 300, size=G)]  # new sizes each call; totals above T clamp
         c = np.asarray(rng.standard_normal((G, 200, N)), np.float32)
-        d, dm, dc, dk = step(
+        ragged_sizes = [int(x) for x in rng.integers(-10, 90, size=G)]  # totals below and above MMAX
+        d, dm, dc, dk, dr = step(
             a, b, a_masked, b_grouped, jnp.asarray(masked_m), a_contig, jnp.asarray(m_indices),
-            a_t, b_t, jnp.asarray(sizes, jnp.int32), jnp.asarray(c),
+            a_t, b_t, jnp.asarray(sizes, jnp.int32), jnp.asarray(c), jnp.asarray(ragged_sizes, jnp.int32),
         )  # fmt: skip
 
         assert gemm_diff(d, a, b) <= 3e-6, f"call {call}: gemm"
@@ -63,7 +66,11 @@ def main() -> int:
         ref = reference_k_grouped_wgrad_f64(a_t, b_t, sizes, c)
         for g in range(G):
             assert calc_diff(to_f64(dk[g]), ref[g]) <= 2e-8, f"call {call}: k_grouped group {g} sizes {sizes}"
-        print(f"call {call}: masked_m={masked_m.tolist()} rows={rows} group_sizes={sizes} ok")
+        ragged = to_f64(dr)
+        assert calc_diff(ragged, reference_ragged_f64(a_masked[0], b_grouped, ragged_sizes)) <= 3e-6, f"call {call}"
+        total = min(sum(max(s, 0) for s in ragged_sizes), MMAX)
+        assert np.all(ragged[total:] == 0), f"call {call}: ragged rows past the total not zero"
+        print(f"call {call}: masked_m={masked_m.tolist()} rows={rows} group_sizes={sizes} ragged={ragged_sizes} ok")
     print("REPLAY OK")
     return 0
 

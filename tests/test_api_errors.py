@@ -131,6 +131,49 @@ GEMM_CASES = [
         r"scale_b must have shape \[\] \(per tensor\), \[2\] \(\[G\], per expert\), \[2, 8\] \(\[G, N\]\); got \[8\]",
     ),
     (
+        "ragged_sizes_dtype",
+        lambda: jax_dgpt.grouped_gemm_ragged(arr((4, 32)), arr((2, 8, 32)), arr((2,), jnp.int64)),
+        TypeError,
+        r"jax_dgpt\.grouped_gemm_ragged: group_sizes must have dtype int32",
+    ),
+    (
+        "ragged_sizes_length",
+        lambda: jax_dgpt.grouped_gemm_ragged(arr((4, 32)), arr((2, 8, 32)), arr((3,), jnp.int32)),
+        ValueError,
+        r"jax_dgpt\.grouped_gemm_ragged: b and group_sizes must have the same G \(groups\), got 2 and 3",
+    ),
+    (
+        "ragged_scale_b",
+        lambda: jax_dgpt.grouped_gemm_ragged(
+            arr((4, 32)), arr((2, 8, 32)), arr((2,), jnp.int32), scale_b=arr((8,), jnp.float32)
+        ),
+        ValueError,
+        r"grouped_gemm_ragged: scale_b must have shape \[\] \(per tensor\), \[2\] \(\[G\], per group\)",
+    ),
+    (
+        "ragged_dot_bf16",
+        lambda: jax_dgpt.ragged_dot(arr((4, 32), jnp.bfloat16), arr((2, 32, 8), jnp.bfloat16), arr((2,), jnp.int32)),
+        TypeError,
+        r"jax_dgpt\.ragged_dot: lhs must be float8_e4m3fn or float8_e5m2, got bfloat16; for other dtypes use "
+        r"jax\.lax\.ragged_dot",
+    ),
+    (
+        "ragged_dot_group_offset",
+        lambda: jax_dgpt.ragged_dot(
+            arr((4, 32)), arr((2, 32, 8)), arr((2,), jnp.int32), group_offset=arr((1,), jnp.int32)
+        ),
+        NotImplementedError,
+        r"jax_dgpt\.ragged_dot: group_offset is not supported",
+    ),
+    (
+        "ragged_dot_preferred",
+        lambda: jax_dgpt.ragged_dot(
+            arr((4, 32)), arr((2, 32, 8)), arr((2,), jnp.int32), preferred_element_type=jnp.float16
+        ),
+        TypeError,
+        r"jax_dgpt\.ragged_dot: out_dtype must be bfloat16 or float32, got float16",
+    ),
+    (
         "k_sizes_traced",
         lambda: jax_dgpt.k_grouped_wgrad_gemm_per_tensor_fp8_fp8_fp32_nt(
             arr((4 * 32,)), arr((8 * 32,)), arr((1, 4, 8), jnp.float32), jnp.asarray([32])

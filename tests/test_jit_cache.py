@@ -382,8 +382,8 @@ def test_compile_error_of_the_gemm_config_is_a_value_error():
         C.compile_gemm({**args, "block_m": 96})
     with pytest.raises(ValueError, match="shared memory"):
         C.compile_gemm({**args, "num_stages": 32})
-    with pytest.raises(ValueError, match="unknown layout 'ragged'"):
-        C.compile_gemm({**args, "layout": "ragged"})
+    with pytest.raises(ValueError, match="unknown layout 'jagged'"):
+        C.compile_gemm({**args, "layout": "jagged"})
 
 
 def _write_script(path, text: str) -> str:

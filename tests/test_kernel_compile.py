@@ -62,8 +62,8 @@ def enumerate_variants():
 
 
 def enumerate_operand_variants():
-    """e5m2 operands, fused scales, float32 and accumulating outputs in every layout, and the k_grouped
-    layout on the weight-gradient shapes (ANCHORS-H200.md) and on many small experts."""
+    """e5m2 operands, fused scales, float32 and accumulating outputs in every layout, the ragged layout, and
+    the k_grouped layout on the weight-gradient shapes (ANCHORS-H200.md) and on many small experts."""
     e5m2, f32 = "float8_e5m2", "float32"
     variants = [
         Operands(a_dtype=e5m2),
@@ -79,6 +79,9 @@ def enumerate_operand_variants():
         if not operands.accumulate:
             yield chosen(Problem("contiguous", 4 * 1024, 4096, 7168, 4, operands=operands))
             yield chosen(Problem("masked", MASKED_MMAX, 4096, 7168, 4, 256, operands=operands))
+    for operands in (Operands(), Operands(a_dtype=e5m2, has_scale_a=True, has_scale_b=True), Operands(out_dtype=f32)):
+        for m, n, k, groups in ((8 * 4096, 4096, 7168, 8), (256 * 32, 7168, 2048, 256), (300, 264, 208, 3)):
+            yield chosen(Problem("ragged", m, n, k, groups, operands=operands))
     for accumulate, sa, sb in ((True, False, False), (False, True, True), (True, True, False)):
         operands = Operands(b_dtype=e5m2, out_dtype=f32, accumulate=accumulate, has_scale_a=sa, has_scale_b=sb)
         for m, n, t, groups in (

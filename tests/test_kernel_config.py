@@ -28,7 +28,7 @@ def with_(**changes) -> KernelConfig:
 
 def test_python_and_cpp_declare_the_same_fields():
     assert tuple(f.name for f in dataclasses.fields(KernelConfig)) == C.config_fields()
-    assert LAYOUTS == ("normal", "contiguous", "masked", "k_grouped")
+    assert LAYOUTS == ("normal", "contiguous", "masked", "k_grouped", "ragged")
 
 
 def test_limits_are_plain_ints_by_name():
@@ -72,6 +72,7 @@ def test_a_known_good_config_is_valid():
         ({"b_dtype": -1}, "a_dtype and b_dtype must be 0"),
         ({"out_dtype": 2}, "out_dtype must be 0 \\(bf16\\) or 1 \\(f32\\)"),
         ({"has_scale_a": 2}, "accumulate, has_scale_a and has_scale_b must be 0 or 1"),
+        ({"layout": "ragged", "num_groups": 4, "num_k_splits": 2, "block_n": 64}, "ragged layout needs num_k_splits 1"),
         ({"accumulate": 1}, "accumulate needs out_dtype 1"),
         ({"layout": "k_grouped", "num_groups": 4}, "k_grouped layout needs out_dtype 1"),
         (
@@ -110,7 +111,7 @@ def test_the_contiguous_layout_takes_64_row_tiles_when_every_row_fits():
         (lambda d: d.update(extra=1), "has 18 entries, expected exactly the 17 fields"),
         (lambda d: d.update(block_n=True), "config field 'block_n' must be an int"),
         (lambda d: d.update(block_n=128.0), "config field 'block_n' must be an int"),
-        (lambda d: d.update(layout="ragged"), "unknown layout 'ragged'"),
+        (lambda d: d.update(layout="jagged"), "unknown layout 'jagged'"),
         (lambda d: d.update(layout=0), "config field 'layout' must be a str"),
     ],
 )

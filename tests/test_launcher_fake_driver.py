@@ -47,7 +47,7 @@ def last_params():
     fields = ("address", "inner", "rows", "box_inner", "box_rows", "swizzle")
     maps = {name: dict(zip(fields, words[16 * i : 16 * i + 6])) for i, name in enumerate(("a", "b", "d", "d_tail"))}
     lo, hi = (lambda w: w & 0xFFFFFFFF), (lambda w: w >> 32)
-    return dict(maps=maps, grouped_layout=words[64], d_f32=words[65], d_group_stride=words[66],
+    return dict(maps=maps, grouped_layout=words[64], d_direct=words[65], d_group_stride=words[66],
                 scale_a=words[67], scale_b=words[68], scale_a_strides=(lo(words[69]), hi(words[69])),
                 scale_b_strides=(lo(words[70]), hi(words[70])), shape_m=lo(words[71]), num_groups=hi(words[71]),
                 a_box_rows=lo(words[72]))
@@ -186,9 +186,9 @@ def test_float32_output_scales_and_k_grouped_parameters(fake_driver_dir, tmp_pat
     """,
     )
     p = r["params"]
-    # No D tensor maps: the fp32 output leaves from registers, through d_f32.
+    # No D tensor maps: the fp32 output leaves from registers, through d_direct.
     assert r["encodes"] == 2 and p["maps"]["d"]["address"] == 0 and p["maps"]["d_tail"]["address"] == 0
-    assert (p["d_f32"], p["d_group_stride"]) == (0x30000, 512 * 256)
+    assert (p["d_direct"], p["d_group_stride"]) == (0x30000, 512 * 256)
     # One A [M, T] and one B [N, T] for every group; the sizes are the grouped-layout array.
     assert p["maps"]["a"]["rows"] == 512 and p["maps"]["b"]["rows"] == 256 and p["grouped_layout"] == 0x70000
     assert (p["scale_a"], p["scale_b"], p["scale_a_strides"], p["scale_b_strides"]) == (

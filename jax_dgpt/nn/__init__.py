@@ -5,13 +5,13 @@
 
     dense = dgnn.Fp8Dense(1024, 4096, rngs=nnx.Rngs(0))          # y = x W^T + b via jax_dgpt.gemm
     moe = dgnn.MoE(hidden=1024, expert_hidden=512, num_experts=8, top_k=2, rngs=nnx.Rngs(0))
-    y = moe(x)                                   # prefill: contiguous layout, no token dropped
+    y = moe(x)                                   # prefill: ragged layout (unpadded), no token dropped
     y, dropped = moe.decode(x, capacity=64)      # decode: masked layout, fixed per-expert capacity
 
 Public API (all re-exported here):
   layers: ``Fp8Dense``, ``MoE``; their functional forms ``fp8_dense``, ``moe_prefill``,
     ``moe_decode``;
-  routing (submodule ``jax_dgpt.nn.routing``): ``route``, ``contiguous_layout``,
+  routing (submodule ``jax_dgpt.nn.routing``): ``route``, ``ragged_layout``, ``contiguous_layout``,
     ``masked_layout``;
   FP8 quantization (submodule ``jax_dgpt.nn.quantization``): ``FP8_MAX``, ``per_tensor_scale``,
     ``quantize``, ``quantize_per_tensor``, ``quantize_per_expert``, ``dequantize``.
@@ -61,7 +61,7 @@ from .quantization import (  # noqa: E402
     quantize_per_expert,
     quantize_per_tensor,
 )
-from .routing import contiguous_layout, masked_layout, route  # noqa: E402
+from .routing import contiguous_layout, masked_layout, ragged_layout, route  # noqa: E402
 
 __all__ = [
     "FP8_MAX",
@@ -78,6 +78,7 @@ __all__ = [
     "quantize",
     "quantize_per_expert",
     "quantize_per_tensor",
+    "ragged_layout",
     "route",
     "routing",
 ]

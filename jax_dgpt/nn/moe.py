@@ -1,9 +1,10 @@
 """``MoE``: a top-k routed SwiGLU mixture-of-experts block on jax_dgpt's M-grouped FP8 GEMMs.
 
-Prefill (:meth:`MoE.__call__`) packs the tokens into the contiguous layout and calls
-:func:`jax_dgpt.grouped_gemm_contiguous`; decode (:meth:`MoE.decode`) packs them into the masked
-layout with a fixed per-expert capacity and calls :func:`jax_dgpt.grouped_gemm_masked`. Both run
-entirely on the device (no host sync), with static shapes: one compiled program per token count.
+Prefill (:meth:`MoE.__call__`) sorts the tokens by expert, unpadded, and calls
+:func:`jax_dgpt.grouped_gemm_ragged` with the experts' token counts; decode (:meth:`MoE.decode`) packs
+them into the masked layout with a fixed per-expert capacity and calls :func:`jax_dgpt.grouped_gemm_masked`.
+Both run entirely on the device (no host sync), with static shapes: one compiled program per token count.
+The per-tensor activation scale and the per-expert weight scale are fused into the GEMMs (float32 results).
 """
 
 from __future__ import annotations
@@ -28,20 +29,19 @@ from .quantization import (
     quantize_per_expert,
     quantize_per_tensor,
 )
-from .routing import contiguous_layout, masked_layout, route
+from .routing import masked_layout, ragged_layout, route
 
 __all__ = ["MoE", "moe_decode", "moe_prefill"]
 
 
 # --- the expert computation, shared by both layouts -----------------------------------------------
-def _rescale(out: jax.Array, row_scale: jax.Array, valid: jax.Array) -> jax.Array:
-    """bf16 GEMM rows times their float32 scale; invalid rows become exact zeros.
+def _valid_rows(out: jax.Array, valid: jax.Array) -> jax.Array:
+    """GEMM rows with the invalid ones set to exact zeros.
 
     NOTES: ``where``, not a multiply by 0: rows of the masked layout past ``masked_m`` are left
     unwritten by the GPU kernel and may hold NaN or Inf.
     """
-    scaled = out.astype(jnp.float32) * row_scale[..., None]
-    return jnp.where(valid[..., None], scaled, 0.0)
+    return jnp.where(valid[..., None], out, 0.0)
 
 
 def _swiglu_quantized(gate_up: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -82,7 +82,7 @@ def moe_prefill(
     top_k: int,
     out_dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
-    """MoE forward in the contiguous layout (functional form of :meth:`MoE.__call__`).
+    """MoE forward on the tokens sorted by expert, unpadded (functional form of :meth:`MoE.__call__`).
 
     Args:
       x: float ``[T, H]``.
@@ -99,16 +99,16 @@ def moe_prefill(
     """
     num_experts = w_gate_up.shape[0]
     weights, expert_ids = route(x, router_kernel, router_bias, top_k)
-    layout = contiguous_layout(expert_ids, num_experts, ops.get_m_alignment_for_contiguous_layout())
-    valid = layout.m_indices >= 0
-    expert = jnp.maximum(layout.m_indices, 0)
-    # Dispatch: gather the quantized tokens into the padded [M_pad, H] buffer.
+    layout = ragged_layout(expert_ids, num_experts)
+    # Dispatch: gather the quantized tokens into the expert-sorted [T*k, H] buffer (no padding rows).
     xq, x_scale = quantize_per_tensor(x)
-    a = _with_zero_row(xq)[layout.row_token]
-    gate_up = ops.grouped_gemm_contiguous(a, w_gate_up, layout.m_indices)
-    act, act_scale = _swiglu_quantized(_rescale(gate_up, x_scale * gate_up_scale[expert], valid))
-    out = ops.grouped_gemm_contiguous(act, w_down, layout.m_indices)
-    out = _rescale(out, act_scale * down_scale[expert], valid)
+    a = xq[layout.row_token]
+    f32 = jnp.float32
+    gate_up = ops.grouped_gemm_ragged(
+        a, w_gate_up, layout.group_sizes, scale_a=x_scale, scale_b=gate_up_scale, out_dtype=f32
+    )
+    act, act_scale = _swiglu_quantized(gate_up)
+    out = ops.grouped_gemm_ragged(act, w_down, layout.group_sizes, scale_a=act_scale, scale_b=down_scale, out_dtype=f32)
     return _combine(out, layout.rows.reshape(expert_ids.shape), weights, out_dtype)
 
 
@@ -139,11 +139,15 @@ def moe_decode(
     # Dispatch: gather the quantized tokens into the [E, capacity, H] buffer.
     xq, x_scale = quantize_per_tensor(x)
     a = _with_zero_row(xq)[layout.slot_token].reshape(num_experts, capacity, hidden)
-    gate_up = ops.grouped_gemm_masked(a, w_gate_up, layout.masked_m, expected_m)
-    gate_up = _rescale(gate_up, jnp.broadcast_to((x_scale * gate_up_scale)[:, None], valid.shape), valid)
-    act, act_scale = _swiglu_quantized(gate_up)
-    out = ops.grouped_gemm_masked(act, w_down, layout.masked_m, expected_m)
-    out = _rescale(out, jnp.broadcast_to((act_scale * down_scale)[:, None], valid.shape), valid)
+    f32 = jnp.float32
+    gate_up = ops.grouped_gemm_masked(
+        a, w_gate_up, layout.masked_m, expected_m, scale_a=x_scale, scale_b=gate_up_scale, out_dtype=f32
+    )
+    act, act_scale = _swiglu_quantized(_valid_rows(gate_up, valid))
+    out = ops.grouped_gemm_masked(
+        act, w_down, layout.masked_m, expected_m, scale_a=act_scale, scale_b=down_scale, out_dtype=f32
+    )
+    out = _valid_rows(out, valid)
     out = _with_zero_row(out.reshape(num_experts * capacity, hidden))
     slots = layout.slots.reshape(expert_ids.shape)
     return _combine(out, slots, weights, out_dtype), layout.dropped
@@ -320,9 +324,9 @@ class MoE(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Prefill: float ``[..., hidden]`` -> ``[..., hidden]`` (``x.dtype``); no token is dropped.
 
-        Tokens (leading dims flattened: T) are sorted by expert into the contiguous layout; the
-        padded row count is the static bound of :func:`jax_dgpt.nn.routing.contiguous_rows_bound`
-        (``round_up(T*k + min(E, T*k) * 127, 128)``), so the program compiles once per T.
+        Tokens (leading dims flattened: T) are sorted by expert, T*k rows with no padding
+        (:func:`jax_dgpt.nn.routing.ragged_layout`), and the experts' token counts stay on the device,
+        so the program compiles once per T.
         """
         tokens = self._tokens(x)
         if tokens.shape[0] == 0:

@@ -16,10 +16,12 @@ from jax import lax
 __all__ = [
     "ContiguousLayout",
     "MaskedLayout",
+    "RaggedLayout",
     "contiguous_layout",
     "contiguous_rows_bound",
     "expert_ranks",
     "masked_layout",
+    "ragged_layout",
     "route",
 ]
 
@@ -76,6 +78,31 @@ def contiguous_rows_bound(num_assignments: int, num_experts: int, alignment: int
     """
     rows = num_assignments + min(num_experts, num_assignments) * (alignment - 1)
     return -(-rows // alignment) * alignment
+
+
+class RaggedLayout(NamedTuple):
+    """Where each assignment sits among the expert-sorted rows (the ragged layout: no padding).
+
+    rows: int32 ``[A]`` row of each assignment in the ``[A, ...]`` buffer.
+    row_token: int32 ``[A]`` token of each row.
+    group_sizes: int32 ``[E]`` rows (assignments) per expert; expert e's rows follow expert e-1's.
+    """
+
+    rows: jax.Array
+    row_token: jax.Array
+    group_sizes: jax.Array
+
+
+def ragged_layout(expert_ids: jax.Array, num_experts: int) -> RaggedLayout:
+    """Assignments (int32 ``[T, k]`` expert ids) -> the ragged layout: experts in id order, each expert's
+    assignments in token order, ``A = T*k`` rows in all (static)."""
+    _, top_k = expert_ids.shape
+    flat = expert_ids.reshape(-1)
+    counts, rank = expert_ranks(flat, num_experts)
+    rows = (jnp.cumsum(counts) - counts)[flat] + rank
+    token = jnp.arange(flat.shape[0], dtype=jnp.int32) // top_k
+    row_token = jnp.zeros((flat.shape[0],), jnp.int32).at[rows].set(token)
+    return RaggedLayout(rows, row_token, counts)
 
 
 class ContiguousLayout(NamedTuple):
