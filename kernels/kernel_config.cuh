@@ -187,13 +187,14 @@ DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c
   }
   const bool f32_out = c.out_dtype == static_cast<long long>(OutType::kF32);
   if (c.accumulate != 0 && !f32_out) return "accumulate needs out_dtype 1 (f32)";
+  if (c.accumulate != 0 && c.layout != Layout::kNormal && c.layout != Layout::kKGrouped) {
+    return "accumulate needs the normal or k_grouped layout";
+  }
   // NOTES: a group's K range is known only on the device, so its K blocks cannot be split statically.
   if (c.layout == Layout::kKGrouped && (!f32_out || splits_k(c))) {
     return "the k_grouped layout needs out_dtype 1 (f32), num_k_splits 1 and k_interleave 0";
   }
-  if (c.layout == Layout::kRagged && (splits_k(c) || c.accumulate != 0)) {
-    return "the ragged layout needs num_k_splits 1, k_interleave 0 and accumulate 0";
-  }
+  if (c.layout == Layout::kRagged && splits_k(c)) return "the ragged layout needs num_k_splits 1 and k_interleave 0";
   if (c.layout == Layout::kContiguous && limits::kMAlignmentContiguous % c.block_m != 0) {
     return "the contiguous layout needs block_m to divide m_alignment_contiguous";
   }

@@ -496,7 +496,6 @@ struct Sm90Fp8Gemm {
     constexpr bool kScaled = kScaleA || kScaleB;
     const u32 thread = warp * 32 + lane;
     const bool by_rows = stores_rows(params, tile);
-    if constexpr (kLayout == Layout::kContiguous) mask_other_experts(params, tile, warpgroup, warp, lane, result);
     if constexpr (kScaled) {
       float* shared = smem.scales_of(warpgroup);
       if (kScaleA && thread < tile::kWgmmaM) shared[thread] = scales.a;
@@ -506,7 +505,12 @@ struct Sm90Fp8Gemm {
     // The previous tile's stores must have finished reading this warpgroup's part of the D tile.
     if (!kF32Out && thread == 0) ptx::tma_store_wait_read();
     if constexpr (!kF32Out || kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
-    if constexpr (kScaled) apply_scales(smem, warpgroup, warp, lane, result);
+    // NOTES: rows with nothing computed (padding, past a ragged total, an empty k_grouped group) stay exact
+    // zeros whatever the scales hold (Inf, NaN): scale first, then mask, and skip the scales of empty tiles.
+    if constexpr (kScaled) {
+      if (tile.compute) apply_scales(smem, warpgroup, warp, lane, result);
+    }
+    if constexpr (kLayout == Layout::kContiguous) mask_other_experts(params, tile, warpgroup, warp, lane, result);
     if (by_rows) {
       store_rows(params, tile, warpgroup, warp, lane, result);
       // The next tile's scales must not overwrite these before every thread has read them.

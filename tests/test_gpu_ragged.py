@@ -57,7 +57,7 @@ def check_groups(out, ref, sizes, m, bound, context):
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
-@pytest.mark.parametrize("n,k", [(512, 1024), (264, 200)])  # the second pads N and K
+@pytest.mark.parametrize("n,k", [(512, 1024), (260, 200)])  # the second pads N (to 264) and K (to 208)
 def test_ragged_matches_float64(name, n, k):
     sizes, m = SIZES[name], 1536
     g = len(sizes)
@@ -90,6 +90,16 @@ def test_ragged_same_program_for_new_sizes():
         out = f(a, b, jnp.asarray(sizes, jnp.int32))
         check_groups(out, reference_ragged_f64(a, b, sizes), sizes, m, BF16_BOUND, f"ragged {sizes}")
     assert f._cache_size() == 1
+
+
+def test_rows_without_a_group_stay_zero_whatever_the_scales():
+    # Rows past the total get no scale applied: Inf and NaN there must not turn the zeros into NaN.
+    sizes, m, n, k = [100, 0, 60], 256, 256, 256
+    a, b = generate_fp8((m, k), key=12), generate_fp8((len(sizes), n, k), key=13)
+    sa = generate_scales((m,), 14).at[160:].set(jnp.inf).at[200:].set(jnp.nan)
+    f = lambda a, b, s: jax_dgpt.grouped_gemm_ragged(a, b, s, scale_a=sa, out_dtype=jnp.float32)  # noqa: E731
+    out = into_poison(f, a, b, jnp.asarray(sizes, jnp.int32), shape=(m, n), dtype=jnp.float32)
+    check_groups(out, reference_ragged_f64(a, b, sizes, scale_a=sa), sizes, m, F32_BOUND, "ragged, inf scales")
 
 
 def test_ragged_dot_matches_jax_lax_ragged_dot():

@@ -73,6 +73,10 @@ def test_a_known_good_config_is_valid():
         ({"out_dtype": 2}, "out_dtype must be 0 \\(bf16\\) or 1 \\(f32\\)"),
         ({"has_scale_a": 2}, "accumulate, has_scale_a and has_scale_b must be 0 or 1"),
         ({"layout": "ragged", "num_groups": 4, "num_k_splits": 2, "block_n": 64}, "ragged layout needs num_k_splits 1"),
+        (
+            {"layout": "masked", "num_groups": 4, "out_dtype": 1, "accumulate": 1, "block_n": 64},
+            "accumulate needs the normal or k_grouped layout",
+        ),
         ({"accumulate": 1}, "accumulate needs out_dtype 1"),
         ({"layout": "k_grouped", "num_groups": 4}, "k_grouped layout needs out_dtype 1"),
         (
