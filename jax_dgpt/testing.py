@@ -427,9 +427,9 @@ def assert_close_to_f64(out: jax.Array, a: jax.Array, b: jax.Array, context: str
 
 
 # --- poisoned outputs ------------------------------------------------------------------------------
-def run_into_poison(fn, *args, out_shape):
-    """Runs jitted `fn(*args)` with its output aliased to a NaN-filled buffer; checks the aliasing took."""
-    poison = jnp.full(out_shape, jnp.nan, jnp.bfloat16)
+def run_into_poison(fn, *args, out_shape, dtype=jnp.bfloat16):
+    """Runs jitted `fn(*args)` with its output aliased to a NaN-filled buffer of `dtype`; checks the aliasing took."""
+    poison = jnp.full(out_shape, jnp.nan, dtype)
     pointer = poison.unsafe_buffer_pointer()
     jitted = jax.jit(lambda *xs: fn(*xs[:-1]), donate_argnums=len(args), keep_unused=True)
     out = jitted(*args, poison)

@@ -19,6 +19,7 @@ from jax_dgpt.testing import (
     k_grouped_offsets,
     record_diff,
     reference_ragged_f64,
+    run_into_poison,
     to_f64,
 )
 
@@ -35,14 +36,6 @@ SIZES = {
     "total above M (clamped)": [900, 900, 700],
     "negative counts as 0": [-5, 640, -1, 384],
 }
-
-
-def into_poison(fn, *args, shape, dtype):
-    poison = jnp.full(shape, jnp.nan, dtype)
-    pointer = poison.unsafe_buffer_pointer()
-    out = jax.jit(lambda *xs: fn(*xs[:-1]), donate_argnums=len(args), keep_unused=True)(*args, poison)
-    assert out.unsafe_buffer_pointer() == pointer, "XLA did not write the result into the poisoned buffer"
-    return out
 
 
 def check_groups(out, ref, sizes, m, bound, context):
@@ -64,7 +57,7 @@ def test_ragged_matches_float64(name, n, k):
     a = generate_fp8((m, k), key=1)
     b = generate_fp8((g, n, k), key=2, dtype=jnp.float8_e5m2)
     group_sizes = jnp.asarray(sizes, jnp.int32)
-    out = into_poison(jax_dgpt.grouped_gemm_ragged, a, b, group_sizes, shape=(m, n), dtype=jnp.bfloat16)
+    out = run_into_poison(jax_dgpt.grouped_gemm_ragged, a, b, group_sizes, out_shape=(m, n), dtype=jnp.bfloat16)
     check_groups(out, reference_ragged_f64(a, b, sizes), sizes, m, BF16_BOUND, f"ragged {name} N={n} K={k}")
 
 
@@ -98,7 +91,7 @@ def test_rows_without_a_group_stay_zero_whatever_the_scales():
     a, b = generate_fp8((m, k), key=12), generate_fp8((len(sizes), n, k), key=13)
     sa = generate_scales((m,), 14).at[160:].set(jnp.inf).at[200:].set(jnp.nan)
     f = lambda a, b, s: jax_dgpt.grouped_gemm_ragged(a, b, s, scale_a=sa, out_dtype=jnp.float32)  # noqa: E731
-    out = into_poison(f, a, b, jnp.asarray(sizes, jnp.int32), shape=(m, n), dtype=jnp.float32)
+    out = run_into_poison(f, a, b, jnp.asarray(sizes, jnp.int32), out_shape=(m, n), dtype=jnp.float32)
     check_groups(out, reference_ragged_f64(a, b, sizes, scale_a=sa), sizes, m, F32_BOUND, "ragged, inf scales")
 
 

@@ -26,6 +26,7 @@ from jax_dgpt.testing import (
     reference_k_grouped_wgrad_f64,
     reference_masked_f64,
     reference_wgrad_f64,
+    run_into_poison,
     to_f64,
 )
 
@@ -44,21 +45,12 @@ def diff(out, ref, context: str) -> float:
     return record_diff(calc_diff(to_f64(out), ref), context)
 
 
-def into_poison(fn, *args, shape, dtype):
-    """`fn(*args)` jitted with its output aliased to a NaN-filled, donated buffer."""
-    poison = jnp.full(shape, jnp.nan, dtype)
-    pointer = poison.unsafe_buffer_pointer()
-    out = jax.jit(lambda *xs: fn(*xs[:-1]), donate_argnums=len(args), keep_unused=True)(*args, poison)
-    assert out.unsafe_buffer_pointer() == pointer, "XLA did not write the result into the poisoned buffer"
-    return out
-
-
 @pytest.mark.parametrize("a_dtype,b_dtype", PAIRINGS, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("m,n,k", [(1000, 2112, 7168), (64, 7168, 576), (4096, 4096, 1024)])
 def test_gemm_fp8_pairings(a_dtype, b_dtype, m, n, k):
     a = generate_fp8((m, k), key=m + k, dtype=a_dtype)
     b = generate_fp8((n, k), key=n + k + 1, dtype=b_dtype)
-    out = into_poison(jax_dgpt.gemm, a, b, shape=(m, n), dtype=jnp.bfloat16)
+    out = run_into_poison(jax_dgpt.gemm, a, b, out_shape=(m, n), dtype=jnp.bfloat16)
     context = f"gemm {jnp.dtype(a_dtype).name} x {jnp.dtype(b_dtype).name} M={m} N={n} K={k}"
     assert diff(out, reference_gemm_f64(a, b), context) <= BF16_BOUND, context
 
@@ -79,7 +71,7 @@ def test_gemm_scaled(kinds, out_dtype, m, n, k):
     a, b = generate_fp8((m, k), key=3), generate_fp8((n, k), key=4, dtype=E5M2)
     scale_a, scale_b = scale_of(kinds[0], m, 5), scale_of(kinds[1], n, 6)
     fn = lambda a, b: jax_dgpt.gemm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)  # noqa: E731
-    out = into_poison(fn, a, b, shape=(m, n), dtype=out_dtype)
+    out = run_into_poison(fn, a, b, out_shape=(m, n), dtype=out_dtype)
     assert out.dtype == out_dtype
     ref = reference_gemm_f64(a, b, scale_a=scale_a, scale_b=scale_b)
     bound = BF16_BOUND if out_dtype == jnp.bfloat16 else F32_BOUND
@@ -105,7 +97,7 @@ WGRAD_SHAPES = [(7168, 2112, 4096), (1536, 24576, 1024), (512, 32768, 2048), (10
 @pytest.mark.parametrize("m,n,k", WGRAD_SHAPES)
 def test_wgrad_without_c_writes_every_element(m, n, k):
     a, b = generate_fp8((m, k), key=9), generate_fp8((n, k), key=10)
-    out = into_poison(jax_dgpt.wgrad_gemm, a, b, shape=(m, n), dtype=jnp.float32)
+    out = run_into_poison(jax_dgpt.wgrad_gemm, a, b, out_shape=(m, n), dtype=jnp.float32)
     assert out.dtype == jnp.float32
     assert diff(out, reference_wgrad_f64(a, b), f"wgrad M={m} N={n} K={k}") <= F32_BOUND
 
@@ -160,7 +152,7 @@ def test_k_grouped_wgrad(name, with_c):
         out = jax.jit(jax_dgpt.k_grouped_wgrad_gemm)(a, b, group_sizes, c)
     else:
         c = None
-        out = into_poison(jax_dgpt.k_grouped_wgrad_gemm, a, b, group_sizes, shape=(g, m, n), dtype=jnp.float32)
+        out = run_into_poison(jax_dgpt.k_grouped_wgrad_gemm, a, b, group_sizes, out_shape=(g, m, n), dtype=jnp.float32)
     ref = reference_k_grouped_wgrad_f64(a, b, sizes, c)
     got = to_f64(out)
     for i in range(g):
