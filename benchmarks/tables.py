@@ -61,7 +61,10 @@ COLUMNS = {
         ("×fp8", "speedup"),
         ("ragged_dot bf16 µs", "ragged_bf16_us"),
         ("×bf16", "speedup_bf16"),
+        ("tokamax bf16 µs", "tokamax_bf16_us"),
+        ("×tokamax", "vs_tokamax"),
         ("calc_diff", "calc_diff"),
+        ("layer", "model"),
     ],
     "wgrad": [
         ("M×N×K", "shape"),
@@ -134,7 +137,12 @@ def summary(sel: list[dict], layout: str) -> str:
     if speedups:
         line += f", geomean speedup {geomean(speedups):.3f} (min {min(speedups):.3f})"
     line += f", max calc_diff {max(r['calc_diff'] for r in sel):.2g}"
-    for key, label in (("speedup_highest", "XLA HIGHEST"), ("speedup_bf16", "bf16")):
+    for key, label in (
+        ("speedup_highest", "XLA HIGHEST"),
+        ("speedup_bf16", "bf16"),
+        ("vs_contiguous", "contiguous"),
+        ("vs_tokamax", "tokamax"),
+    ):
         values = [r[key] for r in sel if isinstance(r.get(key), float)]
         if values:
             line += f", geomean over {label} {geomean(values):.3f}"

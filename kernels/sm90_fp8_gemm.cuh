@@ -156,6 +156,13 @@ struct Sm90Fp8Gemm {
       ptx::setmaxnreg_inc<kMathRegs>();
       consume(params, smem, warpgroup);
     }
+    // NOTES: rank 0 reads the other ranks' shared memory (split-K partials): no CTA may exit before the
+    // cluster's last read. A cluster barrier says so in a form compute-sanitizer's racecheck follows (an
+    // mbarrier handshake alone was reported as "read in a block that might have exited").
+    if constexpr (kClusterSize > 1) {
+      __syncwarp();
+      ptx::cluster_sync();
+    }
   }
 
   // One thread: descriptor prefetch and every mbarrier.
@@ -261,7 +268,7 @@ struct Sm90Fp8Gemm {
       if (!combine_partials(smem, tile, warpgroup, thread, handshakes, result)) continue;
       store_tile(params, smem, tile, warpgroup, warp, lane, scales, result);
     }
-    finish_partials(smem, warpgroup, handshakes);
+    finish_partials(warpgroup);
     if (thread == 0) ptx::tma_store_wait_all();
   }
 
@@ -355,11 +362,9 @@ struct Sm90Fp8Gemm {
   }
 
   // After the last tile: leave the K-split handshakes clean.
-  __device__ static void finish_partials(const Smem& smem, u32 warpgroup, u32 handshakes) {
-    if constexpr (kKSplit == KSplit::kCluster) {
-      // NOTES: rank 0 reads this CTA's shared memory: stay alive until it has read the last tile.
-      if (ptx::cluster_ctarank() != 0) ptx::mbarrier_wait_cluster(smem.split_free(), (handshakes & 1) ^ 1);
-    } else if constexpr (kKSplit == KSplit::kWarpgroups) {
+  __device__ static void finish_partials(u32 warpgroup) {
+    // A cluster's ranks stay alive for rank 0's reads through the cluster barrier at the end of run().
+    if constexpr (kKSplit == KSplit::kWarpgroups) {
       // Warpgroup 0's last "read" arrival has no tile after it: take it.
       if (warpgroup == 1) ptx::named_barrier_sync(kPartialsFreeBarrier, 2 * 128);
     }

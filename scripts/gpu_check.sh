@@ -95,17 +95,27 @@ for what in "$@"; do
     sanitize)
       begin sanitize
       rc=0
-      for tool in memcheck racecheck synccheck; do
+      logs=()
+      # memcheck and synccheck over every case in one process; racecheck one case per process, so that
+      # each report names its case (every configuration's entry point is called dgpt_kernel).
+      runs="memcheck:all synccheck:all"
+      for case in $(python3 -c "import sys; sys.path.insert(0, 'scripts'); import sanitize_case as s; print(*s.CASES)"); do
+        runs="$runs racecheck:$case"
+      done
+      for run in $runs; do
+        tool=${run%%:*} case=${run#*:}
+        log="sanitize_${tool}_${case}.log"
+        args=(); [ "$case" = all ] || args=("$case")
         # NOTES: --error-exitcode: without it racecheck exits 0 with hazards reported (seen 2026-12-01).
         compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 python3 scripts/sanitize_case.py \
-          >"$RUN/sanitize_$tool.log" 2>&1
+          "${args[@]}" >"$RUN/$log" 2>&1
         tool_rc=$?
-        echo "$tool: rc=$tool_rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RUN/sanitize_$tool.log" | tail -1)"
+        echo "$tool $case: rc=$tool_rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RUN/$log" | tail -1)"
         [ $tool_rc = 0 ] || rc=1
-        mv "$RUN/sanitize_$tool.log" "$LOGS/"
+        logs+=("$log")
       done
-      finish $rc "compute-sanitizer --tool {memcheck,racecheck,synccheck} python3 scripts/sanitize_case.py" \
-        sanitize_memcheck.log sanitize_racecheck.log sanitize_synccheck.log ;;
+      finish $rc "compute-sanitizer --tool {memcheck,synccheck} sanitize_case.py; --tool racecheck sanitize_case.py CASE" \
+        "${logs[@]}" ;;
     bench)
       begin bench benchmark
       # NOTES: XLA autotunes every baseline dot at its first call (up to 50 s for one fp8 HIGHEST dot, seen

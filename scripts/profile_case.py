@@ -1,22 +1,49 @@
-"""Runs jitted jax_dgpt GEMMs for Nsight Compute (`scripts/gpu_check.sh ncu`): one call per shape, so the
-report holds one dgpt_kernel launch per shape (ncu flushes the caches before each replay pass).
+"""Runs jitted jax_dgpt GEMMs for Nsight Compute (`scripts/gpu_check.sh ncu`): one call per case, so the
+report holds one dgpt_kernel launch per case (ncu flushes the caches before each replay pass).
 
     python scripts/profile_case.py 4096x7168x576 64x2112x7168 [--k-interleave] [--k-splits 2] [--block-n 128]
+    python scripts/profile_case.py ragged:4x8192x4096x7168 contiguous:4x8192x4096x7168 wgrad:7168x2112x4096
+
+A case is MxNxK (gemm), wgrad:MxNxK (float32 added into c), or ragged:/contiguous:GxMxNxK (G groups of
+M x U(0.7, 1.3) rows, numpy default_rng(3) as in the benchmark; contiguous pads each to 128 rows).
 """
 
 import argparse
 import contextlib
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 import jax_dgpt
-from jax_dgpt import forcing
+from jax_dgpt import forcing, testing
 from jax_dgpt.testing import generate_fp8 as fp8
+
+
+def case(spec: str):
+    """(jitted function, its arguments) of one case."""
+    layout, _, dims = spec.rpartition(":")
+    sizes = [int(x) for x in dims.split("x")]
+    if layout in ("", "wgrad"):
+        m, n, k = sizes
+        a, b = fp8((m, k), 0), fp8((n, k), 1)
+        if layout == "wgrad":
+            return jax.jit(jax_dgpt.wgrad_gemm, donate_argnums=2), (a, b, jnp.zeros((m, n), jnp.float32))
+        return jax.jit(lambda x, y: jax_dgpt.gemm(x, y)), (a, b)
+    g, em, n, k = sizes
+    rows = testing.generate_group_rows(g, em, 3)
+    a_pad, b, m_indices = testing.contiguous_inputs(rows, n, k, key=4)
+    if layout == "contiguous":
+        return jax.jit(jax_dgpt.grouped_gemm_contiguous), (a_pad, b, m_indices)
+    if layout == "ragged":
+        a = a_pad[jnp.asarray(np.nonzero(np.asarray(m_indices) >= 0)[0])]
+        return jax.jit(jax_dgpt.grouped_gemm_ragged), (a, b, jnp.asarray(rows, jnp.int32))
+    raise SystemExit(f"unknown layout {layout!r} in {spec!r}")
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("shapes", nargs="+", help="MxNxK of normal GEMMs")
+    p.add_argument("shapes", nargs="+", help="cases: MxNxK, wgrad:MxNxK, ragged:GxMxNxK, contiguous:GxMxNxK")
     p.add_argument("--k-interleave", action="store_true", help="force k_interleave (64-row tiles)")
     p.add_argument("--k-splits", type=int, default=None, help="force split-K over this many CTAs")
     p.add_argument("--block-n", type=int, default=None, help="force BLOCK_N")
@@ -29,10 +56,8 @@ def main():
         if args.block_n:
             forced.enter_context(forcing.force(block_n=args.block_n))
         for shape in args.shapes:
-            m, n, k = (int(x) for x in shape.split("x"))
-            a, b = fp8((m, k), 0), fp8((n, k), 1)
-            f = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))  # traced inside the forced context
-            jax.block_until_ready(f(a, b))
+            f, operands = case(shape)  # traced inside the forced context
+            jax.block_until_ready(f(*operands))
             print(f"profiled {shape}", flush=True)
 
 

@@ -1,5 +1,8 @@
 """One small shape of each op, run under compute-sanitizer by scripts/gpu_check.sh (memcheck, racecheck,
-synccheck). Exits non-zero if a result is wrong, so a sanitizer run also checks correctness."""
+synccheck). Exits non-zero if a result is wrong, so a sanitizer run also checks correctness.
+
+    python scripts/sanitize_case.py [case ...]     (default: every case; see CASES)
+"""
 
 import sys
 
@@ -13,32 +16,42 @@ from jax_dgpt.testing import calc_diff as diff
 from jax_dgpt.testing import generate_fp8 as fp8
 
 
-def main():
-    ok = True
+def plain() -> bool:
     a, b = fp8((200, 256), 0), fp8((272, 256), 1)  # partial M and N tiles, two K blocks
     d = jax.jit(jax_dgpt.gemm)(a, b)
-    ok &= diff(d, np.asarray(a, np.float64) @ np.asarray(b, np.float64).T) <= 3e-6
+    ok = diff(d, np.asarray(a, np.float64) @ np.asarray(b, np.float64).T) <= 3e-6
 
     # Small M: a trimmed A box (8 rows, the kernel zeroes the rest) and the automatic 2-way split-K.
     a1, b1 = fp8((5, 4096), 5), fp8((272, 4096), 6)
     d1 = jax.jit(jax_dgpt.gemm)(a1, b1)
-    ok &= diff(d1, np.asarray(a1, np.float64) @ np.asarray(b1, np.float64).T) <= 3e-6
+    return ok & (diff(d1, np.asarray(a1, np.float64) @ np.asarray(b1, np.float64).T) <= 3e-6)
 
-    # Split-K over 4 CTAs and k_interleave (M = 40): the two warpgroups alternate the stages of a 2-stage
-    # ring over 17 tiles of 9 K blocks (each stage keeps one reader while the ring wraps across tiles); the
-    # grid is limited to 4 CTAs, so each walks several tiles and the partial buffers are reused.
+
+def _k_parts(**fields) -> bool:
+    """M = 40 over a grid of 4 CTAs, each walking several of 17 tiles of 9 K blocks (partial buffers reused)."""
     ap, bp = fp8((40, 1040), 9), fp8((272, 1040), 10)
     jax_dgpt.set_num_sms(4)
     try:
-        with forcing.force(num_k_splits=4), forcing.force(block_n=16):
-            dp = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(ap, bp)
-        with forcing.force(k_interleave=1), forcing.force(block_n=16, num_stages=2):
-            dq = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(ap, bp)
+        with forcing.force(**fields):
+            d = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(ap, bp)
     finally:
         jax_dgpt.set_num_sms(jax.devices()[0].core_count)
-    ok &= diff(dp, np.asarray(ap, np.float64) @ np.asarray(bp, np.float64).T) <= 3e-6
-    ok &= diff(dq, np.asarray(ap, np.float64) @ np.asarray(bp, np.float64).T) <= 3e-6
+    return diff(d, np.asarray(ap, np.float64) @ np.asarray(bp, np.float64).T) <= 3e-6
 
+
+def split_k() -> bool:
+    """Split-K over a 4-CTA cluster: rank 0 reads the other ranks' partials from their shared memory."""
+    return _k_parts(num_k_splits=4, block_n=16)
+
+
+def k_interleave() -> bool:
+    """The two warpgroups alternate the stages of a 2-stage ring (each stage keeps one reader while the ring
+    wraps across tiles); warpgroup 0 adds warpgroup 1's partials."""
+    return _k_parts(k_interleave=1, block_n=16, num_stages=2)
+
+
+def grouped() -> bool:
+    ok = True
     bg = fp8((3, 272, 256), 2)
     am = fp8((3, 130, 256), 3)
     masked_m = jnp.asarray([130, 5, 0], jnp.int32)
@@ -59,10 +72,7 @@ def main():
     a64, b64 = np.asarray(ac, np.float64), np.asarray(bg, np.float64)
     ok &= diff(dc[:100], a64[:100] @ b64[0].T) <= 3e-6
     ok &= diff(dc[128:256], a64[128:256] @ b64[2].T) <= 3e-6
-    ok &= bool(np.all(dc[idx < 0] == 0)) and bool(np.all(dc[256:300] == 0))
-    ok &= training_ops()
-    print("SANITIZE CASE", "OK" if ok else "WRONG RESULTS")
-    return 0 if ok else 1
+    return ok & bool(np.all(dc[idx < 0] == 0)) & bool(np.all(dc[256:300] == 0))
 
 
 def training_ops() -> bool:
@@ -85,16 +95,37 @@ def training_ops() -> bool:
     ref = reference_k_grouped_wgrad_f64(ak, bk, sizes)
     for g in range(len(sizes)):
         ok &= bool(np.all(np.asarray(kg[g]) == 0)) if sizes[g] == 0 else diff(kg[g], ref[g]) <= 2e-8
-    # ragged: groups starting at any row, a group's last tile stored row by row where the next group begins
-    # inside it, an empty group, and rows past the total written as zeros.
+    return ok
+
+
+def ragged() -> bool:
+    """Groups starting at any row, a group's last tile stored row by row where the next group begins inside
+    it, an empty group, and rows past the total written as zeros."""
     from jax_dgpt.testing import reference_ragged_f64
 
     rs = [70, 0, 129, 3]
     ar, br = fp8((260, 256), 17), fp8((4, 144, 256), 18)
     dr = jax.jit(jax_dgpt.grouped_gemm_ragged)(ar, br, jnp.asarray(rs, jnp.int32))
-    ok &= diff(dr, reference_ragged_f64(ar, br, rs)) <= 3e-6 and bool(np.all(np.asarray(dr[202:]) == 0))
-    return ok
+    return diff(dr, reference_ragged_f64(ar, br, rs)) <= 3e-6 and bool(np.all(np.asarray(dr[202:]) == 0))
+
+
+CASES = {f.__name__: f for f in (plain, split_k, k_interleave, grouped, training_ops, ragged)}
+
+
+def main(names: list[str]) -> int:
+    """Runs the named cases (all by default); one per process lets a sanitizer's report name its case."""
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        print(f"unknown case(s) {unknown}; cases: {list(CASES)}")
+        return 2
+    ok = True
+    for name in names or CASES:
+        passed = bool(CASES[name]())
+        print(f"case {name}: {'ok' if passed else 'WRONG RESULTS'}")
+        ok &= passed
+    print("SANITIZE CASE", "OK" if ok else "WRONG RESULTS")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
