@@ -1,4 +1,4 @@
-"""jax_dgpt.nn: Flax NNX layers on jax_dgpt's FP8 GEMMs (inference only for now).
+"""jax_dgpt.nn: Flax NNX layers on jax_dgpt's FP8 GEMMs, inference-only by default, trainable on request.
 
     from flax import nnx
     from jax_dgpt import nn as dgnn
@@ -8,9 +8,14 @@
     y = moe(x)                                   # prefill: ragged layout (unpadded), no token dropped
     y, dropped = moe.decode(x, capacity=64)      # decode: masked layout, fixed per-expert capacity
 
+    # Training: float parameters, FP8 forward, dgrad and wgrad (jax_dgpt.fp8_matmul / fp8_ragged_dot).
+    dense = dgnn.Fp8Dense(1024, 4096, trainable=True, rngs=nnx.Rngs(0))
+    moe = dgnn.MoE(1024, 512, 8, 2, trainable=True, rngs=nnx.Rngs(0))
+    grads = nnx.grad(lambda m, x: loss(m(x)))(moe, x)
+
 Public API (all re-exported here):
-  layers: ``Fp8Dense``, ``MoE``; their functional forms ``fp8_dense``, ``moe_prefill``,
-    ``moe_decode``;
+  layers: ``Fp8Dense``, ``MoE`` (``trainable=``, ``recipe=``, ``use_fp8=``); their functional forms
+    ``fp8_dense``, ``moe_prefill``, ``moe_decode`` (inference) and ``dense_train``, ``moe_train`` (training);
   routing (submodule ``jax_dgpt.nn.routing``): ``route``, ``ragged_layout``, ``contiguous_layout``,
     ``masked_layout``;
   FP8 quantization (submodule ``jax_dgpt.nn.quantization``): ``FP8_MAX``, ``per_tensor_scale``,
@@ -51,8 +56,8 @@ def _check_flax_version(version: str) -> None:
 _check_flax_version(getattr(_flax, "__version__", "unknown"))
 
 from . import quantization, routing  # noqa: E402
-from .dense import Fp8Dense, fp8_dense  # noqa: E402
-from .moe import MoE, moe_decode, moe_prefill  # noqa: E402
+from .dense import Fp8Dense, dense_train, fp8_dense  # noqa: E402
+from .moe import MoE, moe_decode, moe_prefill, moe_train  # noqa: E402
 from .quantization import (  # noqa: E402
     FP8_MAX,
     dequantize,
@@ -68,11 +73,13 @@ __all__ = [
     "Fp8Dense",
     "MoE",
     "contiguous_layout",
+    "dense_train",
     "dequantize",
     "fp8_dense",
     "masked_layout",
     "moe_decode",
     "moe_prefill",
+    "moe_train",
     "per_tensor_scale",
     "quantization",
     "quantize",

@@ -5,33 +5,32 @@ Prefill (:meth:`MoE.__call__`) sorts the tokens by expert, unpadded, and calls
 them into the masked layout with a fixed per-expert capacity and calls :func:`jax_dgpt.grouped_gemm_masked`.
 Both run entirely on the device (no host sync), with static shapes: one compiled program per token count.
 The per-tensor activation scale and the per-expert weight scale are fused into the GEMMs (float32 results).
+
+A layer built with ``trainable=True`` keeps float expert weights instead and trains: its prefill is
+:func:`moe_train` (:func:`jax_dgpt.fp8_ragged_dot` for gate/up and down, FP8 forward and backward, the router in
+float32); its decode quantizes the float weights per expert and stays forward-only.
 """
 
 from __future__ import annotations
 
 import functools
-import statistics
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from jax import lax
 
 from .. import ops
-from .quantization import (
-    FP8,
-    FP8_MAX,
-    inference_only,
-    per_tensor_scale,
-    positive_int,
-    quantize,
-    quantize_per_expert,
-    quantize_per_tensor,
-)
+from ..training import ROWWISE, Fp8Recipe, fp8_ragged_dot, plain_ragged_dot
+from .experts import quantize_gate_up, random_float_experts, random_fp8_experts
+from .quantization import inference_only, positive_int, quantize_per_expert, quantize_per_tensor, training_mode
 from .routing import masked_layout, ragged_layout, route
 
-__all__ = ["MoE", "moe_decode", "moe_prefill"]
+__all__ = ["MoE", "moe_decode", "moe_prefill", "moe_train"]
+
+_DECODE_FORWARD_ONLY = (
+    "MoE.decode (the masked layout, fixed capacity) is forward-only, also in a layer built with trainable=True: "
+    "train through MoE.__call__ (the ragged layout, no token dropped)"
+)
 
 
 # --- the expert computation, shared by both layouts -----------------------------------------------
@@ -153,102 +152,74 @@ def moe_decode(
     return _combine(out, slots, weights, out_dtype), layout.dropped
 
 
+def moe_train(
+    x,
+    router_kernel,
+    router_bias,
+    w_gate_up,
+    w_down,
+    *,
+    top_k: int,
+    recipe: Fp8Recipe = ROWWISE,
+    use_fp8: bool = True,
+    out_dtype: jnp.dtype | None = None,
+) -> jax.Array:
+    """Differentiable MoE forward on the ragged layout (functional form of a trainable :meth:`MoE.__call__`).
+
+    Args:
+      x: bfloat16 or float32 ``[T, H]``.
+      router_kernel, router_bias: float ``[H, E]``, ``[E]`` (the router runs in float32, HIGHEST precision).
+      w_gate_up: float ``[E, 2F, H]`` (rows ``[:F]`` gate, ``[F:]`` up); w_down: float ``[E, H, F]``.
+      top_k: static; recipe: static :class:`jax_dgpt.Fp8Recipe`; use_fp8: static, False runs
+        :func:`jax_dgpt.training.plain_ragged_dot` (``jax.lax.ragged_dot`` in x's dtype) instead of
+        :func:`jax_dgpt.fp8_ragged_dot`: the high-precision twin.
+      out_dtype: static dtype of the result (None: x's).
+
+    Returns ``[T, H]``. Gradients reach x, both expert weights (FP8 dgrad and wgrad GEMMs) and the router
+    (through the renormalised top-k weights of the combine; the expert choice itself has no gradient).
+    The expert GEMMs' outputs are in x's dtype; SwiGLU runs in float32 and is rounded to x's dtype.
+    """
+    num_experts = w_gate_up.shape[0]
+    weights, expert_ids = route(x, router_kernel, router_bias, top_k)
+    layout = ragged_layout(expert_ids, num_experts)
+    dot = functools.partial(fp8_ragged_dot, recipe=recipe) if use_fp8 else plain_ragged_dot
+    # Dispatch: the tokens sorted by expert (a gather; its gradient sums each token's k rows).
+    gate_up = dot(x[layout.row_token], w_gate_up, layout.group_sizes)
+    gate, up = jnp.split(gate_up.astype(jnp.float32), 2, axis=-1)
+    act = (jax.nn.silu(gate) * up).astype(x.dtype)
+    out = dot(act, w_down, layout.group_sizes)
+    return _combine(out, layout.rows.reshape(expert_ids.shape), weights, out_dtype or x.dtype)
+
+
 # --- the layer ------------------------------------------------------------------------------------
-def _normal_levels(count: int) -> np.ndarray:
-    """float64 ``[count]``: the standard normal's quantiles at ``(i + 1/2) / count``, rescaled to
-    variance 1 (equiprobable levels of a discretised N(0, 1)), in increasing order."""
-    normal = statistics.NormalDist()
-    levels = np.array([normal.inv_cdf((i + 0.5) / count) for i in range(count)], np.float64)
-    return levels / np.sqrt(np.mean(levels**2))
-
-
-# NOTES: the random init draws one byte per weight (XLA's own threefry through lax.rng_bit_generator,
-# several times faster on a CPU than jax.random's threefry written in jnp) and maps it through a
-# constant table to the FP8 code of one of 256 equiprobable normal levels, quantized against the
-# largest level; each expert's scale is that level's amax. No float32 weight is ever materialised
-# and experts are drawn one at a time: the previous init (a float32 normal for the whole stack,
-# then quantize_per_expert) peaked at 15.9 GB and took minutes for the README's 64-expert layer.
-_INIT_LEVELS = _normal_levels(256)
-_INIT_AMAX = float(np.max(np.abs(_INIT_LEVELS)))  # ~2.9 (in units of the std)
-_INIT_CODES = (_INIT_LEVELS * (FP8_MAX / _INIT_AMAX)).astype(FP8).view(np.uint8)
-_THREEFRY = lax.RandomAlgorithm.RNG_THREE_FRY
-
-
-@functools.partial(jax.jit, static_argnames=("shape",))
-def _random_fp8_expert(seed: jax.Array, shape: tuple[int, int]) -> jax.Array:
-    """uint8 ``[N, K]``: the FP8 codes (bit patterns) of one expert's random weights (see NOTES)."""
-    n, k = shape
-    _, words = lax.rng_bit_generator(seed, (n, (k + 3) // 4), jnp.uint32, algorithm=_THREEFRY)
-    codes = jnp.stack([(words >> shift) & 0xFF for shift in (0, 8, 16, 24)], axis=-1).reshape(n, -1)[:, :k]
-    return jnp.asarray(_INIT_CODES)[codes]
-
-
-# NOTES: the stack is built as uint8 and reinterpreted once at the end: XLA's CPU backend has no FP8
-# dynamic-update-slice and would widen the whole stack to float16 (a copy) for every expert.
-@functools.partial(jax.jit, donate_argnums=0)
-def _set_expert(codes: jax.Array, expert: jax.Array, index: jax.Array) -> jax.Array:
-    return lax.dynamic_update_index_in_dim(codes, expert, index, axis=0)
-
-
-@jax.jit
-def _as_fp8(codes: jax.Array) -> jax.Array:
-    return lax.bitcast_convert_type(codes, FP8)
-
-
-def _random_fp8_experts(key: jax.Array, shape: tuple[int, int, int]) -> tuple[jax.Array, jax.Array]:
-    """LeCun-normal ``[E, N, K]`` expert weights (std ``K^-1/2``) as FP8 codes and ``[E]`` scales.
-
-    Each weight is one of 256 equiprobable levels of the normal distribution (one random byte per
-    weight) times ``K^-1/2``; every expert's scale is the largest level's (``~2.9 K^-1/2 / 448``),
-    which is the expert's amax as soon as it has a few thousand weights. One expert at a time (a
-    seed per expert from ``key``), written in place into a uint8 stack; the temporaries are one
-    expert's random bytes and, at the end, one copy of the stack (reinterpreted as FP8).
-    """
-    num_experts, n, k = shape
-    seeds = jax.random.bits(key, (num_experts, 4), jnp.uint32)
-    codes = jnp.zeros(shape, jnp.uint8)
-    for index in range(num_experts):
-        codes = _set_expert(codes, _random_fp8_expert(seeds[index], (n, k)), index)
-    scale = jnp.full((num_experts,), _INIT_AMAX * k**-0.5 / FP8_MAX, jnp.float32)
-    return _as_fp8(codes), scale
-
-
-@jax.jit
-def _quantize_gate_up(w_gate: jax.Array, w_up: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Float ``[E, F, H]`` gate and up -> (float8_e4m3fn ``[E, 2F, H]``, float32 ``[E]``).
-
-    The same as :func:`quantize_per_expert` of their concatenation (one amax per expert over both),
-    without a float32 copy of the concatenation: each is quantized, then the fp8 halves are joined.
-    """
-    axes = tuple(range(1, w_gate.ndim))
-    scale = jnp.maximum(per_tensor_scale(w_gate, axis=axes), per_tensor_scale(w_up, axis=axes))
-    broadcast = scale.reshape((-1,) + (1,) * (w_gate.ndim - 1))
-    return jnp.concatenate([quantize(w_gate, broadcast), quantize(w_up, broadcast)], axis=1), scale
-
-
 class MoE(nnx.Module):
-    """Top-k routed SwiGLU mixture of experts with FP8 expert weights (inference only).
+    """Top-k routed SwiGLU mixture of experts on FP8 grouped GEMMs; inference-only or trainable.
 
     ``y[t] = sum_j w[t, j] * down_e(silu(gate_e(x[t])) * up_e(x[t]))`` over the token's top-k
     experts ``e = ids[t, j]``, where ``w`` are the chosen softmax probabilities renormalised to sum
     to 1 (see :func:`jax_dgpt.nn.route`).
 
-    Parameters (``nnx.Param``):
-      router_kernel ``[hidden, num_experts]`` and router_bias ``[num_experts]`` in ``router_dtype``
-        (the router runs in float32);
-      w_gate_up float8_e4m3fn ``[E, 2 * expert_hidden, hidden]`` (gate rows then up rows) with
-        w_gate_up_scale float32 ``[E]``; w_down float8_e4m3fn ``[E, hidden, expert_hidden]`` with
-        w_down_scale float32 ``[E]``: per-expert amax scales, ``w ~= q * scale[e]``.
-    Weights are random at construction: LeCun normal (std ``fan_in^-1/2``) discretised to 256
-    equiprobable levels (one random byte per weight), drawn one expert at a time into the FP8
-    parameters, with every expert's scale the largest level's; :meth:`load_weights` quantizes real
-    ones.
+    Parameters (``nnx.Param``), in both modes: router_kernel ``[hidden, num_experts]`` and router_bias
+    ``[num_experts]`` in ``router_dtype`` (the router runs in float32); the experts' w_gate_up
+    ``[E, 2 * expert_hidden, hidden]`` (gate rows then up rows) and w_down ``[E, hidden, expert_hidden]``
+    ("out, in" per expert).
 
-    Activations are quantized per tensor: the input once, the SwiGLU output once (amax over all
-    valid rows of all experts). GEMM outputs (bf16) are rescaled per row by ``s_act * s_w[e]`` in
-    float32; the output has the input's dtype: each expert row is rounded to it, and a token's
-    k rows are weighted and summed in float32. Under differentiation the layer raises
-    NotImplementedError.
+    Inference (default, ``trainable=False``): the expert weights are float8_e4m3fn with per-expert amax
+    scales w_gate_up_scale, w_down_scale float32 ``[E]`` (``w ~= q * scale[e]``). At construction
+    they are LeCun normal (std ``fan_in^-1/2``) discretised to 256 equiprobable levels (one random byte
+    per weight), drawn one expert at a time into the FP8 parameters, with every expert's scale the
+    largest level's; :meth:`load_weights` quantizes real ones. Activations are quantized per tensor:
+    the input once, the SwiGLU output once (amax over all valid rows of all experts); the scales are
+    fused into the GEMMs (float32 results). Each expert row is rounded to the input's dtype and a
+    token's k rows are weighted and summed in float32. Differentiating raises NotImplementedError.
+
+    Training (``trainable=True``): the expert weights are float (``param_dtype``, LeCun normal, no
+    scales) and the prefill is :func:`moe_train`: :func:`jax_dgpt.fp8_ragged_dot` with ``recipe`` for
+    gate/up and down (FP8 forward, dgrad and wgrad; default row-wise scaling), differentiable in x, the
+    expert weights and the router (``nnx.grad``, optax). ``use_fp8=False`` runs ``jax.lax.ragged_dot`` in
+    the input's dtype instead (the high-precision twin of the same parameters). :meth:`decode` quantizes
+    the float weights per expert and runs the inference decode: it stays forward-only (NotImplementedError
+    under differentiation).
     """
 
     def __init__(
@@ -259,6 +230,10 @@ class MoE(nnx.Module):
         top_k: int,
         *,
         router_dtype: jnp.dtype = jnp.float32,
+        trainable: bool = False,
+        param_dtype: jnp.dtype | None = None,
+        recipe: Fp8Recipe | None = None,
+        use_fp8: bool = True,
         rngs: nnx.Rngs,
     ):
         hidden = positive_int("MoE", "hidden", hidden)
@@ -267,18 +242,27 @@ class MoE(nnx.Module):
         top_k = positive_int("MoE", "top_k", top_k)
         if top_k > num_experts:
             raise ValueError(f"jax_dgpt.nn.MoE: top_k ({top_k}) > num_experts ({num_experts})")
+        self.trainable, self.recipe, self.use_fp8 = training_mode("MoE", trainable, recipe, use_fp8)
+        param_dtype = _expert_param_dtype(self.trainable, param_dtype)
         self.hidden, self.expert_hidden = hidden, expert_hidden
         self.num_experts, self.top_k = num_experts, top_k
         router_init = nnx.initializers.lecun_normal()
         self.router_kernel = nnx.Param(router_init(rngs.params(), (hidden, num_experts), router_dtype))
         self.router_bias = nnx.Param(jnp.zeros((num_experts,), router_dtype))
-        w13, s13 = _random_fp8_experts(rngs.params(), (num_experts, 2 * expert_hidden, hidden))
-        w2, s2 = _random_fp8_experts(rngs.params(), (num_experts, hidden, expert_hidden))
+        shapes = (num_experts, 2 * expert_hidden, hidden), (num_experts, hidden, expert_hidden)
+        if self.trainable:
+            self.w_gate_up, self.w_down = (
+                nnx.Param(random_float_experts(rngs.params(), s, param_dtype)) for s in shapes
+            )
+            self.w_gate_up_scale = self.w_down_scale = None
+            return
+        (w13, s13), (w2, s2) = (random_fp8_experts(rngs.params(), s) for s in shapes)
         self.w_gate_up, self.w_gate_up_scale = nnx.Param(w13), nnx.Param(s13)
         self.w_down, self.w_down_scale = nnx.Param(w2), nnx.Param(s2)
 
     def load_weights(self, *, w_gate, w_up, w_down, router_kernel=None, router_bias=None) -> None:
-        """Quantizes float expert weights (per expert) into the layer; routers are copied as given.
+        """Stores float expert weights in the layer (quantized per expert, or as they are in a trainable
+        layer, cast to its parameter dtype); routers are copied as given.
 
         Args: w_gate, w_up float ``[E, expert_hidden, hidden]`` and w_down float ``[E, hidden,
         expert_hidden]`` ("out, in" per expert, like ``Fp8Dense.kernel``); optional router_kernel
@@ -292,10 +276,15 @@ class MoE(nnx.Module):
         ):
             if tuple(w.shape) != shape:
                 raise ValueError(f"jax_dgpt.nn.MoE.load_weights: {name} must have shape {shape}, got {tuple(w.shape)}")
-        w13, s13 = _quantize_gate_up(w_gate, w_up)
-        w2, s2 = quantize_per_expert(jnp.asarray(w_down))
-        self.w_gate_up[...], self.w_gate_up_scale[...] = w13, s13
-        self.w_down[...], self.w_down_scale[...] = w2, s2
+        if self.trainable:
+            dtype = self.w_gate_up.dtype
+            self.w_gate_up[...] = jnp.concatenate([jnp.asarray(w_gate), jnp.asarray(w_up)], axis=1).astype(dtype)
+            self.w_down[...] = jnp.asarray(w_down).astype(dtype)
+        else:
+            w13, s13 = quantize_gate_up(w_gate, w_up)
+            w2, s2 = quantize_per_expert(jnp.asarray(w_down))
+            self.w_gate_up[...], self.w_gate_up_scale[...] = w13, s13
+            self.w_down[...], self.w_down_scale[...] = w2, s2
         for param, value in ((self.router_kernel, router_kernel), (self.router_bias, router_bias)):
             if value is not None:
                 if tuple(value.shape) != param.shape:
@@ -304,15 +293,13 @@ class MoE(nnx.Module):
                     )
                 param[...] = jnp.asarray(value, param.dtype)
 
-    def _weights(self) -> tuple[jax.Array, ...]:
-        return (
-            self.router_kernel[...],
-            self.router_bias[...],
-            self.w_gate_up[...],
-            self.w_gate_up_scale[...],
-            self.w_down[...],
-            self.w_down_scale[...],
-        )
+    def _fp8_weights(self) -> tuple[jax.Array, ...]:
+        """The inference paths' operands: routers, FP8 experts and their per-expert scales."""
+        router = (self.router_kernel[...], self.router_bias[...])
+        if self.trainable:  # quantized on the fly from the float parameters (forward-only)
+            (w13, s13), (w2, s2) = quantize_per_expert(self.w_gate_up[...]), quantize_per_expert(self.w_down[...])
+            return (*router, w13, s13, w2, s2)
+        return (*router, self.w_gate_up[...], self.w_gate_up_scale[...], self.w_down[...], self.w_down_scale[...])
 
     def _tokens(self, x: jax.Array) -> jax.Array:
         if x.ndim < 1 or x.shape[-1] != self.hidden:
@@ -326,13 +313,17 @@ class MoE(nnx.Module):
 
         Tokens (leading dims flattened: T) are sorted by expert, T*k rows with no padding
         (:func:`jax_dgpt.nn.routing.ragged_layout`), and the experts' token counts stay on the device,
-        so the program compiles once per T.
+        so the program compiles once per T. Differentiable in a trainable layer (:func:`moe_train`).
         """
         tokens = self._tokens(x)
         if tokens.shape[0] == 0:
             return jnp.zeros(x.shape, x.dtype)
+        if self.trainable:
+            weights = (self.router_kernel[...], self.router_bias[...], self.w_gate_up[...], self.w_down[...])
+            y = moe_train(tokens, *weights, top_k=self.top_k, recipe=self.recipe, use_fp8=self.use_fp8)
+            return y.reshape(x.shape)
         fn = inference_only(functools.partial(moe_prefill, top_k=self.top_k, out_dtype=x.dtype), "MoE")
-        return fn(tokens, *self._weights()).reshape(x.shape)
+        return fn(tokens, *self._fp8_weights()).reshape(x.shape)
 
     def decode(self, x: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
         """Decode: float ``[..., hidden]`` and a static per-expert ``capacity`` -> (``[..., hidden]``
@@ -341,19 +332,36 @@ class MoE(nnx.Module):
         Each expert takes its first ``capacity`` assignments in token order into an
         ``[E, capacity, hidden]`` buffer; ``masked_m = min(count, capacity)`` stays on the device.
         A dropped assignment contributes nothing (the token's other experts keep their weights).
-        ``capacity >= T`` never drops. Compiles once per (T, capacity); no host sync.
+        ``capacity >= T`` never drops. Compiles once per (T, capacity); no host sync. Forward-only in
+        both modes (a trainable layer's float weights are quantized per expert first).
         """
         capacity = positive_int("MoE", "capacity", capacity)
         tokens = self._tokens(x)
         if tokens.shape[0] == 0:
             return jnp.zeros(x.shape, x.dtype), jnp.int32(0)
+        reason = {"reason": _DECODE_FORWARD_ONLY} if self.trainable else {}
         fn = inference_only(
-            functools.partial(moe_decode, top_k=self.top_k, capacity=capacity, out_dtype=x.dtype),
-            "MoE",
+            functools.partial(moe_decode, top_k=self.top_k, capacity=capacity, out_dtype=x.dtype), "MoE", **reason
         )
-        y, dropped = fn(tokens, *self._weights())
+        y, dropped = fn(tokens, *self._fp8_weights())
         return y.reshape(x.shape), dropped
 
     def flops(self, num_tokens: int) -> int:
-        """Useful FLOPs of the expert GEMMs for ``num_tokens`` tokens (no padding rows)."""
+        """Useful FLOPs of the expert GEMMs' forward for ``num_tokens`` tokens (no padding rows); a
+        training step (forward, dgrad, wgrad) does three times as many."""
         return 2 * num_tokens * self.top_k * 3 * self.expert_hidden * self.hidden
+
+
+def _expert_param_dtype(trainable: bool, param_dtype) -> jnp.dtype | None:
+    """A trainable layer's float expert dtype (default float32); an inference layer's are FP8 (none given)."""
+    if not trainable:
+        if param_dtype is not None:
+            raise ValueError(
+                "jax_dgpt.nn.MoE: param_dtype applies to trainable layers (an inference layer stores FP8 experts); "
+                "pass trainable=True"
+            )
+        return None
+    dtype = jnp.float32 if param_dtype is None else param_dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"jax_dgpt.nn.MoE: param_dtype must be a float dtype, got {param_dtype}")
+    return dtype

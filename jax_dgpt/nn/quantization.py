@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from .._ints import static_int
+from ..training import ROWWISE, Fp8Recipe
 
 __all__ = [
     "FP8",
@@ -25,6 +26,7 @@ __all__ = [
     "quantize",
     "quantize_per_expert",
     "quantize_per_tensor",
+    "training_mode",
 ]
 
 FP8 = jnp.float8_e4m3fn
@@ -81,8 +83,16 @@ def dequantize(q: jax.Array, scale: jax.Array) -> jax.Array:
     return q.astype(jnp.float32) * scale.reshape(scale.shape + (1,) * (q.ndim - scale.ndim))
 
 
-def inference_only(fn: Callable[..., Any], layer: str) -> Callable[..., Any]:
+_NOT_TRAINABLE = (
+    "jax_dgpt.nn layers are inference-only unless built with trainable=True (FP8 training through "
+    "jax_dgpt.fp8_matmul / fp8_ragged_dot); this one was not"
+)
+
+
+def inference_only(fn: Callable[..., Any], layer: str, reason: str = _NOT_TRAINABLE) -> Callable[..., Any]:
     """Wraps ``fn`` (array arguments only) so that differentiating it raises NotImplementedError.
+
+    ``reason`` says why the path is forward-only (default: a layer built without ``trainable=True``).
 
     NOTES: a ``custom_jvp`` whose rule raises: ``jax.grad``, ``jax.vjp``, ``jax.jvp`` and ``nnx.grad``
     all call the JVP rule while tracing, so the user sees this message (instead of a missing
@@ -94,8 +104,8 @@ def inference_only(fn: Callable[..., Any], layer: str) -> Callable[..., Any]:
     def raise_on_jvp(primals, tangents):
         del primals, tangents
         raise NotImplementedError(
-            f"jax_dgpt.nn.{layer}: jax_dgpt.nn layers are inference-only for now; "
-            "differentiation (jax.grad, jax.vjp, jax.jvp, nnx.grad) is not supported. "
+            f"jax_dgpt.nn.{layer}: {reason}; "
+            "differentiation (jax.grad, jax.vjp, jax.jvp, nnx.grad) is not supported here. "
             "To differentiate the rest of a model, keep this layer's parameters out of the "
             "differentiated arguments and pass its input through jax.lax.stop_gradient."
         )
@@ -113,3 +123,23 @@ def positive_int(layer: str, name: str, value: Any) -> int:
     if isinstance(value, jax.core.Tracer):
         raise TypeError(f"jax_dgpt.nn.{layer}: {name} must be a static Python int, got a traced value")
     return static_int(f"jax_dgpt.nn.{layer}", name, value, positive=True)
+
+
+def training_mode(layer: str, trainable: Any, recipe: Any, use_fp8: Any) -> tuple[bool, Fp8Recipe | None, bool]:
+    """A layer's (trainable, recipe, use_fp8), checked: recipe and use_fp8 only mean something for a
+    trainable layer, whose recipe defaults to row-wise scaling."""
+    for name, value in (("trainable", trainable), ("use_fp8", use_fp8)):
+        if not isinstance(value, bool):
+            raise TypeError(f"jax_dgpt.nn.{layer}: {name} must be a bool, got {type(value).__name__}")
+    if recipe is not None and not isinstance(recipe, Fp8Recipe):
+        raise TypeError(
+            f"jax_dgpt.nn.{layer}: recipe must be None or a jax_dgpt.Fp8Recipe, got {type(recipe).__name__}"
+        )
+    if not trainable:
+        if recipe is not None or not use_fp8:
+            raise ValueError(
+                f"jax_dgpt.nn.{layer}: recipe and use_fp8 apply to the training path; pass trainable=True "
+                "(the inference path always uses per-tensor FP8 scales)"
+            )
+        return False, None, True
+    return True, ROWWISE if recipe is None else recipe, use_fp8

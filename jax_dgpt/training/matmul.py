@@ -1,0 +1,132 @@
+"""``fp8_matmul``: a differentiable ``x . w^T`` whose three GEMMs (forward, dgrad, wgrad) run in FP8.
+
+Forward ``y = x . w^T`` (x ``[M, K]``, w ``[N, K]``); backward ``dx = dy . w`` and ``dw = dy^T . x``. The fp8
+kernels read both operands K-major (the contraction dimension contiguous), so each backward GEMM gets
+transposed fp8 copies: ``dx = gemm(dy [M, N], w^T [K, N])`` and ``dw = wgrad_gemm(dy^T [N, M], x^T [K, M])``.
+
+NOTES: a scale can be factored out of a product only along a dimension that is not contracted. Row-wise scales
+of w (one per output channel n) are along the forward's free dimension but along dgrad's contraction, so dgrad
+quantizes w again with one scale per k (per row of w^T); wgrad likewise quantizes dy per n and x per k, each
+over the M tokens it contracts. Per-tensor scales are one number: the forward's fp8 copies are transposed and
+reused as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import ops
+from ._checks import check_float, check_rank, check_recipe, check_same
+from .recipes import E4M3, ROWWISE, Fp8Recipe, quantize
+
+__all__ = ["fp8_matmul", "plain_matmul"]
+
+
+def _gemm_out_dtype(dtype: np.dtype) -> np.dtype:
+    # The kernel rounds once, to bf16 or f32: ask for the caller's dtype directly.
+    return np.dtype(jnp.bfloat16) if dtype == np.dtype(jnp.bfloat16) else np.dtype(jnp.float32)
+
+
+def fp8_matmul(x: jax.Array, w: jax.Array, *, recipe: Fp8Recipe = ROWWISE) -> jax.Array:
+    """Differentiable FP8 ``x . w^T``: forward, dgrad and wgrad as FP8 GEMMs with fused float32 scales.
+
+    Args:
+      x: bfloat16 or float32 ``[..., K]`` (leading dims flattened into the GEMM's M rows), row-major.
+      w: bfloat16 or float32 ``[N, K]`` ("out, in": K contiguous, the GEMM's B operand as stored).
+      recipe: static :class:`jax_dgpt.Fp8Recipe` (default row-wise scaling, e5m2 output gradients).
+
+    Returns:
+      ``[..., N]`` in x's dtype: ``Q(x) . Q(w)^T`` accumulated in fp32, scaled in fp32 and rounded once to
+      x's dtype by :func:`jax_dgpt.gemm`. ``Q`` quantizes to float8_e4m3fn with current scaling: per row of x
+      (per token) and per row of w (per output channel) for the row-wise recipe, one scale each for the
+      per-tensor one.
+
+    Gradients (``jax.grad``, ``jax.vjp``; forward-mode ``jax.jvp`` is not defined) follow the straight-through
+    rule: the gradient of the unquantized product ``x . w^T`` evaluated on quantized operands, the operands of
+    each backward GEMM quantized from the saved high-precision x and w in that GEMM's own layout:
+
+      ``dx = Qg_rows(dy) . Q_cols(w)`` (:func:`jax_dgpt.gemm` on w^T; float32 accumulation, x's dtype out),
+      ``dw = Qg_cols(dy)^T . Q_cols(x)`` (:func:`jax_dgpt.wgrad_gemm`, float32, cast to w's dtype),
+
+    where ``Qg`` quantizes to ``recipe.grad_dtype`` and ``_rows``/``_cols`` say which scales (per row of the
+    tensor as given, or per column, i.e. per row of its transpose). With per-tensor scaling every tensor is
+    quantized once and the backward reuses the forward's fp8 copies of x and w (transposed), so both gradients
+    are the exact gradients of ``Q(x) . Q(w)^T`` with respect to the quantized values, with ``dy`` quantized.
+
+    Residuals kept for the backward: x and w as given (row-wise), or their fp8 copies and scales (per tensor).
+    Any M >= 0 works (M = 0 gives an empty result and a zero dw); K and N as :func:`jax_dgpt.gemm` pads them.
+
+    Raises:
+      TypeError: x or w not bfloat16/float32 (fp8 operands go to :func:`jax_dgpt.gemm`), a recipe that is not
+        an Fp8Recipe.
+      ValueError: w not 2-D, x of rank 0, x's last dim not w's K.
+    """
+    op = "fp8_matmul"
+    x_dtype, w_dtype = check_float(op, "x", x), check_float(op, "w", w)
+    x_shape = check_rank(op, "x", x, "K", at_least=True)
+    n, k = check_rank(op, "w", w, "N, K")
+    check_same(op, "K (last dimension)", ("x", x_shape[-1]), ("w", k))
+    recipe = check_recipe(op, recipe)
+    y = _matmul_vjp(recipe, x_dtype, w_dtype)(x.reshape(-1, k), w)
+    return y.reshape(x_shape[:-1] + (n,))
+
+
+def plain_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The same contraction without FP8: ``x . w^T`` (x ``[..., K]``, w ``[N, K]``) as one XLA dot in x's
+    dtype (w cast to it) with float32 accumulation, rounded to x's dtype; differentiable by JAX's own rules.
+    The high-precision reference of :func:`fp8_matmul` (the bf16 baseline of the training example)."""
+    y = jnp.einsum("...k,nk->...n", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
+
+
+# --- the custom_vjp, one per (recipe, dtypes): the cotangents must come back in the primals' dtypes -------
+@functools.cache
+def _matmul_vjp(recipe: Fp8Recipe, x_dtype: np.dtype, w_dtype: np.dtype):
+    out_dtype = _gemm_out_dtype(x_dtype)
+
+    @jax.custom_vjp
+    def matmul(x, w):
+        return _forward(x, w)[0]
+
+    def _forward(x, w):
+        axis = -1 if recipe.rowwise else None
+        xq, sx = quantize(x, E4M3, axis)  # [M] per token, or ()
+        wq, sw = quantize(w, E4M3, axis)  # [N] per output channel, or ()
+        y = ops.gemm(xq, wq, scale_a=sx, scale_b=sw, out_dtype=out_dtype).astype(x_dtype)
+        return y, ((x, w) if recipe.rowwise else (xq, sx, wq, sw))
+
+    def backward(residuals, dy):
+        dx_a, dx_b, dw_a, dw_b = _backward_operands(recipe, residuals, dy)
+        dx = ops.gemm(dx_a[0], dx_b[0], scale_a=dx_a[1], scale_b=dx_b[1], out_dtype=out_dtype)
+        dw = ops.wgrad_gemm(dw_a[0], dw_b[0], scale_a=dw_a[1], scale_b=dw_b[1])
+        return dx.astype(x_dtype), dw.astype(w_dtype)
+
+    matmul.defvjp(_forward, backward)
+    return matmul
+
+
+def _backward_operands(recipe: Fp8Recipe, residuals, dy):
+    """The backward GEMMs' (fp8 operand, scale) pairs, K-major: dgrad's ``dy [M, N]`` and ``w^T [K, N]``,
+    wgrad's ``dy^T [N, M]`` and ``x^T [K, M]``. Shared with the tests, which rebuild the float64 gradients
+    from exactly these values."""
+    grad = recipe.grad_dtype
+    if recipe.rowwise:
+        x, w = residuals
+        dy_rows = quantize(dy, grad, -1)  # per token: along dgrad's free dimension
+        w_cols = quantize(w, E4M3, 0)  # per k: one scale per row of w^T
+        dy_cols = quantize(dy, grad, 0)  # per n, over the M tokens wgrad contracts
+        x_cols = quantize(x, E4M3, 0)  # per k, over the M tokens
+        return dy_rows, _t(w_cols), _t(dy_cols), _t(x_cols)
+    xq, sx, wq, sw = residuals
+    dyq, sdy = quantize(dy, grad, None)
+    return (dyq, sdy), (wq.T, sw), (dyq.T, sdy), (xq.T, sx)
+
+
+def _t(pair):
+    """(q [R, C], scale [C]) -> (q^T [C, R], scale): the scale becomes per row of the transposed copy."""
+    q, scale = pair
+    return q.T, scale

@@ -1,0 +1,139 @@
+"""Scaling recipes of the differentiable FP8 ops, and the one quantizer they all use (amax, scale, cast).
+
+A tensor ``t`` is quantized to an fp8 type of largest finite value ``fmax`` (448 for e4m3, 57344 for e5m2)
+with current scaling: ``s = max(amax, fmax * tiny) / fmax`` over the values that share a scale, and ``q =
+fp8(clip(t / s, -fmax, fmax))``, so ``t ~= q * s`` (``tiny``: the smallest normal float32, so ``s`` is never
+0 or subnormal and ``t / s`` is always finite). Who shares a scale is the recipe's choice:
+
+- ``"rowwise"`` (the default): one scale per row of each GEMM operand, i.e. per token of an activation or of
+  an output gradient and per output channel of a weight. One token's outlier changes only its own row.
+- ``"tensor"``: one scale per tensor (per expert for an MoE weight stack). All tokens share the amax.
+
+NOTES: amax and cast are written as one reduction and one elementwise expression of the same input, so that
+XLA can emit them as one pass over the tensor (on the GPU, a reduction fusion with the cast as its epilogue);
+tests/test_training.py and tests/test_gpu_training.py check the optimized HLO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "E4M3",
+    "E5M2",
+    "Fp8Recipe",
+    "PER_TENSOR",
+    "ROWWISE",
+    "fp8_max",
+    "quantize",
+    "quantize_segments",
+    "scale_from_amax",
+]
+
+E4M3 = np.dtype(jnp.float8_e4m3fn)
+E5M2 = np.dtype(jnp.float8_e5m2)
+_SCALINGS = ("rowwise", "tensor")
+# NOTES: the smallest scale: 2^-126, the smallest normal float32 (as in jax_dgpt.nn.quantization), so that
+# t / s never divides by zero or a subnormal that a device might flush.
+MIN_SCALE = float(np.finfo(np.float32).tiny)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fp8Recipe:
+    """How the differentiable FP8 ops quantize (static: part of the traced program, hashable).
+
+    Attributes:
+      scaling: ``"rowwise"`` (default: per token for activations and output gradients, per output channel
+        for weights) or ``"tensor"`` (one scale per tensor; per expert for an ``[G, N, K]`` weight stack).
+      grad_dtype: fp8 type of the output gradient dY in the backward GEMMs: float8_e5m2 (default: wider
+        range, 3 significant bits) or float8_e4m3fn (4 significant bits, range 448 times the scale).
+
+    Activations and weights are always float8_e4m3fn. Every scale is current (computed from the tensor
+    being quantized, in the same program); nothing is carried between steps.
+    """
+
+    scaling: str = "rowwise"
+    grad_dtype: Any = E5M2
+
+    def __post_init__(self) -> None:
+        if self.scaling not in _SCALINGS:
+            raise ValueError(f"jax_dgpt.Fp8Recipe: scaling must be 'rowwise' or 'tensor', got {self.scaling!r}")
+        try:
+            dtype = np.dtype(self.grad_dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in (E4M3, E5M2):
+            raise TypeError(
+                f"jax_dgpt.Fp8Recipe: grad_dtype must be float8_e5m2 or float8_e4m3fn, got {self.grad_dtype!r}"
+            )
+        object.__setattr__(self, "grad_dtype", dtype)  # one hashable spelling of the dtype
+
+    @property
+    def rowwise(self) -> bool:
+        return self.scaling == "rowwise"
+
+
+ROWWISE = Fp8Recipe()
+PER_TENSOR = Fp8Recipe(scaling="tensor")
+
+
+def fp8_max(dtype: Any) -> float:
+    """The largest finite value of an fp8 type: 448.0 (e4m3fn) or 57344.0 (e5m2)."""
+    return float(jnp.finfo(dtype).max)
+
+
+def scale_from_amax(amax: jax.Array, dtype: Any) -> jax.Array:
+    """float32 ``max(amax, fmax * tiny) / fmax``: the scale that maps amax onto fmax, never below tiny."""
+    fmax = fp8_max(dtype)
+    # NOTES: fmax * 2^-126 and its quotient by fmax are exact (fmax is a small integer times a power of 2).
+    return jnp.maximum(amax.astype(jnp.float32), fmax * MIN_SCALE) / fmax
+
+
+def _cast(x: jax.Array, scale: jax.Array, dtype: Any) -> jax.Array:
+    """fp8 ``clip(x / scale, -fmax, fmax)`` (saturating: e4m3fn has no infinity, a cast past it is NaN)."""
+    fmax = fp8_max(dtype)
+    return jnp.clip(x.astype(jnp.float32) / scale, -fmax, fmax).astype(dtype)
+
+
+def quantize(x: jax.Array, dtype: Any, axis: int | tuple[int, ...] | None) -> tuple[jax.Array, jax.Array]:
+    """Current-scaled fp8 copy of ``x`` and its float32 scales.
+
+    Args:
+      x: float array of any shape.
+      dtype: float8_e4m3fn or float8_e5m2.
+      axis: the axes the amax reduces over (the values that share one scale): None for one scale per
+        tensor; ``-1`` for one scale per row (each row's amax over its last dimension); ``0`` for one
+        scale per column of a 2-D tensor (what the transposed copy of a row-wise recipe needs).
+
+    Returns:
+      (fp8 ``q`` in x's layout, float32 ``scale`` with the reduced axes removed), ``x ~= q * scale``
+      broadcast back over the reduced axes. An all-zero (or empty) group gets scale ``tiny`` and zeros.
+    """
+    amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axis, keepdims=True, initial=0.0)
+    scale = scale_from_amax(amax, dtype)
+    reduced = tuple(range(x.ndim)) if axis is None else axis
+    return _cast(x, scale, dtype), jnp.squeeze(scale, axis=reduced)
+
+
+def quantize_segments(
+    x: jax.Array, segment_ids: jax.Array, num_segments: int, dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+    """Per segment and column: fp8 ``[M, C]`` and float32 scales ``[num_segments, C]``.
+
+    Rows of ``x [M, C]`` are grouped by ``segment_ids [M]`` (sorted; an id of ``num_segments`` or more marks
+    a row outside every segment); each segment's column gets the amax of its own rows (an empty segment the
+    floor ``tiny``). Rows outside every segment quantize to exact zeros, whatever they hold (NaN included).
+    This is the scale layout of the MoE weight gradient: per expert and per row of the transposed operand.
+    """
+    magnitude = jnp.abs(x.astype(jnp.float32))
+    amax = jax.ops.segment_max(magnitude, segment_ids, num_segments=num_segments, indices_are_sorted=True)
+    scale = scale_from_amax(jnp.maximum(amax, 0.0), dtype)  # an empty segment's max is -inf
+    inside = segment_ids < num_segments
+    row_scale = scale[jnp.minimum(segment_ids, num_segments - 1)]
+    q = _cast(jnp.where(inside[:, None], x.astype(jnp.float32), 0.0), row_scale, dtype)
+    return q, scale
