@@ -98,10 +98,13 @@ Status GemmKernel::encode_params(const GemmOperands& buffers, GemmParams* out) c
   DGPT_RETURN_IF_ERROR(tma::encode({"b", const_cast<void*>(buffers.b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1,
                                     (uint64_t)c.k, (uint64_t)c.n, groups_b},
                                    box.inner_k, box.b_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
-  // bf16 D leaves in 64-column atoms (128B swizzle) plus, when the tile is not a multiple of 64 wide, tail
-  // atoms; an f32 D has no boxes (tma_boxes) and leaves from registers.
-  const tma::Tensor3d out_tensor = {"out", const_cast<void*>(buffers.d), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-                                    (uint64_t)c.n, (uint64_t)c.m, groups_a};
+  // D leaves in 128-byte atoms (128B swizzle) plus, when the tile is not a whole number of them wide, tail
+  // atoms (tma_boxes). Masked and k_grouped outputs have one [M, N] matrix per group.
+  const bool f32_out = c.out_dtype == static_cast<long long>(OutType::kF32);
+  const uint64_t groups_d = masked || c.layout == Layout::kKGrouped ? c.num_groups : 1;
+  const tma::Tensor3d out_tensor = {"out", const_cast<void*>(buffers.d),
+                                    f32_out ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                                    out_bytes(c), (uint64_t)c.n, (uint64_t)c.m, groups_d};
   if (box.d_main_cols > 0) {
     DGPT_RETURN_IF_ERROR(
         tma::encode(out_tensor, box.d_main_cols, box.d_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_d));

@@ -27,7 +27,7 @@ enum class Layout : u32 {
 enum class Fp8Type : u32 { kE4M3 = 0, kE5M2 = 1 };
 enum class OutType : u32 {
   kBF16 = 0,  // rounded once, leaves through stmatrix and TMA stores
-  kF32 = 1,   // leaves straight from registers (stores, or reductions when accumulating)
+  kF32 = 1,   // leaves an atom at a time through shared memory: TMA stores, or TMA reduce-adds when accumulating
 };
 
 // Integer fields, each X(name, compile_time). Compile-time fields are constants of the kernel (one
@@ -94,7 +94,7 @@ DGPT_HOST_DEVICE constexpr u32 num_threads(const KernelConfig& c) { return 128u 
 DGPT_HOST_DEVICE constexpr u32 cluster_size(const KernelConfig& c) { return static_cast<u32>(c.num_k_splits); }
 DGPT_HOST_DEVICE constexpr bool splits_k(const KernelConfig& c) { return c.num_k_splits > 1 || c.k_interleave != 0; }
 
-// Shared memory, from a base aligned to 1024 bytes (the 128B swizzle period): [D tile (bf16 output)]
+// Shared memory, from a base aligned to 1024 bytes (the 128B swizzle period): [D tile (bf16) or f32 staging]
 // [A stages][B stages][fp32 partial tile (K splitting)][scales][full, empty barriers][split-K barriers].
 // The extra 1024 bytes of `total` cover aligning the dynamic base.
 struct SmemLayout {
@@ -104,14 +104,19 @@ struct SmemLayout {
 DGPT_HOST_DEVICE constexpr u32 scale_floats_per_warpgroup(const KernelConfig& c) {
   return static_cast<u32>(tile::kWgmmaM + c.block_n);
 }
+// The bf16 D tile, or the f32 staging ring of each storing warpgroup (one per 64 rows of the tile).
+DGPT_HOST_DEVICE constexpr u32 smem_d_bytes(const KernelConfig& c) {
+  const u32 block_m = static_cast<u32>(c.block_m), block_n = static_cast<u32>(c.block_n);
+  if (c.out_dtype == static_cast<long long>(OutType::kBF16)) return tile::align_up(block_m * block_n * 2, 1024);
+  return block_m / tile::kWgmmaM * tile::kF32StagingBuffers * tile::kF32StagingBufferBytes;
+}
 DGPT_HOST_DEVICE constexpr SmemLayout smem_layout(const KernelConfig& c) {
   const u32 block_m = static_cast<u32>(c.block_m), block_n = static_cast<u32>(c.block_n);
   const u32 stages = static_cast<u32>(c.num_stages);
-  const bool bf16_out = c.out_dtype == static_cast<long long>(OutType::kBF16);
   const bool scaled = c.has_scale_a != 0 || c.has_scale_b != 0;
   SmemLayout s{};
   s.d = 0;
-  s.a = bf16_out ? tile::align_up(block_m * block_n * 2, 1024) : 0;
+  s.a = smem_d_bytes(c);
   s.b = s.a + stages * tile::smem_a_stage_bytes(block_m);
   s.partials = s.b + stages * tile::smem_b_stage_bytes(block_n);
   s.scales = s.partials + (splits_k(c) ? block_m * block_n * 4 : 0);
@@ -130,14 +135,16 @@ struct TmaBoxes {
   u32 a_rows;          // A: block_m, or every row of A (rounded up to 8) when they fit in one block
   u32 b_rows;          // B: the tile's columns
   u32 d_rows;          // D: one math warpgroup's rows
-  u32 d_main_cols;     // D: columns of the 64-column atoms (0: the tile has none)
+  u32 d_main_cols;     // D: columns of one 128-byte atom (0: the tile has none)
   u32 d_tail_cols;     // D: columns of one tail atom (0: none)
   u32 d_tail_swizzle;  // D: swizzle of the tail atoms, bytes
 };
+DGPT_HOST_DEVICE constexpr u32 out_bytes(const KernelConfig& c) {
+  return c.out_dtype == static_cast<long long>(OutType::kF32) ? 4u : 2u;
+}
 DGPT_HOST_DEVICE constexpr TmaBoxes tma_boxes(const KernelConfig& c) {
-  // An f32 output leaves straight from registers: no D boxes.
-  const bool tma_out = c.out_dtype == static_cast<long long>(OutType::kBF16);
-  const u32 tile_cols = static_cast<u32>(c.block_n), tail = tma_out ? tile::d_tail_cols(tile_cols) : 0u;
+  const u32 tile_cols = static_cast<u32>(c.block_n), bytes = out_bytes(c);
+  const u32 tail = tile::d_tail_cols(tile_cols, bytes), tail_swizzle = tail > 0 ? tile::swizzle_d_bytes(tail, bytes) : 0u;
   // NOTES: when all of A's rows fit in one block (small M, or a small Mmax), load only those rows: the TMA
   // unit spends time on zero-filled out-of-bounds rows too (M = 1 ran 1.4x slower than M = 64 on the same
   // tiles, benchmarks/KERNEL_LOG.md v2); the kernel zeroes the rows it no longer loads once.
@@ -146,9 +153,9 @@ DGPT_HOST_DEVICE constexpr TmaBoxes tma_boxes(const KernelConfig& c) {
                   static_cast<u32>(c.block_m < all_rows ? c.block_m : all_rows),
                   tile_cols,
                   tile::kWgmmaM,
-                  tma_out && tile::d_main_cols(tile_cols) > 0 ? tile::kDAtomCols : 0u,
-                  tail > 0 ? tile::swizzle_d_bytes(tail) / 2 : 0u,
-                  tail > 0 ? tile::swizzle_d_bytes(tail) : 0u};
+                  tile::d_main_cols(tile_cols, bytes) > 0 ? tile::d_atom_cols(bytes) : 0u,
+                  tail_swizzle / bytes,
+                  tail_swizzle};
 }
 
 // --- validity ------------------------------------------------------------------------------------------

@@ -67,11 +67,21 @@ __device__ __forceinline__ void tma_store_3d(const TmaDescriptor* desc, const vo
                : "memory");
 }
 
+// Like tma_store_3d, but adds the box to what global memory holds (the element type is the map's; f32 here).
+__device__ __forceinline__ void tma_reduce_add_3d(const TmaDescriptor* desc, const void* smem_src, i32 c0, i32 c1,
+                                                  i32 c2) {
+  asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];"
+               ::"l"(reinterpret_cast<u64>(desc)), "r"(smem_addr(smem_src)), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+
 __device__ __forceinline__ void tma_store_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 
-// Waits until committed stores no longer read their shared-memory source.
+// Waits until at most kPending of this thread's committed store groups (the newest) still read their
+// shared-memory source.
+template <u32 kPending = 0>
 __device__ __forceinline__ void tma_store_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(kPending) : "memory");
 }
 
 // Waits until committed stores are complete.
@@ -197,14 +207,14 @@ __device__ __forceinline__ float load_global_nc(const float* ptr) {
 }
 
 // Two consecutive fp32 outputs (8-byte aligned): a plain store, or an atomic add into what is there.
+__device__ __forceinline__ void store_shared_v2(void* ptr, float x, float y) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(smem_addr(ptr)), "f"(x), "f"(y) : "memory");
+}
 __device__ __forceinline__ void store_global_v2(float* ptr, float x, float y) {
   asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(ptr), "f"(x), "f"(y) : "memory");
 }
 __device__ __forceinline__ void store_global_b32(void* ptr, u32 x) {
   asm volatile("st.global.b32 [%0], %1;" ::"l"(ptr), "r"(x) : "memory");
-}
-__device__ __forceinline__ void reduce_add_global_v2(float* ptr, float x, float y) {
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(ptr), "f"(x), "f"(y) : "memory");
 }
 
 }  // namespace dgpt::ptx

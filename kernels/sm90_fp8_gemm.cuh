@@ -7,7 +7,8 @@
 //     ring of shared-memory stages guarded by full/empty mbarriers;
 //   - one or two math warpgroups issue wgmma over each 128-wide K block, then add the block's
 //     result into fp32 registers ("promotion": the tensor core's FP8 accumulator is narrower than
-//     fp32), scale it, and write bf16 through stmatrix + TMA store, or fp32 straight from registers.
+//     fp32), scale it, and write it through shared memory and TMA stores (bf16 via stmatrix; fp32 an
+//     atom at a time, added into D by a TMA reduction when accumulating).
 // K splitting (kKSplit) is the one variant of the main loop: none; over a cluster (num_k_splits CTAs
 // share a tile, one K slice each, and rank 0 adds the slices); or inside the CTA (k_interleave: a
 // second math warpgroup takes every other K block of the same 64 rows, and warpgroup 0 adds the two).
@@ -64,14 +65,17 @@ struct Sm90Fp8Gemm {
   static constexpr SmemLayout kSmem = smem_layout(kConfig);
   static constexpr u32 kSmemA = tile::smem_a_stage_bytes(kBlockM);
   static constexpr u32 kSmemB = tile::smem_b_stage_bytes(kBlockN);
-  // The D tile in shared memory: 64-column atoms (128B swizzle), then the tail's narrower atoms.
-  static constexpr u32 kMainCols = tile::d_main_cols(kBlockN);
-  static constexpr u32 kTailCols = tile::d_tail_cols(kBlockN);
-  static constexpr u32 kNumMainAtoms = kMainCols / tile::kDAtomCols;
-  static constexpr u32 kTailSwizzle = tile::swizzle_d_bytes(kTailCols);  // bytes per row of a tail atom
-  static constexpr u32 kTailAtomCols = kTailSwizzle / 2;
+  // D leaves through shared memory in atoms: 128-byte ones (128B swizzle), then the tail's narrower ones.
+  // bf16: the whole tile is staged (stmatrix); f32: one atom at a time through a small ring (store_f32).
+  static constexpr u32 kOutBytes = kF32Out ? 4 : 2;
+  static constexpr u32 kAtomCols = tile::d_atom_cols(kOutBytes);
+  static constexpr u32 kMainCols = tile::d_main_cols(kBlockN, kOutBytes);
+  static constexpr u32 kTailCols = tile::d_tail_cols(kBlockN, kOutBytes);
+  static constexpr u32 kNumMainAtoms = kMainCols / kAtomCols;
+  static constexpr u32 kTailSwizzle = tile::swizzle_d_bytes(kTailCols, kOutBytes);  // bytes per row of a tail atom
+  static constexpr u32 kTailAtomCols = kTailSwizzle / kOutBytes;
   static constexpr u32 kNumTailAtoms = kTailCols / kTailAtomCols;
-  static constexpr u32 kSmemDMain = kBlockM * kMainCols * 2;
+  static constexpr u32 kSmemDMain = kBlockM * kMainCols * 2;  // bf16
   // Each atom (and each warpgroup's 64 rows of it) must start on its swizzle's period for TMA.
   static_assert(kSmemDMain % 1024 == 0 && (tile::kWgmmaM * kTailSwizzle) % (8 * kTailSwizzle) == 0,
                 "D atoms must start on their swizzle period");
@@ -169,8 +173,8 @@ struct Sm90Fp8Gemm {
   __device__ static void init_barriers(const GemmParams& params, const Smem& smem) {
     ptx::tma_prefetch_descriptor(&params.tma_a);
     ptx::tma_prefetch_descriptor(&params.tma_b);
-    if constexpr (!kF32Out && kMainCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d);
-    if constexpr (!kF32Out && kTailCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d_tail);
+    if constexpr (kMainCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d);
+    if constexpr (kTailCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d_tail);
     for (u32 s = 0; s < kNumStages; ++s) {
       ptx::mbarrier_init(&smem.full[s], 1);
       ptx::mbarrier_init(&smem.empty[s], kNumReaderWarps);  // one arrival per math warp that reads it
@@ -255,6 +259,7 @@ struct Sm90Fp8Gemm {
     sched::Tile tile;
     u32 iter = 0;        // stages of the ring this CTA has consumed (both warpgroups count all of them)
     u32 handshakes = 0;  // cluster K-split reductions done (the phase of the split barriers)
+    u32 staged = 0;      // f32 atoms this warpgroup has staged (the position in its staging ring)
     // k_interleave: the partial-sum buffer starts free.
     if constexpr (kKSplit == KSplit::kWarpgroups) {
       if (warpgroup == 0) ptx::named_barrier_arrive(kPartialsFreeBarrier, 2 * 128);
@@ -266,7 +271,7 @@ struct Sm90Fp8Gemm {
       for (u32 i = 0; i < kNumAccum; ++i) result[i] = 0.0f;
       if (tile.compute) accumulate_tile(smem, tile, warpgroup, thread, iter, accum, result);
       if (!combine_partials(smem, tile, warpgroup, thread, handshakes, result)) continue;
-      store_tile(params, smem, tile, warpgroup, warp, lane, scales, result);
+      store_tile(params, smem, tile, warpgroup, warp, lane, scales, staged, result);
     }
     finish_partials(warpgroup);
     if (thread == 0) ptx::tma_store_wait_all();
@@ -432,13 +437,18 @@ struct Sm90Fp8Gemm {
     ptx::named_barrier_arrive(kPartialsFreeBarrier, 2 * 128);
   }
 
-  // Byte offset of (row, col) of a region of D atoms kSwizzle bytes wide (kBlockM rows each), with the
-  // TMA swizzle: the 16-byte chunk index XOR the row's position in the 8-row pattern.
+  // The TMA swizzle of a byte offset inside an atom kSwizzle bytes wide (rows of kSwizzle bytes, starting
+  // on the swizzle period): the 16-byte chunk index XOR the row's position in the pattern.
+  template <u32 kSwizzle>
+  __device__ static u32 swizzled(u32 offset) {
+    return offset ^ (((offset >> 7) & (kSwizzle / 16 - 1)) << 4);
+  }
+
+  // Byte offset of bf16 (row, col) of a region of D atoms kSwizzle bytes wide (kBlockM rows each).
   template <u32 kSwizzle>
   __device__ static u32 d_atom_offset(u32 row, u32 col) {
     constexpr u32 kCols = kSwizzle / 2;
-    const u32 offset = row * kSwizzle + (col % kCols) * 2;
-    return (col / kCols) * (kBlockM * kSwizzle) + (offset ^ (((offset >> 7) & (kSwizzle / 16 - 1)) << 4));
+    return (col / kCols) * (kBlockM * kSwizzle) + swizzled<kSwizzle>(row * kSwizzle + (col % kCols) * 2);
   }
 
   // Eight fp32 results of one 16-column chunk, as bf16 pairs into four 8x8 stmatrix tiles.
@@ -482,21 +492,20 @@ struct Sm90Fp8Gemm {
     }
   }
 
-  // Whether the tile's rows go out without TMA, row by row: an f32 output, or a ragged group's last tile
-  // when the next group's rows follow inside it (a TMA box would overwrite them).
+  // Whether the tile's rows go out without TMA, row by row: a ragged group's last tile when the next
+  // group's rows follow inside it (a TMA box would overwrite them).
   __device__ static bool stores_rows(const GemmParams& params, const sched::Tile& tile) {
-    if constexpr (kF32Out) {
-      return true;
-    } else if constexpr (kLayout == Layout::kRagged) {
+    if constexpr (kLayout == Layout::kRagged) {
       return tile.row + kBlockM > tile.row_end && tile.row_end < params.shape_m;
     } else {
       return false;
     }
   }
 
-  // Epilogue: mask, scale, then bf16 through stmatrix and TMA stores, or row by row from registers.
+  // Epilogue: scale, mask, then through shared memory and TMA (bf16: stmatrix; f32: an atom at a time),
+  // or row by row from registers.
   __device__ static void store_tile(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
-                                    u32 warpgroup, u32 warp, u32 lane, const TileScales& scales,
+                                    u32 warpgroup, u32 warp, u32 lane, const TileScales& scales, u32& staged,
                                     float (&result)[kNumAccum]) {
     constexpr bool kScaled = kScaleA || kScaleB;
     const u32 thread = warp * 32 + lane;
@@ -507,7 +516,8 @@ struct Sm90Fp8Gemm {
       if (kScaleB && thread < kBlockN) shared[tile::kWgmmaM + thread] = scales.b0;
       if (kScaleB && thread + 128 < kBlockN) shared[tile::kWgmmaM + thread + 128] = scales.b1;
     }
-    // The previous tile's stores must have finished reading this warpgroup's part of the D tile.
+    // The previous tile's stores must have finished reading this warpgroup's part of the D tile (f32: each
+    // atom waits for its own buffer).
     if (!kF32Out && thread == 0) ptx::tma_store_wait_read();
     if constexpr (!kF32Out || kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
     // NOTES: rows with nothing computed (padding, past a ragged total, an empty k_grouped group) stay exact
@@ -516,11 +526,17 @@ struct Sm90Fp8Gemm {
       if (tile.compute) apply_scales(smem, warpgroup, warp, lane, result);
     }
     if constexpr (kLayout == Layout::kContiguous) mask_other_experts(params, tile, warpgroup, warp, lane, result);
-    if (by_rows) {
-      store_rows(params, tile, warpgroup, warp, lane, result);
-      // The next tile's scales must not overwrite these before every thread has read them.
-      if constexpr (kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
-    } else if constexpr (!kF32Out) {
+    if constexpr (kLayout == Layout::kRagged) {
+      if (by_rows) {
+        store_rows(params, tile, warpgroup, warp, lane, result);
+        // The next tile's scales must not overwrite these before every thread has read them.
+        if constexpr (kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
+        return;
+      }
+    }
+    if constexpr (kF32Out) {
+      store_f32(params, smem, tile, warpgroup, warp, lane, staged, result);
+    } else {
       store_bf16(params, smem, tile, warpgroup, warp, lane, result);
     }
   }
@@ -539,13 +555,12 @@ struct Sm90Fp8Gemm {
     }
   }
 
-  // Row by row: each thread's pairs of adjacent columns go straight to global memory for the tile's rows
-  // only (fp32: a warp's stores cover whole 32-byte sectors), added to what is there when accumulating.
-  // N % 8 == 0 keeps a pair inside the row.
+  // Row by row (a ragged group's last tile): each thread's pairs of adjacent columns go straight to global
+  // memory for the tile's rows only (fp32: a warp's stores cover whole 32-byte sectors). N % 8 == 0 keeps a
+  // pair inside the row. The ragged layout never accumulates.
   __device__ static void store_rows(const GemmParams& params, const sched::Tile& tile, u32 warpgroup, u32 warp,
                                     u32 lane, const float (&result)[kNumAccum]) {
-    // With nothing computed, an accumulating output already holds its value (c).
-    if (kAccumulate && !tile.compute) return;
+    static_assert(!kAccumulate, "row-by-row stores only write");
     const u32 r0 = tile.row + warpgroup * tile::kWgmmaM + warp * 16 + lane / 4;
     const u32 c0 = tile.n_block * kBlockN + lane % 4 * 2;
     const u64 group_offset = tile.group_a * params.d_group_stride;
@@ -561,11 +576,68 @@ struct Sm90Fp8Gemm {
         const float x = result[j * 4 + half * 2], y = result[j * 4 + half * 2 + 1];
         if constexpr (!kF32Out) {
           ptx::store_global_b32(static_cast<u16*>(params.d_direct) + at, ptx::pack_bf16x2(x, y));
-        } else if constexpr (kAccumulate) {
-          ptx::reduce_add_global_v2(static_cast<float*>(params.d_direct) + at, x, y);
         } else {
           ptx::store_global_v2(static_cast<float*>(params.d_direct) + at, x, y);
         }
+      }
+    }
+  }
+
+  // f32 output: each atom of the warpgroup's 64 rows goes into the next buffer of its staging ring, then
+  // out with one TMA store, or one TMA reduce-add when accumulating (the L2 adds it to what D holds). The
+  // stores run on while the warpgroup stages the next atoms and starts the next tile; a buffer is written
+  // again only once the store that read it last has finished reading (kF32StagingBuffers - 1 may be
+  // pending).
+  __device__ static void store_f32(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
+                                   u32 warpgroup, u32 warp, u32 lane, u32& staged, const float (&result)[kNumAccum]) {
+    // With nothing computed, an accumulating output already holds its value (c).
+    if (kAccumulate && !tile.compute) return;
+    constexpr u32 kBuffers = tile::kF32StagingBuffers, kBufferBytes = tile::kF32StagingBufferBytes;
+    const u32 thread = warp * 32 + lane;
+    u8* ring = smem.d + warpgroup * kBuffers * kBufferBytes;
+    const i32 n_tile = static_cast<i32>(tile.n_block * kBlockN);
+    const i32 m_rows = static_cast<i32>(tile.row + warpgroup * tile::kWgmmaM);
+#pragma unroll
+    for (u32 atom = 0; atom < kNumMainAtoms + kNumTailAtoms; ++atom, ++staged) {
+      const bool main = atom < kNumMainAtoms;
+      const u32 first_col = main ? atom * kAtomCols : kMainCols + (atom - kNumMainAtoms) * kTailAtomCols;
+      u8* buffer = ring + (staged % kBuffers) * kBufferBytes;
+      if (thread == 0) ptx::tma_store_wait_read<kBuffers - 1>();
+      ptx::named_barrier_sync(1 + warpgroup, 128);
+      if (main) {
+        stage_f32_atom<kAtomCols, 128>(buffer, first_col, warp, lane, result);
+      } else {
+        stage_f32_atom<kTailAtomCols, kTailSwizzle>(buffer, first_col, warp, lane, result);
+      }
+      ptx::fence_proxy_async_shared();
+      ptx::named_barrier_sync(1 + warpgroup, 128);
+      if (thread == 0) {
+        const TmaDescriptor* map = main ? &params.tma_d : &params.tma_d_tail;
+        const i32 col = n_tile + static_cast<i32>(first_col);
+        if constexpr (kAccumulate) {
+          ptx::tma_reduce_add_3d(map, buffer, col, m_rows, static_cast<i32>(tile.group_a));
+        } else {
+          ptx::tma_store_3d(map, buffer, col, m_rows, static_cast<i32>(tile.group_a));
+        }
+        ptx::tma_store_commit();
+      }
+    }
+  }
+
+  // The kCols columns from first_col of this thread's results, into one f32 atom (64 rows of kSwizzle
+  // bytes). Each thread holds column pairs (see apply_scales): one 8-byte store per pair and row; a warp's
+  // store covers 8 rows x 32 bytes, which the swizzle spreads over every bank.
+  template <u32 kCols, u32 kSwizzle>
+  __device__ static void stage_f32_atom(u8* buffer, u32 first_col, u32 warp, u32 lane,
+                                        const float (&result)[kNumAccum]) {
+#pragma unroll
+    for (u32 j = 0; j < kCols / 8; ++j) {
+      const u32 chunk = first_col / 8 + j;  // the 8-column group: accumulators 4 * chunk .. 4 * chunk + 3
+#pragma unroll
+      for (u32 half = 0; half < 2; ++half) {
+        const u32 row = warp * 16 + lane / 4 + half * 8;
+        const u32 offset = swizzled<kSwizzle>(row * kSwizzle + (j * 8 + lane % 4 * 2) * 4);
+        ptx::store_shared_v2(buffer + offset, result[chunk * 4 + half * 2], result[chunk * 4 + half * 2 + 1]);
       }
     }
   }
@@ -600,7 +672,7 @@ struct Sm90Fp8Gemm {
 #pragma unroll
         for (u32 atom = 0; atom < kNumMainAtoms; ++atom) {
           ptx::tma_store_3d(&params.tma_d, smem.d + atom * (kBlockM * 128) + row_base * 128,
-                            n_tile + static_cast<i32>(atom * tile::kDAtomCols), m_rows,
+                            n_tile + static_cast<i32>(atom * kAtomCols), m_rows,
                             static_cast<i32>(tile.group_a));
         }
       }

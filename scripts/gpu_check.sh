@@ -9,7 +9,8 @@
 # usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [ncu] [sass]
 #        [example] ...        (default: build smoke tests)
 #   compat needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
-#   PYTEST_ARGS="-k masked" and TEST_PATHS (default tests) narrow the test run; TEST_TIMEOUT (s) limits it; BENCH_ARGS goes to the benchmark
+#   PYTEST_ARGS="-k masked" and TEST_PATHS (default tests) narrow the test run; TEST_TIMEOUT (s) limits it;
+#   SANITIZE_CASES (scripts/sanitize_case.py's case names) narrows the sanitizers; BENCH_ARGS goes to the benchmark
 #   (e.g. "--quick") and BENCH_TIMEOUT (s) limits it; NCU_SHAPES/NCU_ARGS/NCU_KERNEL choose the ncu case; DGPT_GIT_SHA (and DGPT_GIT_DIRTY=0/1)
 #   name the commit when the copy on the GPU machine has no .git.
 set -uo pipefail
@@ -98,10 +99,11 @@ for what in "$@"; do
       logs=()
       # memcheck and synccheck over every case in one process; racecheck one case per process, so that
       # each report names its case (every configuration's entry point is called dgpt_kernel).
-      runs="memcheck:all synccheck:all"
-      for case in $(python3 -c "import sys; sys.path.insert(0, 'scripts'); import sanitize_case as s; print(*s.CASES)"); do
-        runs="$runs racecheck:$case"
-      done
+      # SANITIZE_CASES="training_ops ragged" narrows all three tools to those cases.
+      cases=${SANITIZE_CASES:-$(python3 -c "import sys; sys.path.insert(0, 'scripts'); import sanitize_case as s; print(*s.CASES)")}
+      if [ -n "${SANITIZE_CASES:-}" ]; then runs=""; for case in $cases; do runs="$runs memcheck:$case synccheck:$case"; done
+      else runs="memcheck:all synccheck:all"; fi
+      for case in $cases; do runs="$runs racecheck:$case"; done
       for run in $runs; do
         tool=${run%%:*} case=${run#*:}
         log="sanitize_${tool}_${case}.log"

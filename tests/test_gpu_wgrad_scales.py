@@ -186,12 +186,14 @@ def test_k_grouped_same_program_for_new_sizes_and_bitwise_reruns():
     m, n, t = 256, 512, 1536
     a, b = generate_fp8((m, t), key=60), generate_fp8((n, t), key=61)
     f = jax.jit(jax_dgpt.k_grouped_wgrad_gemm)
-    for sizes in ([512, 512, 512], [0, 1536, 0], [100, 200, 1236]):
-        out = f(a, b, jnp.asarray(sizes, jnp.int32))
-        again = f(a, b, jnp.asarray(sizes, jnp.int32))
+    draws = ([512, 512, 512], [0, 1536, 0], [100, 200, 1236])
+    outs = [(f(a, b, jnp.asarray(s, jnp.int32)), f(a, b, jnp.asarray(s, jnp.int32))) for s in draws]
+    # NOTES: every call before the first float64 reference: a reference's enable_x64 context leaves the
+    # thread's x64 setting explicitly set, a different jit cache key from "never set" (seen 2026-12-01).
+    assert f._cache_size() == 1
+    for sizes, (out, again) in zip(draws, outs):
         np.testing.assert_array_equal(np.asarray(out), np.asarray(again))
         assert diff(out, reference_k_grouped_wgrad_f64(a, b, sizes), f"k_grouped {sizes}") <= F32_BOUND
-    assert f._cache_size() == 1
 
 
 @pytest.mark.parametrize("out_dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])

@@ -97,8 +97,9 @@ def test_invalid_configs_name_the_rule(changes, rule):
 
 
 def test_shared_memory_follows_the_output_and_scales():
-    # float32 output: no D tile (it leaves from registers); scales: 64 + block_n floats per math warpgroup.
-    stages = 4 * (128 * 128 + 208 * 128) + 4 * 2 * 8 + 1024
+    # float32 output: no D tile but a staging ring of two 64-row x 128-byte atoms per math warpgroup; scales:
+    # 64 + block_n floats per math warpgroup.
+    stages = 2 * 2 * 64 * 128 + 4 * (128 * 128 + 208 * 128) + 4 * 2 * 8 + 1024
     assert with_(out_dtype=1).launch_shape()["smem_bytes"] == stages
     assert with_(out_dtype=1, has_scale_b=1).launch_shape()["smem_bytes"] == stages + 2 * (64 + 208) * 4
     assert with_(layout="k_grouped", num_groups=3, out_dtype=1, accumulate=1).error() is None

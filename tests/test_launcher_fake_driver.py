@@ -186,8 +186,10 @@ def test_float32_output_scales_and_k_grouped_parameters(fake_driver_dir, tmp_pat
     """,
     )
     p = r["params"]
-    # No D tensor maps: the fp32 output leaves from registers, through d_direct.
-    assert r["encodes"] == 2 and p["maps"]["d"]["address"] == 0 and p["maps"]["d_tail"]["address"] == 0
+    # The fp32 D leaves through TMA in 32-column (128-byte) atoms: 128 columns need no tail map. d_direct
+    # stays set for the ragged layout's row-by-row tiles.
+    assert r["encodes"] == 3 and p["maps"]["d_tail"]["address"] == 0
+    assert p["maps"]["d"] == dict(address=0x30000, inner=256, rows=512, box_inner=32, box_rows=64, swizzle=3)
     assert (p["d_direct"], p["d_group_stride"]) == (0x30000, 512 * 256)
     # One A [M, T] and one B [N, T] for every group; the sizes are the grouped-layout array.
     assert p["maps"]["a"]["rows"] == 512 and p["maps"]["b"]["rows"] == 256 and p["grouped_layout"] == 0x70000
