@@ -114,7 +114,8 @@ def quantize(x: jax.Array, dtype: Any, axis: int | tuple[int, ...] | None) -> tu
       (fp8 ``q`` in x's layout, float32 ``scale`` with the reduced axes removed), ``x ~= q * scale``
       broadcast back over the reduced axes. An all-zero (or empty) group gets scale ``tiny`` and zeros.
     """
-    amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axis, keepdims=True, initial=0.0)
+    # NOTES: the amax in x's own dtype (abs and max are exact), so no float32 copy of x feeds the reduction.
+    amax = jnp.max(jnp.abs(x), axis=axis, keepdims=True, initial=0.0)
     scale = scale_from_amax(amax, dtype)
     reduced = tuple(range(x.ndim)) if axis is None else axis
     return _cast(x, scale, dtype), jnp.squeeze(scale, axis=reduced)
