@@ -514,11 +514,12 @@ struct Sm90Fp8Gemm {
     }
   }
 
-  // Whether the tile's rows go out without TMA, row by row: a ragged group's last tile when the next
-  // group's rows follow inside it (a TMA box would overwrite them).
-  __device__ static bool stores_rows(const GemmParams& params, const sched::Tile& tile) {
+  // Whether this warpgroup's 64 rows of the tile go out without TMA, row by row: in a ragged group's last
+  // tile, when the next group's rows follow inside them (its 64-row TMA box would overwrite those). A
+  // warpgroup whose rows all belong to the group still stores through TMA.
+  __device__ static bool stores_rows(const GemmParams& params, const sched::Tile& tile, u32 warpgroup) {
     if constexpr (kLayout == Layout::kRagged) {
-      return tile.row + kBlockM > tile.row_end && tile.row_end < params.shape_m;
+      return tile.row + (warpgroup + 1) * tile::kWgmmaM > tile.row_end && tile.row_end < params.shape_m;
     } else {
       return false;
     }
@@ -531,7 +532,7 @@ struct Sm90Fp8Gemm {
                                     float (&result)[kNumAccum]) {
     constexpr bool kScaled = kScaleA || kScaleB;
     const u32 thread = warp * 32 + lane;
-    const bool by_rows = stores_rows(params, tile);
+    const bool by_rows = stores_rows(params, tile, warpgroup);
     if constexpr (kScaled) {
       float* shared = smem.scales_of(warpgroup);
       if (kScaleA && thread < tile::kWgmmaM) shared[thread] = scales.a;
