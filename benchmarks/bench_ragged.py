@@ -44,8 +44,9 @@ RAGGED = (
     + list(MOE_LAYERS)
 )
 TINY = [(3, 60, 256, 256)]
-# 2 * G * rows * N * K: what jax.lax.ragged_dot computes on Hopper; beyond this a call takes > ~0.1 s.
-DENSE_FLOPS_LIMIT = 1e17
+# 2 * G * rows * N * K: what jax.lax.ragged_dot computes on Hopper. Beyond this a call takes > ~25 ms and
+# XLA's first call autotunes for up to a minute (seen on the H200, 256 groups of 32 rows).
+DENSE_FLOPS_LIMIT = 2e16
 
 f_ragged = jax.jit(jax_dgpt.grouped_gemm_ragged)
 f_contiguous = jax.jit(jax_dgpt.grouped_gemm_contiguous)
