@@ -6,9 +6,10 @@ dy_g^T . x_g`` over group g's rows (the k-grouped weight-gradient kernel on ``dy
 the group sizes read on the device: one compiled program, one CUDA graph for every routing).
 
 NOTES: as in :mod:`.matmul`, each backward GEMM quantizes with scales along its own free dimensions: dgrad
-gives each expert's ``w^T`` one scale per (expert, k); wgrad gives ``dy^T`` and ``x^T`` one scale per (expert,
-row), the amax over that expert's tokens only (a segment-wise amax), so a quiet expert is not quantized
-against a loud one's range.
+gives each expert's ``w^T`` one scale per (expert, k); wgrad gives ``dy^T`` and ``x^T`` one scale per row (per n,
+per k) over the tokens of all groups, a plain column reduction, or with ``recipe.segment_scales`` one per
+(expert, row) over that expert's tokens only (a segment-wise amax). Rows past the sizes' total never enter a
+scale: they may hold anything (NaN included) and their gradient is zero anyway.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def fp8_ragged_dot(x: jax.Array, w: jax.Array, group_sizes: jax.Array, *, recipe
     on operands quantized in each GEMM's own layout):
 
       ``dx[i] = Qg_rows(dy)[i] . Q(w_g^T)`` with one scale per (expert, k) of the transposed weights;
-      ``dw[g] = Qg_seg(dy)_g^T . Q_seg(x)_g`` (float32 from :func:`jax_dgpt.k_grouped_wgrad_gemm`, cast to w's
-      dtype), scales per (expert, n) and (expert, k) from the amax over expert g's rows only.
+      ``dw[g] = Qg_cols(dy)_g^T . Q_cols(x)_g`` (float32 from :func:`jax_dgpt.k_grouped_wgrad_gemm`, cast to
+      w's dtype), scales per n and per k from the amax over the rows of all groups (``recipe.segment_scales``:
+      per (expert, n) and (expert, k) from the amax over expert g's rows only).
 
     With per-tensor scaling the backward reuses the forward's fp8 copies (transposed) and quantizes dy once.
     An expert with no rows gets ``dw[g] = 0``; group_sizes gets a ``float0`` cotangent.
@@ -136,14 +138,14 @@ def _backward_operands(recipe: Fp8Recipe, residuals, dy):
         num_groups = w.shape[0]
         dy_rows = quantize(dy, grad, -1)  # per token
         wq, sw = quantize(w, E4M3, 1)  # per (expert, k): [G, K]
-        ids = segment_ids(group_sizes, x.shape[0])
-        if num_groups == 0:  # no group: nothing to scale, and no scale table to gather from
-            dy_seg = (jnp.zeros(dy.shape, grad), jnp.zeros((0, dy.shape[1]), jnp.float32))
-            x_seg = (jnp.zeros(x.shape, E4M3), jnp.zeros((0, x.shape[1]), jnp.float32))
-        else:
-            dy_seg = quantize_segments(dy, ids, num_groups, grad)  # [M, N], [G, N]
-            x_seg = quantize_segments(x, ids, num_groups, E4M3)  # [M, K], [G, K]
-        return dy_rows, (jnp.swapaxes(wq, 1, 2), sw), (dy_seg[0].T, dy_seg[1]), (x_seg[0].T, x_seg[1])
+        if recipe.segment_scales and num_groups:
+            ids = segment_ids(group_sizes, x.shape[0])
+            dy_cols = quantize_segments(dy, ids, num_groups, grad)  # [M, N], [G, N]
+            x_cols = quantize_segments(x, ids, num_groups, E4M3)  # [M, K], [G, K]
+        else:  # one scale per column over the groups' rows: [N], [K]
+            dy_cols = quantize(_inside(dy, group_sizes), grad, 0)
+            x_cols = quantize(_inside(x, group_sizes), E4M3, 0)
+        return dy_rows, (jnp.swapaxes(wq, 1, 2), sw), (dy_cols[0].T, dy_cols[1]), (x_cols[0].T, x_cols[1])
     xq, sx, wq, sw, group_sizes = residuals
     dyq, sdy = quantize(_inside(dy, group_sizes), grad, None)
     return (dyq, sdy), (jnp.swapaxes(wq, 1, 2), sw), (dyq.T, sdy), (xq.T, sx)

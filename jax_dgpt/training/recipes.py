@@ -52,6 +52,11 @@ class Fp8Recipe:
         for weights) or ``"tensor"`` (one scale per tensor; per expert for an ``[G, N, K]`` weight stack).
       grad_dtype: fp8 type of the output gradient dY in the backward GEMMs: float8_e5m2 (default: wider
         range, 3 significant bits) or float8_e4m3fn (4 significant bits, range 448 times the scale).
+      segment_scales: row-wise only, the MoE weight gradient (:func:`jax_dgpt.fp8_ragged_dot`): False
+        (default) gives ``dy^T`` and ``x^T`` one scale per row over all the tokens in the groups, one column
+        reduction; True gives one per (expert, row) from each expert's own tokens (a segment-wise amax: a
+        scatter-max on the device), which only helps an expert whose values are more than about 2^15 (e4m3)
+        or 2^30 (e5m2) below the loudest expert's, the normal range of the fp8 types.
 
     Activations and weights are always float8_e4m3fn. Every scale is current (computed from the tensor
     being quantized, in the same program); nothing is carried between steps.
@@ -59,6 +64,7 @@ class Fp8Recipe:
 
     scaling: str = "rowwise"
     grad_dtype: Any = E5M2
+    segment_scales: bool = False
 
     def __post_init__(self) -> None:
         if self.scaling not in _SCALINGS:
@@ -72,6 +78,10 @@ class Fp8Recipe:
                 f"jax_dgpt.Fp8Recipe: grad_dtype must be float8_e5m2 or float8_e4m3fn, got {self.grad_dtype!r}"
             )
         object.__setattr__(self, "grad_dtype", dtype)  # one hashable spelling of the dtype
+        if not isinstance(self.segment_scales, bool):
+            raise TypeError(f"jax_dgpt.Fp8Recipe: segment_scales must be a bool, got {self.segment_scales!r}")
+        if self.segment_scales and self.scaling != "rowwise":
+            raise ValueError("jax_dgpt.Fp8Recipe: segment_scales needs scaling='rowwise' (per-tensor scales are one)")
 
     @property
     def rowwise(self) -> bool:
