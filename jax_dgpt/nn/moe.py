@@ -163,6 +163,7 @@ def moe_train(
     recipe: Fp8Recipe = ROWWISE,
     use_fp8: bool = True,
     out_dtype: jnp.dtype | None = None,
+    ragged_dot=None,
 ) -> jax.Array:
     """Differentiable MoE forward on the ragged layout (functional form of a trainable :meth:`MoE.__call__`).
 
@@ -174,6 +175,8 @@ def moe_train(
         :func:`jax_dgpt.training.plain_ragged_dot` (``jax.lax.ragged_dot`` in x's dtype) instead of
         :func:`jax_dgpt.fp8_ragged_dot`: the high-precision twin.
       out_dtype: static dtype of the result (None: x's).
+      ragged_dot: optional ``(x [M, K], w [G, N, K], group_sizes [G]) -> [M, N]`` for both expert GEMMs instead
+        (another implementation to compare with, e.g. in a benchmark); recipe and use_fp8 are then unused.
 
     Returns ``[T, H]``. Gradients reach x, both expert weights (FP8 dgrad and wgrad GEMMs) and the router
     (through the renormalised top-k weights of the combine; the expert choice itself has no gradient).
@@ -182,7 +185,7 @@ def moe_train(
     num_experts = w_gate_up.shape[0]
     weights, expert_ids = route(x, router_kernel, router_bias, top_k)
     layout = ragged_layout(expert_ids, num_experts)
-    dot = functools.partial(fp8_ragged_dot, recipe=recipe) if use_fp8 else plain_ragged_dot
+    dot = ragged_dot or (functools.partial(fp8_ragged_dot, recipe=recipe) if use_fp8 else plain_ragged_dot)
     # Dispatch: the tokens sorted by expert (a gather; its gradient sums each token's k rows).
     gate_up = dot(x[layout.row_token], w_gate_up, layout.group_sizes)
     gate, up = jnp.split(gate_up.astype(jnp.float32), 2, axis=-1)
