@@ -279,9 +279,10 @@ def save_plot(result: dict, path: pathlib.Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    choices = {"recipe": ("rowwise", "tensor"), "grad_dtype": ("e5m2", "e4m3")}
     for field in dataclasses.fields(Config):
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=type(field.default), default=None)
+        parser.add_argument(flag, type=type(field.default), default=None, choices=choices.get(field.name))
     parser.add_argument("--tiny", action="store_true", help="the CPU configuration, also on a GPU")
     parser.add_argument("--no-reference", action="store_true", help="train the FP8 model only")
     parser.add_argument("--log-every", type=int, default=None)
