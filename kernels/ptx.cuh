@@ -67,13 +67,6 @@ __device__ __forceinline__ void tma_store_3d(const TmaDescriptor* desc, const vo
                : "memory");
 }
 
-// Brings one box of a tensor into L2 (no shared memory, no completion to wait for).
-__device__ __forceinline__ void tma_prefetch_l2_3d(const TmaDescriptor* desc, i32 c0, i32 c1, i32 c2) {
-  asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];"
-               ::"l"(reinterpret_cast<u64>(desc)), "r"(c0), "r"(c1), "r"(c2)
-               : "memory");
-}
-
 // Like tma_store_3d, but adds the box to what global memory holds (the element type is the map's; f32 here).
 __device__ __forceinline__ void tma_reduce_add_3d(const TmaDescriptor* desc, const void* smem_src, i32 c0, i32 c1,
                                                   i32 c2) {

@@ -232,7 +232,6 @@ struct Sm90Fp8Gemm {
       if (!tile.compute) continue;
       const i32 m = static_cast<i32>(tile.row);
       const i32 n = static_cast<i32>(tile.n_block * kBlockN);
-      if constexpr (kAccumulate) prefetch_output(params, tile, m, n);
       const KBlocks blocks = k_blocks(tile);
       for (u32 kb = blocks.first; kb < blocks.end; ++kb, ++iter) {
         const u32 stage = iter % kNumStages;
@@ -244,27 +243,6 @@ struct Sm90Fp8Gemm {
         const u32 group_b = kLayout == Layout::kKGrouped ? 0u : tile.group_b;
         ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, group_a);
         ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, group_b);
-      }
-    }
-  }
-
-  // Accumulating: the epilogue's TMA reduce-adds read D (c) in L2; bring the tile's part of it there while
-  // its main loop runs. NOTES: without it, every CTA's reductions of a wave missed L2 at once and waited on
-  // HBM reads of c, not overlapped with any main loop (benchmarks/KERNEL_LOG.md v9).
-  __device__ static void prefetch_output(const GemmParams& params, const sched::Tile& tile, i32 m, i32 n) {
-    // Split-K: only rank 0 stores.
-    if (kKSplit == KSplit::kCluster && ptx::cluster_ctarank() != 0) return;
-    const i32 group = static_cast<i32>(tile.group_a);
-#pragma unroll
-    for (u32 half = 0; half < kBlockM / tile::kWgmmaM; ++half) {
-      const i32 rows = m + static_cast<i32>(half * tile::kWgmmaM);
-#pragma unroll
-      for (u32 atom = 0; atom < kNumMainAtoms; ++atom) {
-        ptx::tma_prefetch_l2_3d(&params.tma_d, n + static_cast<i32>(atom * kAtomCols), rows, group);
-      }
-#pragma unroll
-      for (u32 atom = 0; atom < kNumTailAtoms; ++atom) {
-        ptx::tma_prefetch_l2_3d(&params.tma_d_tail, n + static_cast<i32>(kMainCols + atom * kTailAtomCols), rows, group);
       }
     }
   }

@@ -27,6 +27,13 @@ for what in "$@"; do
   esac
 done
 
+# Wheels the GPU image lacks (tokamax and its dependencies for the ragged table), carried as .whl
+# (../shared/tools/device-wheels.sh): installed beside the image's packages, for every step.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/dgpt_wheels .whl/*.whl \
+    && export PYTHONPATH=/tmp/dgpt_wheels${PYTHONPATH:+:$PYTHONPATH} && echo "carried wheels: $(ls .whl | tr '\n' ' ')"
+fi
+
 RUN=$(python3 -m benchmarks.rundir init "$OUT" --command "scripts/gpu_check.sh $*") || exit 1
 LOGS=/tmp/dgpt_logs/$(basename "$RUN")   # staging for finished logs, packed into $RUN/logs.tar.gz
 # NOTES: a fresh staging folder per call: a second call with another OUT (same run name) must not pack the
