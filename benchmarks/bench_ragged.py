@@ -44,9 +44,11 @@ RAGGED = (
     + list(MOE_LAYERS)
 )
 TINY = [(3, 60, 256, 256)]
-# 2 * G * rows * N * K: what jax.lax.ragged_dot computes on Hopper. Beyond this a call takes > ~25 ms and
-# XLA's first call autotunes for up to a minute (seen on the H200, 256 groups of 32 rows).
-DENSE_FLOPS_LIMIT = 2e16
+# 2 * G * rows * N * K: every row against every group's weights, the work of jax.lax.ragged_dot's dense
+# lowering on Hopper, which ran at 1.2-1.4 such TFLOPS on the H200 (run 2026-12-01_h200_8dd356b: 52 ms for
+# 256 groups of 32 rows, N = 7168, K = 2048). Beyond this a call takes > ~0.12 s (and its first call
+# autotunes for up to 40 s).
+DENSE_FLOPS_LIMIT = 1.5e14
 
 f_ragged = jax.jit(jax_dgpt.grouped_gemm_ragged)
 f_contiguous = jax.jit(jax_dgpt.grouped_gemm_contiguous)
