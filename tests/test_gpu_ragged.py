@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import jax_dgpt
+from jax_dgpt import testing
 from jax_dgpt.testing import (
     calc_diff,
     generate_fp8,
@@ -25,8 +26,7 @@ from jax_dgpt.testing import (
 
 pytestmark = pytest.mark.gpu
 
-BF16_BOUND = 3e-6
-F32_BOUND = 2e-8  # docs/numerical_contract.md: float32 outputs
+BF16_BOUND, F32_BOUND = testing.BF16_CALC_DIFF_BOUND, testing.F32_CALC_DIFF_BOUND
 
 SIZES = {
     "edge sizes": [0, 1, 127, 129, 256, 1000],
