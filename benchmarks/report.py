@@ -68,6 +68,10 @@ class Run:
         return calls[0].get("started", self.manifest.get("date", ""))
 
     def complete(self, layout: str) -> bool:
+        """Every shape of the table measured, on code still on main: a manifest's "superseded" ({table:
+        why}) names tables that measured a change since reverted; they stay in RESULTS.md's run list only."""
+        if layout in self.manifest.get("superseded", {}):
+            return False
         return set(TABLES[layout]) <= {r["shape"] for r in self.rows if r.get("layout") == layout}
 
 
