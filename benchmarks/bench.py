@@ -2,14 +2,15 @@
 
 Run from the repository root:
 
-    python -m benchmarks.bench [--only normal,decode,contiguous,masked,ragged,wgrad,k_grouped,scaled]
+    python -m benchmarks.bench [--only normal,decode,contiguous,masked,sweep,ragged,wgrad,k_grouped,scaled]
         [--quick | --tiny] [--out DIR]
         [--shapes MxNxK,...] [--match G=32] [--k-splits 2,4] [--k-interleave] [--block-m 64]
         [--block-n 128,160] [--stages 3,4]
 
     --only        tables to run, in this order (default: the four forward tables: 22 normal, 21 decode,
-                  6 contiguous, 6 masked shapes; 17 ragged shapes, benchmarks/bench_ragged.py; the training
-                  tables, benchmarks/bench_wgrad.py: 12 wgrad, 10 k_grouped, 22 scaled)
+                  6 contiguous, 6 masked shapes; the real-model sweep, benchmarks/bench_sweep.py (140
+                  shapes); 17 ragged shapes, benchmarks/bench_ragged.py; the training tables,
+                  benchmarks/bench_wgrad.py: 12 wgrad, 10 k_grouped, 22 scaled)
     --quick       every fourth shape of each table (16 shapes)
     --tiny        a few tiny shapes per layout, on any backend: without a Hopper GPU the ops run the CPU
                   reference and the times are wall-clock times of that (checks the bookkeeping, not the kernels)
@@ -47,7 +48,7 @@ import jaxlib
 import numpy as np
 
 import jax_dgpt
-from benchmarks import bench_ragged, bench_wgrad, tables
+from benchmarks import bench_ragged, bench_sweep, bench_wgrad, tables
 from benchmarks.profiling import make_timer
 from jax_dgpt import testing
 
@@ -148,28 +149,33 @@ def measure(timer, baselines: dict, variants: dict, make_op, diff_of, row: dict,
 
 
 # --- the layouts ----------------------------------------------------------------------------------
-def bench_normal(timer, shapes, rows, variants, layout="normal"):
+# The XLA baselines of a normal-layout row: (row key, speedup key, function, operands in bf16).
+XLA_BASELINES = {
+    "xla_us": ("speedup", lambda: f_xla, False),
+    "xla_highest_us": ("speedup_highest", lambda: f_xla_highest, False),
+    "xla_bf16_us": ("speedup_bf16", lambda: f_xla, True),
+}
+
+
+def bench_normal(timer, shapes, rows, variants, layout="normal", baselines=tuple(XLA_BASELINES), labels=None):
+    """``baselines``: which of XLA_BASELINES to time (each autotunes at its first call); ``labels``: {(N, K):
+    name} recorded as each row's "model"."""
     for m, n, k in shapes:
         started = time.perf_counter()
         a, b = testing.generate_fp8((m, k), 1, on_device=True), testing.generate_fp8((n, k), 2, on_device=True)
         a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
         row = dict(layout=layout, shape=f"{m}x{n}x{k}", setup_s=_ready_after(started, a, b, a16, b16))
-        baselines = {
-            "us": partial(f_gemm, a, b),
-            "xla_us": partial(f_xla, a, b),
-            "xla_highest_us": partial(f_xla_highest, a, b),
-            "xla_bf16_us": partial(f_xla, a16, b16),
-        }
+        if labels and (n, k) in labels:
+            row["model"] = labels[(n, k)]
+        timed = {"us": partial(f_gemm, a, b)}
+        for key in baselines:
+            _, fn, bf16 = XLA_BASELINES[key]
+            timed[key] = partial(fn(), a16, b16) if bf16 else partial(fn(), a, b)
         fresh = lambda a=a, b=b: partial(jax.jit(lambda x, y: jax_dgpt.gemm(x, y)), a, b)  # noqa: E731
-        measure(timer, baselines, variants, fresh, lambda out, a=a, b=b: testing.gemm_diff(out, a, b), row)
+        measure(timer, timed, variants, fresh, lambda out, a=a, b=b: testing.gemm_diff(out, a, b), row)
         t = row["us"]
-        row.update(
-            tflops=2 * m * n * k / t / 1e6,
-            gbps=(m * k + n * k + 2 * m * n) / t / 1e3,
-            speedup=row["xla_us"] / t,
-            speedup_highest=row["xla_highest_us"] / t,
-            speedup_bf16=row["xla_bf16_us"] / t,
-        )
+        row.update(tflops=2 * m * n * k / t / 1e6, gbps=(m * k + n * k + 2 * m * n) / t / 1e3)
+        row.update({XLA_BASELINES[key][0]: row[key] / t for key in baselines})
         rows.add(row, started)
 
 
@@ -299,6 +305,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def bench_sweep_label(shape, tiny: bool) -> str:
+    """What --match matches for a sweep shape: "MxNxK layer names"."""
+    m, n, k = shape
+    return f"{m}x{n}x{k} {bench_sweep.labels(tiny).get((n, k), '')}"
+
+
 def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -352,6 +364,12 @@ def main(argv=None) -> int:
         chosen = [s for s in pick(table) if args.match in grouped_label(*s[0])]
         bench_masked(timer, chosen, rows, variants, TINY["mmax"] if args.tiny else testing.MASKED_MMAX)
 
+    def sweep():
+        chosen = [s for s in pick(bench_sweep.shapes(args.tiny)) if args.match in bench_sweep_label(s, args.tiny)]
+        bench_normal(
+            timer, chosen, rows, variants, layout="sweep", baselines=("xla_us",), labels=bench_sweep.labels(args.tiny)
+        )
+
     def ragged():
         table = bench_ragged.TINY if args.tiny else bench_ragged.RAGGED
         chosen = [s for s in pick(table) if args.match in bench_ragged.label(*s)]
@@ -368,6 +386,7 @@ def main(argv=None) -> int:
             timer, [s for s in pick(size["contiguous"]) if args.match in grouped_label(*s)], rows, variants
         ),
         "masked": masked,
+        "sweep": sweep,
         "ragged": ragged,
         "wgrad": lambda: bench_wgrad.bench_wgrad(
             timer, pick(bench_wgrad.TINY["wgrad"] if args.tiny else bench_wgrad.WGRAD), rows, measure

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 
-LAYOUTS = ("normal", "decode", "contiguous", "masked", "ragged", "wgrad", "k_grouped", "scaled")
+LAYOUTS = ("normal", "decode", "contiguous", "masked", "sweep", "ragged", "wgrad", "k_grouped", "scaled")
 
 # layout: (column title, row key) pairs. Times in µs, throughput in TFLOPS and GB/s.
 COLUMNS = {
@@ -97,6 +97,16 @@ COLUMNS = {
     ],
 }
 COLUMNS["decode"] = COLUMNS["normal"]
+COLUMNS["sweep"] = [
+    ("M×N×K", "shape"),
+    ("layer", "model"),
+    ("jax_dgpt µs", "us"),
+    ("TFLOPS", "tflops"),
+    ("GB/s", "gbps"),
+    ("XLA fp8 default µs", "xla_us"),
+    ("×default", "speedup"),
+    ("calc_diff", "calc_diff"),
+]
 
 
 def _cell(value) -> str:
@@ -173,7 +183,7 @@ def markdown(rows: list[dict], layout: str) -> str:
 
 # One printed line of bench.py (print_row): layout, shape, µs, TFLOPS, GB/s, diff, then key=value pairs.
 _LINE = re.compile(
-    r"^(normal|decode|contiguous|masked|ragged|wgrad|k_grouped|scaled)\s+(.+?)\s+([\d.]+) us\s+([\d.]+) TFLOPS"
+    r"^(normal|decode|contiguous|masked|sweep|ragged|wgrad|k_grouped|scaled)\s+(.+?)\s+([\d.]+) us\s+([\d.]+) TFLOPS"
     r"\s+([\d.]+) GB/s diff=(\S+)(.*)$"
 )
 _PAIR = re.compile(r"(\w+)=(\[[^\]]*\]|\S+)")
