@@ -3,7 +3,8 @@
 - fp8_matmul and fp8_ragged_dot: forward and gradients against float64 products of the very fp8 operands and
   scales the op used (built by the op's own quantization code inside the same jitted program, so XLA computes
   them once: a GEMM's error is measured, not a one-ulp quantization difference between two programs); bounds
-  3e-6 (bf16 outputs) and 2e-8 (float32), docs/numerical_contract.md;
+  testing.BF16_CALC_DIFF_BOUND (bf16 outputs) and testing.F32_CALC_DIFF_BOUND (float32),
+  docs/numerical_contract.md;
 - one compiled gradient for every group_sizes, and the same under forced and disabled XLA command buffers
   (a fresh process per mode, `python tests/test_gpu_training.py --replay`);
 - the optimized HLO: a row-wise amax and its cast in one fusion (one pass over the tensor); the backward's
@@ -29,12 +30,19 @@ import numpy as np
 import pytest
 
 import jax_dgpt
-from jax_dgpt.testing import calc_diff, k_grouped_offsets, matmul_nt_f64, record_diff, to_f64
+from jax_dgpt.testing import (
+    BF16_CALC_DIFF_BOUND,
+    F32_CALC_DIFF_BOUND,
+    calc_diff,
+    k_grouped_offsets,
+    matmul_nt_f64,
+    record_diff,
+    to_f64,
+)
 from jax_dgpt.training import PER_TENSOR, ROWWISE, Fp8Recipe, matmul, quantize, ragged
 
 pytestmark = pytest.mark.gpu
 
-BF16_BOUND, F32_BOUND = 3e-6, 2e-8
 E4M3 = jnp.float8_e4m3fn
 RECIPES = {
     "rowwise": ROWWISE,
@@ -63,7 +71,7 @@ def dequantized(pair, axis=-1) -> np.ndarray:
 
 
 def check(got, want, dtype, context):
-    bound = BF16_BOUND if np.dtype(dtype) == np.dtype(jnp.bfloat16) else F32_BOUND
+    bound = BF16_CALC_DIFF_BOUND if np.dtype(dtype) == np.dtype(jnp.bfloat16) else F32_CALC_DIFF_BOUND
     got = to_f64(got)
     assert not np.isnan(got).any(), f"{context}: NaN"
     diff = record_diff(calc_diff(got, want), context)
