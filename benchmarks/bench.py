@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python -m benchmarks.bench [--only normal,decode,contiguous,masked,sweep,ragged,wgrad,k_grouped,scaled]
+    python -m benchmarks.bench [--only normal,decode,contiguous,masked,sweep,ragged,wgrad,k_grouped,scaled,training]
         [--quick | --tiny] [--out DIR]
         [--shapes MxNxK,...] [--match G=32] [--k-splits 2,4] [--k-interleave] [--block-m 64]
         [--block-n 128,160] [--stages 3,4]
@@ -10,7 +10,8 @@ Run from the repository root:
     --only        tables to run, in this order (default: the four forward tables: 22 normal, 21 decode,
                   6 contiguous, 6 masked shapes; the real-model sweep, benchmarks/bench_sweep.py (140
                   shapes); 17 ragged shapes, benchmarks/bench_ragged.py; the training tables,
-                  benchmarks/bench_wgrad.py: 12 wgrad, 10 k_grouped, 22 scaled)
+                  benchmarks/bench_wgrad.py: 12 wgrad, 10 k_grouped, 22 scaled; FP8 training,
+                  benchmarks/bench_training.py: 4 fp8_matmul steps, 3 MoE blocks' steps)
     --quick       every fourth shape of each table (16 shapes)
     --tiny        a few tiny shapes per layout, on any backend: without a Hopper GPU the ops run the CPU
                   reference and the times are wall-clock times of that (checks the bookkeeping, not the kernels)
@@ -48,7 +49,7 @@ import jaxlib
 import numpy as np
 
 import jax_dgpt
-from benchmarks import bench_ragged, bench_sweep, bench_wgrad, tables
+from benchmarks import bench_ragged, bench_sweep, bench_training, bench_wgrad, tables
 from benchmarks.profiling import make_timer
 from jax_dgpt import testing
 
@@ -346,9 +347,9 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     rows = Rows(os.path.join(args.out, "results.json"), meta)
     only = [name for name in args.only.split(",") if name]
-    unknown = sorted(set(only) - set(tables.LAYOUTS))
+    unknown = sorted(set(only) - set(tables.TABLES))
     if unknown:
-        print(f"benchmarks.bench: unknown table(s) {unknown}; tables: {', '.join(tables.LAYOUTS)}", file=sys.stderr)
+        print(f"benchmarks.bench: unknown table(s) {unknown}; tables: {', '.join(tables.TABLES)}", file=sys.stderr)
         return 2
     pick = (lambda xs: xs[::4]) if args.quick else (lambda xs: xs)
     size = TINY if args.tiny else dict(normal=NORMAL, decode=DECODE, contiguous=CONTIGUOUS, masked=MASKED)
@@ -394,6 +395,16 @@ def main(argv=None) -> int:
         "k_grouped": k_grouped,
         "scaled": lambda: bench_wgrad.bench_scaled(
             timer, pick(bench_wgrad.TINY["scaled"] if args.tiny else NORMAL), rows, measure
+        ),
+        "training": lambda: bench_training.bench_training(
+            timer,
+            [
+                s
+                for s in pick(bench_training.TINY if args.tiny else bench_training.SHAPES)
+                if args.match in bench_training.label(s)
+            ],
+            rows,
+            measure,
         ),
     }
     # In the order --only lists them: a run stopped by its time limit keeps the tables it reached first.

@@ -13,7 +13,21 @@ import math
 import re
 import sys
 
-LAYOUTS = ("normal", "decode", "contiguous", "masked", "sweep", "ragged", "wgrad", "k_grouped", "scaled")
+LAYOUTS = (
+    "normal",
+    "decode",
+    "contiguous",
+    "masked",
+    "sweep",
+    "ragged",
+    "wgrad",
+    "k_grouped",
+    "scaled",
+    "training",
+    "moe_training",
+)
+# --only names: a table whose rows carry several layouts ("training": "training" and "moe_training").
+TABLES = tuple(layout for layout in LAYOUTS if layout != "moe_training")
 
 # layout: (column title, row key) pairs. Times in µs, throughput in TFLOPS and GB/s.
 COLUMNS = {
@@ -97,6 +111,27 @@ COLUMNS = {
     ],
 }
 COLUMNS["decode"] = COLUMNS["normal"]
+COLUMNS["training"] = [
+    ("M×N×K", "shape"),
+    ("fp8 fwd+bwd µs", "us"),
+    ("TFLOPS", "tflops"),
+    ("XLA bf16 fwd+bwd µs", "xla_bf16_us"),
+    ("×bf16", "speedup"),
+    ("per-tensor µs", "per_tensor_us"),
+    ("3 GEMMs alone µs", "gemms_us"),
+    ("quantization µs", "quantization_us"),
+    ("calc_diff", "calc_diff"),
+]
+COLUMNS["moe_training"] = [
+    ("T, H, F, E, k", "shape"),
+    ("fp8 step µs", "us"),
+    ("TFLOPS", "tflops"),
+    ("ragged_dot bf16 µs", "ragged_bf16_us"),
+    ("×bf16", "speedup_bf16"),
+    ("tokamax bf16 µs", "tokamax_bf16_us"),
+    ("×tokamax", "vs_tokamax"),
+    ("calc_diff vs f32", "calc_diff"),
+]
 COLUMNS["sweep"] = [
     ("M×N×K", "shape"),
     ("layer", "model"),
@@ -183,8 +218,7 @@ def markdown(rows: list[dict], layout: str) -> str:
 
 # One printed line of bench.py (print_row): layout, shape, µs, TFLOPS, GB/s, diff, then key=value pairs.
 _LINE = re.compile(
-    r"^(normal|decode|contiguous|masked|sweep|ragged|wgrad|k_grouped|scaled)\s+(.+?)\s+([\d.]+) us\s+([\d.]+) TFLOPS"
-    r"\s+([\d.]+) GB/s diff=(\S+)(.*)$"
+    r"^(" + "|".join(LAYOUTS) + r")\s+(.+?)\s+([\d.]+) us\s+([\d.]+) TFLOPS\s+([\d.]+) GB/s diff=(\S+)(.*)$"
 )
 _PAIR = re.compile(r"(\w+)=(\[[^\]]*\]|\S+)")
 

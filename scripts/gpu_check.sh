@@ -10,7 +10,8 @@
 #        [example] ...        (default: build smoke tests)
 #   compat needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
 #   PYTEST_ARGS="-k masked" and TEST_PATHS (default tests) narrow the test run; TEST_TIMEOUT (s) limits it;
-#   SANITIZE_CASES (scripts/sanitize_case.py's case names) narrows the sanitizers; BENCH_ARGS goes to the benchmark
+#   SANITIZE_CASES (scripts/sanitize_case.py's case names) narrows the sanitizers; EXAMPLES and TRAIN_ARGS the
+#   example step; BENCH_ARGS goes to the benchmark
 #   (e.g. "--quick") and BENCH_TIMEOUT (s) limits it; NCU_SHAPES/NCU_ARGS/NCU_KERNEL choose the ncu case; DGPT_GIT_SHA (and DGPT_GIT_DIRTY=0/1)
 #   name the commit when the copy on the GPU machine has no .git.
 set -uo pipefail
@@ -172,12 +173,17 @@ for what in "$@"; do
       python3 scripts/sass_stats.py "$LOGS" 2>&1 | tee "$RUN/sass_stats.md"
       finish "${PIPESTATUS[0]}" "python3 scripts/sass_stats.py" sass_stats.md ;;
     example)
-      begin example "examples: demo.py, moe_layer.py"
-      { timeout 120 python3 examples/demo.py; } 2>&1 | tee "$RUN/demo.log"
-      rc=${PIPESTATUS[0]}
-      timeout 300 python3 examples/moe_layer.py 2>&1 | tee "$RUN/moe_layer.log" | tail -25
-      [ "${PIPESTATUS[0]}" = 0 ] || rc=1
-      finish $rc "python3 examples/demo.py; python3 examples/moe_layer.py" demo.log moe_layer.log ;;
+      # EXAMPLES (default "demo moe_layer train_moe") narrows it; TRAIN_ARGS go to train_moe.py (e.g.
+      # "--steps 100"), whose curves (train_moe.png, train_moe.json) land in the run directory.
+      begin example "examples: ${EXAMPLES:=demo moe_layer train_moe}"
+      rc=0 logs=()
+      for example in $EXAMPLES; do
+        args=(); [ "$example" = train_moe ] && args=(--out "$RUN/train_moe" ${TRAIN_ARGS:-})
+        timeout "${EXAMPLE_TIMEOUT:-420}" python3 "examples/$example.py" "${args[@]}" 2>&1 | tee "$RUN/$example.log" | tail -25
+        [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+        logs+=("$example.log")
+      done
+      finish $rc "python3 examples/{$(echo $EXAMPLES | tr ' ' ,)}.py" "${logs[@]}" ;;
   esac
 done
 echo; echo "run directory: $RUN ($(ls "$RUN" | tr '\n' ' '))"
