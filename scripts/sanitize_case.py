@@ -28,15 +28,19 @@ def plain() -> bool:
 
 
 def _k_parts(**fields) -> bool:
-    """M = 40 over a grid of 4 CTAs, each walking several of 17 tiles of 9 K blocks (partial buffers reused)."""
+    """M = 40 over a grid of 4 CTAs, each walking several of 17 tiles of 9 K blocks (partial buffers reused);
+    bf16 out, and float32 added into c (the storing CTA or warpgroup stages the f32 atoms alone)."""
     ap, bp = fp8((40, 1040), 9), fp8((272, 1040), 10)
+    c = jnp.ones((40, 272), jnp.float32)
     jax_dgpt.set_num_sms(4)
     try:
         with forcing.force(**fields):
             d = jax.jit(lambda x, y: jax_dgpt.gemm(x, y))(ap, bp)
+            w = jax.jit(jax_dgpt.wgrad_gemm)(ap, bp, c)
     finally:
         jax_dgpt.set_num_sms(jax.devices()[0].core_count)
-    return diff(d, np.asarray(ap, np.float64) @ np.asarray(bp, np.float64).T) <= 3e-6
+    product = np.asarray(ap, np.float64) @ np.asarray(bp, np.float64).T
+    return diff(d, product) <= 3e-6 and diff(w, product + 1.0) <= 1e-7
 
 
 def split_k() -> bool:

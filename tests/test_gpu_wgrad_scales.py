@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jax_dgpt
-from jax_dgpt import testing
+from jax_dgpt import forcing, testing
 from jax_dgpt.testing import (
     calc_diff,
     generate_contiguous_indices,
@@ -114,6 +114,28 @@ def test_wgrad_accumulates_into_donated_c_in_place(m, n, k):
     if n % 8 == 0:
         assert out.unsafe_buffer_pointer() == pointer, "the output is not c's buffer"
     assert diff(out, expected, f"wgrad += M={m} N={n} K={k}") <= F32_BOUND
+
+
+# The K-splitting variants with a float32 output: only the storing CTA (rank 0 of a split-K cluster) or
+# warpgroup (warpgroup 0 with k_interleave) stages and stores the f32 atoms. M = 40, one row block.
+K_PARTS = {"split-K 2 (automatic)": {}, "split-K 4": dict(num_k_splits=4), "k_interleave": dict(k_interleave=1)}
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["gemm f32", "wgrad into c"])
+@pytest.mark.parametrize("name", sorted(K_PARTS))
+def test_float32_outputs_of_the_k_splitting_variants(name, accumulate):
+    m, n, k = 40, 1040, 4096
+    a, b = generate_fp8((m, k), key=70), generate_fp8((n, k), key=71)
+    sa, sb = generate_scales((m,), 72), generate_scales((n,), 73)
+    c = jax.random.normal(jax.random.key(74), (m, n), jnp.float32)
+    with forcing.force(**K_PARTS[name]):
+        if accumulate:
+            out = jax.jit(lambda a, b, c: jax_dgpt.wgrad_gemm(a, b, c, scale_a=sa, scale_b=sb))(a, b, c)
+        else:
+            gemm = lambda a, b: jax_dgpt.gemm(a, b, scale_a=sa, scale_b=sb, out_dtype=jnp.float32)  # noqa: E731
+            out = run_into_poison(gemm, a, b, out_shape=(m, n), dtype=jnp.float32)
+    ref = reference_gemm_f64(a, b, scale_a=sa, scale_b=sb) + (to_f64(c) if accumulate else 0.0)
+    assert diff(out, ref, f"{name} f32 accumulate={accumulate}") <= F32_BOUND
 
 
 def test_wgrad_alias_and_scales():
