@@ -380,8 +380,9 @@ def readme_block(runs: list[Run], chart: str | None) -> str:
         sel = chosen["masked"][1]
         grouped.append(
             f"masked {_range([r['speedup'] for r in sel], '{:.1f}')}× faster than a batched fp8 einsum, "
-            f"{geomean([r['vs_seed'] for r in sel if r.get('vs_seed')]):.2f}× the reference library's H100 "
-            "times (geomean)"
+            f"{geomean([r['vs_seed'] for r in sel if r.get('vs_seed')]):.2f}× the reference library's "
+            + ("H200 times with the same masks" if any(r.get("seed_h200_us") for r in sel) else "H100 times")
+            + " (geomean)"
         )
     if grouped:
         lines += ["", "Grouped GEMMs: " + "; ".join(grouped) + "."]
