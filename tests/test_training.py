@@ -326,6 +326,10 @@ def test_fp8_matmul_empty_rows():
     x, w = jnp.zeros((0, 32), jnp.bfloat16), normal((16, 32), 17, dtype=jnp.bfloat16)
     y, dx, dw = matmul_and_grads(x, w, jnp.zeros((0, 16), jnp.bfloat16))
     assert y.shape == (0, 16) and dx.shape == (0, 32) and np.all(f64(dw) == 0.0)
+    # K = 0 (empty sums, as jax_dgpt.gemm gives): zeros, with leading dims (the flattening must not infer M).
+    x, w = jnp.ones((2, 3, 0), jnp.float32), jnp.ones((16, 0), jnp.float32)
+    y, dx, dw = matmul_and_grads(x, w, jnp.ones((2, 3, 16), jnp.float32))
+    assert y.shape == (2, 3, 16) and np.all(f64(y) == 0.0) and dx.shape == (2, 3, 0) and dw.shape == (16, 0)
 
 
 def test_fp8_matmul_forward_mode_is_not_defined():

@@ -14,6 +14,7 @@ reused as they are.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,8 @@ def fp8_matmul(x: jax.Array, w: jax.Array, *, recipe: Fp8Recipe = ROWWISE) -> ja
     are the exact gradients of ``Q(x) . Q(w)^T`` with respect to the quantized values, with ``dy`` quantized.
 
     Residuals kept for the backward: x and w as given (row-wise), or their fp8 copies and scales (per tensor).
-    Any M >= 0 works (M = 0 gives an empty result and a zero dw); K and N as :func:`jax_dgpt.gemm` pads them.
+    Any M >= 0 works (M = 0 gives an empty result and a zero dw, K = 0 zeros); K and N as :func:`jax_dgpt.gemm`
+    pads them.
 
     Raises:
       TypeError: x or w not bfloat16/float32 (fp8 operands go to :func:`jax_dgpt.gemm`), a recipe that is not
@@ -71,7 +73,8 @@ def fp8_matmul(x: jax.Array, w: jax.Array, *, recipe: Fp8Recipe = ROWWISE) -> ja
     n, k = check_rank(op, "w", w, "N, K")
     check_same(op, "K (last dimension)", ("x", x_shape[-1]), ("w", k))
     recipe = check_recipe(op, recipe)
-    y = _matmul_vjp(recipe, x_dtype, w_dtype)(x.reshape(-1, k), w)
+    # NOTES: M spelled out, not -1: a reshape of an empty x (K = 0) to (-1, 0) is undefined.
+    y = _matmul_vjp(recipe, x_dtype, w_dtype)(x.reshape(math.prod(x_shape[:-1]), k), w)
     return y.reshape(x_shape[:-1] + (n,))
 
 
