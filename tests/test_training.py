@@ -408,6 +408,20 @@ def test_fp8_ragged_dot_bf16_and_the_unquantized_gradient():
         assert err <= STE_TOLERANCE, f"{what}: normalised error {err:.3f} vs the unquantized gradient"
 
 
+def test_plain_ragged_dot_follows_the_same_group_rule():
+    """The high-precision twin groups rows as fp8_ragged_dot does (negative sizes count as 0, totals clamped)."""
+    m, k, n = 96, 32, 24
+    x, w = normal((m, k), 32), normal((5, n, k), 33, k**-0.5)
+    plain = jax.jit(jax_dgpt.training.plain_ragged_dot)
+    for name, sizes in SIZES.items():
+        groups, _ = ragged_rows(sizes, m)
+        want = np.zeros((m, n))
+        for e, (start, end) in enumerate(groups):
+            want[start:end] = f64(x)[start:end] @ f64(w)[e].T
+        got = f64(plain(x, w, jnp.asarray(sizes, jnp.int32)))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"plain_ragged_dot {name} {sizes}")
+
+
 def test_fp8_ragged_dot_one_program_for_every_group_sizes():
     m, k, n, g = 96, 72, 40, 5  # the shapes of test_fp8_ragged_dot_forward_and_gradients_match_float64
     x, w, dy = normal((m, k), 26), normal((g, n, k), 27, k**-0.5), normal((m, n), 28)

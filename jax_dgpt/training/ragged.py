@@ -78,9 +78,12 @@ def fp8_ragged_dot(x: jax.Array, w: jax.Array, group_sizes: jax.Array, *, recipe
 def plain_ragged_dot(x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
     """The same grouped product without FP8: ``jax.lax.ragged_dot`` in x's dtype (w ``[G, N, K]`` cast to it
     and viewed as ``[G, K, N]``), float32 accumulation, rounded to x's dtype; differentiable by JAX's rules. The
-    high-precision reference of :func:`fp8_ragged_dot` (the bf16 baseline of the training example)."""
+    high-precision reference of :func:`fp8_ragged_dot` (the bf16 baseline of the training example), with the
+    same group rule: negative sizes count as 0 and a running total past M is clamped to M."""
+    # NOTES: jax.lax.ragged_dot takes the raw cumulative sum (a negative size moves the next groups' rows).
+    starts, ends = ragged_bounds(group_sizes.astype(jnp.int32), x.shape[0])
     rhs = jnp.swapaxes(w.astype(x.dtype), 1, 2)
-    y = jax.lax.ragged_dot(x, rhs, group_sizes.astype(jnp.int32), preferred_element_type=jnp.float32)
+    y = jax.lax.ragged_dot(x, rhs, ends - starts, preferred_element_type=jnp.float32)
     return y.astype(x.dtype)
 
 
