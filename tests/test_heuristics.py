@@ -11,7 +11,7 @@ import pytest
 
 from jax_dgpt import config, forcing, heuristics, primitives
 from jax_dgpt.heuristics import Problem
-from jax_dgpt.kernel_config import TUNING_FIELDS, KernelConfig, limits
+from jax_dgpt.kernel_config import TUNING_FIELDS, KernelConfig, Operands, limits
 from jax_dgpt.testing import CONTIGUOUS_ANCHORS, MASKED_ANCHORS, MASKED_MMAX, NORMAL_ANCHORS, ODD_M
 
 NK_PAIRS = sorted({(n, k) for _, n, k in NORMAL_ANCHORS})
@@ -52,6 +52,12 @@ KNOWN = [
     (Problem("masked", 4096, 4096, 7168, 1, 1024), 132, (128, 128, 6, 132, 1)),
     (Problem("masked", 4096, 7168, 2048, 4, 256), 132, (128, 160, 5, 132, 1)),
     (Problem("masked", 4096, 4096, 7168, 8, 32), 132, (64, 128, 8, 132, 1)),
+    # N = 2112: 11 column tiles of 192 or of 208; the narrower computes no columns past N (KERNEL_LOG v10).
+    (
+        Problem("normal", 7168, 2112, 4096, 1, operands=Operands(out_dtype="float32", accumulate=True)),
+        132,
+        (128, 192, 4, 132, 1),
+    ),
 ]
 
 
