@@ -94,19 +94,19 @@ def load_tokamax():
     return tokamax
 
 
-def tokamax_ragged(tokamax, a16, b16t, group_sizes):
-    """tokamax.ragged_dot (bf16, Mosaic GPU) of the unpadded rows; its kernel needs M % 8 == 0, so zero rows
+def tokamax_dot(tokamax):
+    """tokamax.ragged_dot (Mosaic GPU) as ``(x [M, K], w [G, N, K], group_sizes) -> [M, N]`` in x's dtype: the
+    weights as jax_dgpt stores them, swapped to tokamax's [G, K, N]. Its kernel needs M % 8 == 0, so zero rows
     are appended (past the groups' total: not computed) and sliced off."""
-    m = a16.shape[0]
-    pad = -m % 8
 
-    @jax.jit
-    def run(x, y, sizes):
-        x = jnp.pad(x, ((0, pad), (0, 0)))
-        out = tokamax.ragged_dot(x, y, sizes, preferred_element_type=jnp.bfloat16, implementation="mosaic")
+    def dot(x, w, group_sizes):
+        m = x.shape[0]
+        padded = jnp.pad(x, ((0, -m % 8), (0, 0)))
+        rhs = jnp.swapaxes(w, 1, 2)
+        out = tokamax.ragged_dot(padded, rhs, group_sizes, preferred_element_type=x.dtype, implementation="mosaic")
         return out[:m]
 
-    return partial(run, a16, b16t, group_sizes)
+    return dot
 
 
 def bench_ragged(timer, shapes, rows, measure, variants=None):
@@ -141,7 +141,7 @@ def bench_ragged(timer, shapes, rows, measure, variants=None):
             row["tokamax_bf16_us"] = tokamax.replace(" ", "_")[:80]
         else:
             row["tokamax"] = tokamax.__version__
-            baselines["tokamax_bf16_us"] = tokamax_ragged(tokamax, a16, jnp.swapaxes(b16, 1, 2), group_sizes)
+            baselines["tokamax_bf16_us"] = partial(jax.jit(tokamax_dot(tokamax)), a16, b16, group_sizes)
 
         def diff_of(out, a=a, b=b, sizes=sizes):
             # Per group on the device: the ragged rows as a contiguous-layout index array without padding.

@@ -145,16 +145,6 @@ def _moe_step(params, x, ct, top_k, use_fp8=True, dot=None):
     return y, vjp(ct)
 
 
-def _tokamax_dot(tokamax):
-    """tokamax's bf16 ragged_dot (Mosaic GPU) as ``(x [M, K], w [G, N, K], sizes) -> [M, N]`` (M % 8 == 0)."""
-
-    def dot(x, w, group_sizes):
-        rhs = jnp.swapaxes(w, 1, 2)
-        return tokamax.ragged_dot(x, rhs, group_sizes, preferred_element_type=x.dtype, implementation="mosaic")
-
-    return dot
-
-
 def _bench_moe(timer, shape, rows, measure, tokamax):
     tokens, h, f, e, top_k = shape
     started = time.perf_counter()
@@ -178,11 +168,9 @@ def _bench_moe(timer, shape, rows, measure, tokamax):
         row["ragged_bf16_us"] = "n/a_(dense_work_over_DENSE_FLOPS_LIMIT)"
     if isinstance(tokamax, str):
         row["tokamax_bf16_us"] = tokamax.replace(" ", "_")[:80]
-    elif assignments % 8:
-        row["tokamax_bf16_us"] = "n/a_(rows_not_a_multiple_of_8)"
     else:
         row["tokamax"] = tokamax.__version__
-        step = partial(_moe_step, params, x, ct, top_k, dot=_tokamax_dot(tokamax))
+        step = partial(_moe_step, params, x, ct, top_k, dot=bench_ragged.tokamax_dot(tokamax))
         try:
             jax.block_until_ready(step())
             baselines["tokamax_bf16_us"] = step

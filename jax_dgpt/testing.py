@@ -442,3 +442,15 @@ def run_into_poison(fn, *args, out_shape, dtype=jnp.bfloat16):
     out = jitted(*args, poison)
     assert out.unsafe_buffer_pointer() == pointer, "XLA did not write the result into the poisoned buffer"
     return out
+
+
+def hlo_entry_instructions(hlo: str) -> list[tuple[str, str, str]]:
+    """(name, result type, rest) of each instruction of an optimized HLO module's entry computation
+    (``jitted.lower(...).compile().as_text()``), for tests of what XLA fused."""
+    entry = hlo[hlo.index("\nENTRY ") :].split("\n}")[0].splitlines()[1:]
+    parsed = []
+    for line in filter(lambda line: " = " in line, entry):
+        name, rest = line.strip().removeprefix("ROOT ").split(" = ", 1)
+        result, rest = rest.split(" ", 1) if not rest.startswith("(") else (rest[: rest.index(")") + 1], rest)
+        parsed.append((name, result, rest))
+    return parsed

@@ -34,6 +34,7 @@ from jax_dgpt.testing import (
     BF16_CALC_DIFF_BOUND,
     F32_CALC_DIFF_BOUND,
     calc_diff,
+    hlo_entry_instructions,
     k_grouped_offsets,
     matmul_nt_f64,
     record_diff,
@@ -213,15 +214,6 @@ def replay() -> int:
 
 
 # --- the optimized program: fusion of amax, cast and transposes ------------------------------------------
-def entry_instructions(hlo: str) -> list[tuple[str, str, str]]:
-    """(name, result type, rest) of each instruction of the optimized entry computation."""
-    entry = hlo[hlo.index("\nENTRY ") :].split("\n}")[0].splitlines()[1:]
-    parsed = []
-    for line in filter(lambda line: " = " in line, entry):
-        name, rest = line.strip().removeprefix("ROOT ").split(" = ", 1)
-        result, rest = rest.split(" ", 1) if not rest.startswith("(") else (rest[: rest.index(")") + 1], rest)
-        parsed.append((name, result, rest))
-    return parsed
 
 
 def readers(instructions, name: str) -> list[str]:
@@ -234,7 +226,7 @@ def test_rowwise_amax_and_cast_are_one_pass():
     fallback is a dedicated quantization kernel."""
     m, k = 8192, 7168
     hlo = jax.jit(lambda x: quantize(x, E4M3, -1)).lower(jnp.ones((m, k), jnp.bfloat16)).compile().as_text()
-    instructions = entry_instructions(hlo)
+    instructions = hlo_entry_instructions(hlo)
     (x_name,) = [name for name, _, rest in instructions if rest.startswith("parameter(0)")]
     assert len(readers(instructions, x_name)) == 1, f"x is read by {readers(instructions, x_name)}:\n{hlo}"
 
@@ -251,7 +243,7 @@ def test_backward_transposes_fuse_with_their_casts():
 
     args = (jnp.ones((m, k), jnp.bfloat16), jnp.ones((n, k), jnp.bfloat16), jnp.ones((m, n), jnp.bfloat16))
     hlo = jax.jit(step).lower(*args).compile().as_text()
-    instructions = entry_instructions(hlo)
+    instructions = hlo_entry_instructions(hlo)
     big = [(name, rest.split("(")[0]) for name, result, rest in instructions if re.search(r"\[\d{4},\d{4}\]", result)]
     standalone = [entry for entry in big if entry[1].strip() in ("transpose", "copy")]
     assert not standalone, f"unfused transposes or copies: {standalone}\n{hlo}"

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import jax_dgpt
-from jax_dgpt.testing import calc_diff, k_grouped_offsets, record_diff
+from jax_dgpt.testing import calc_diff, hlo_entry_instructions, k_grouped_offsets, record_diff
 from jax_dgpt.training import PER_TENSOR, ROWWISE, Fp8Recipe, quantize, quantize_segments
 
 BF16_BOUND = 3e-6
@@ -489,15 +489,6 @@ def test_fp8_ragged_dot_errors():
 
 
 # --- the quantization pass in the optimized program ------------------------------------------------------
-def entry_instructions(hlo: str) -> list[tuple[str, str, str]]:
-    """(name, result type, rest) of each instruction of the optimized program's entry computation."""
-    entry = hlo[hlo.index("\nENTRY ") :].split("\n}")[0].splitlines()[1:]
-    parsed = []
-    for line in filter(lambda line: " = " in line, entry):
-        name, rest = line.strip().removeprefix("ROOT ").split(" = ", 1)
-        result, rest = rest.split(" ", 1) if not rest.startswith("(") else (rest[: rest.index(")") + 1], rest)
-        parsed.append((name, result, rest))
-    return parsed
 
 
 @pytest.mark.parametrize("axis", [-1, 0, None])
@@ -508,7 +499,7 @@ def test_quantize_reads_its_input_in_two_fused_passes_on_the_cpu(axis):
     the GPU. For a bfloat16 x the CPU also widens x to float32 ahead of its reduction library: a CPU detail.)"""
     m, k = 256, 512
     hlo = jax.jit(lambda x: quantize(x, E4M3, axis)).lower(jnp.ones((m, k), jnp.float32)).compile().as_text()
-    instructions = entry_instructions(hlo)
+    instructions = hlo_entry_instructions(hlo)
     full_size = sorted(result for _, result, _ in instructions if f"[{m},{k}]" in result and "(" not in result)
     assert full_size == [f"f32[{m},{k}]{{1,0}}", f"f8e4m3fn[{m},{k}]{{1,0}}"], hlo
     (x_name,) = [name for name, _, rest in instructions if rest.startswith("parameter(0)")]
