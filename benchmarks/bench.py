@@ -42,6 +42,7 @@ import platform
 import random
 import sys
 import time
+import traceback
 from functools import partial
 
 import jax
@@ -415,15 +416,24 @@ def main(argv=None) -> int:
         ),
     }
     # In the order --only lists them: a run stopped by its time limit keeps the tables it reached first.
+    # A table that raises (the GPU out of memory) is reported and the next tables still run.
+    failed = []
     for name in only:
-        run_table[name]()
+        try:
+            run_table[name]()
+        except Exception:  # noqa: BLE001 - reported, and the run exits nonzero
+            traceback.print_exc()
+            print(f"table {name}: stopped by the error above; its finished rows are kept", flush=True)
+            failed.append(name)
     for layout in tables.LAYOUTS:
         table = tables.markdown(rows, layout)
         if table:
             print(f"\n{table}")
     print(f"\n{len(rows)} shapes in {time.perf_counter() - started:.0f} s; timing: {meta['timing']}")
     rows.save()
-    return 0
+    if failed:
+        print(f"tables stopped by an error: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

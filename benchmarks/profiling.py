@@ -59,16 +59,18 @@ class Timer:
 
     def _trace(self, fns: list[Callable[[], object]], calls: int):
         trace_dir = tempfile.mkdtemp(prefix="dgpt_trace_")
-        results = []
+        last = None
         jax.profiler.start_trace(trace_dir)
         try:
             for fn in fns:
                 for _ in range(calls):
                     self.buf = _flush(self.buf)
-                    results.append(fn())
-            # NOTES: the last result only: one stream runs every call in order, and a function that donates
-            # its output to its next call (an accumulating GEMM, bench_wgrad.py) leaves earlier results deleted.
-            jax.block_until_ready((self.buf, results[-1:]))
+                    # NOTES: only the last result is kept: one stream runs every call in order, so waiting
+                    # for it waits for all; holding every call's output ran the H200 out of memory (15 calls
+                    # x 5 functions of a 30000 x 28672 product, run 2026-12-01_h200_b06162c), and a function
+                    # that donates its output to its next call (bench_wgrad.py) leaves earlier ones deleted.
+                    last = fn()
+            jax.block_until_ready((self.buf, last))
         finally:
             jax.profiler.stop_trace()
         return _gpu_kernel_events(trace_dir)

@@ -94,7 +94,9 @@ for what in "$@"; do
       begin tests "gpu tests"
       # Several pytest workers (PYTEST_ARGS="-n 4", pytest-xdist) share the GPU: no preallocation.
       cmd="python3 -m pytest ${TEST_PATHS:-tests} -m gpu -q -rs --durations=12 ${PYTEST_ARGS:-}"
-      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TEST_TIMEOUT:-480}" $cmd 2>&1 | tee "$RUN/gpu_tests.log" | tail -40
+      # DGPT_REPORT_FAILURES_AT_ONCE (tests/conftest.py): a failure's traceback is logged when it happens,
+      # so a run stopped by TEST_TIMEOUT still says which test failed and why.
+      XLA_PYTHON_CLIENT_PREALLOCATE=false DGPT_REPORT_FAILURES_AT_ONCE=1 timeout "${TEST_TIMEOUT:-480}" $cmd 2>&1 | tee "$RUN/gpu_tests.log" | tail -40
       finish "${PIPESTATUS[0]}" "$cmd" gpu_tests.log ;;
     cputests)
       begin cputests "cpu tests (on the GPU machine: lowering, heuristics, compile checks)"

@@ -30,6 +30,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+# --- failures reported as they happen -------------------------------------------------------------
+def pytest_runtest_logreport(report) -> None:
+    """Print a failed test's name and traceback at once (under pytest-xdist, in the controller), not only in
+    the final summary: a GPU run stopped by its time limit never reaches the summary."""
+    if report.failed and os.environ.get("DGPT_REPORT_FAILURES_AT_ONCE") == "1":
+        print(f"\n--- FAILED {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n", flush=True)
+
+
 # --- the largest calc_diff of the run (values recorded by jax_dgpt.testing.record_diff) ------------
 def pytest_sessionfinish(session, exitstatus) -> None:
     # A pytest-xdist worker hands its values to the controller, which prints the summary.
