@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import jax_dgpt
 from benchmarks import bench_ragged
 from jax_dgpt import testing
-from jax_dgpt.training import PER_TENSOR, ROWWISE, matmul, plain_matmul, quantize
+from jax_dgpt.training import PER_TENSOR, ROWWISE, matmul, plain_matmul, quantize, ragged
 
 MATMUL = [("matmul", m, n, k) for m in (1024, 8192) for n, k in ((7168, 7168), (4096, 14336))]
 # (tokens, hidden, expert hidden, experts, top-k): the training example's block, DeepSeek-V3-like and Mixtral-like.
@@ -145,6 +145,30 @@ def _moe_step(params, x, ct, top_k, use_fp8=True, dot=None):
     return y, vjp(ct)
 
 
+def _expert_by_expert_dot(x, w, group_sizes):
+    """float32 ``ragged_dot`` (x [M, K], w [G, N, K]) one expert at a time: each expert's product over every
+    row, kept for its own rows. Dense work like jax.lax.ragged_dot's lowering, but the memory of one [M, N]
+    product: the float32 lowering of 64 experts of 32768 rows asked for 56 GiB (run 834694d)."""
+    ids = ragged.segment_ids(group_sizes, x.shape[0])
+
+    def add_expert(y, expert):
+        e, w_e = expert
+        product = jnp.dot(x, w_e.T, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+        return y + jnp.where((ids == e)[:, None], product, 0.0), None
+
+    init = jnp.zeros((x.shape[0], w.shape[1]), jnp.float32)
+    y, _ = jax.lax.scan(add_expert, init, (jnp.arange(w.shape[0]), w.astype(jnp.float32)))
+    return y
+
+
+@functools.partial(jax.jit, static_argnames="top_k")
+def _moe_forward_f32(params, x, top_k):
+    """The block's float32 forward (the calc_diff reference of the FP8 step's output)."""
+    from jax_dgpt.nn import moe_train
+
+    return moe_train(x, *params, top_k=top_k, ragged_dot=_expert_by_expert_dot)
+
+
 def _bench_moe(timer, shape, rows, measure, tokamax):
     tokens, h, f, e, top_k = shape
     started = time.perf_counter()
@@ -177,7 +201,7 @@ def _bench_moe(timer, shape, rows, measure, tokamax):
         except Exception as error:  # a kernel or autodiff rule tokamax lacks: recorded, not fatal
             row["tokamax_bf16_us"] = f"n/a ({type(error).__name__}: {error})".replace(" ", "_")[:80]
     params32 = tuple(p.astype(jnp.float32) for p in params)
-    reference = _moe_step(params32, x.astype(jnp.float32), ct.astype(jnp.float32), top_k, use_fp8=False)[0]
+    reference = _moe_forward_f32(params32, x.astype(jnp.float32), top_k)
 
     def diff_of(out, reference=reference):
         return testing.calc_diff(testing.to_f64(out[0]), testing.to_f64(reference))

@@ -12,6 +12,7 @@ imported by ``jax_dgpt`` itself.
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import jax
@@ -163,14 +164,20 @@ def to_f64(x) -> np.ndarray:
 
 
 # NOTES: float64 references of the large shapes take minutes in numpy; on a GPU, XLA's float64 matmul
-# (IEEE fp64, far more precise than the bf16 outputs it checks) takes milliseconds.
+# (IEEE fp64, far more precise than the bf16 outputs it checks) takes milliseconds. Small products stay
+# in numpy even there: every new shape is a new device program, and per-group references (a shape per
+# group) compiled for minutes (tests/test_gpu_training.py, run 834694d).
 F64_ON_DEVICE = bool(os.environ.get("DGPT_TEST_F64_ON_DEVICE", "")) or hopper_gpu_visible()
+F64_NUMPY_FLOPS = 2**31
 
 
 def matmul_nt_f64(x, y, absolute: bool = False) -> np.ndarray:
     """float64 ``x . y^T`` (x [..., M, K], y [..., N, K]; fp8 or float arrays), of ``|x|`` and ``|y|``
-    when ``absolute``; on the default device when ``F64_ON_DEVICE``, else in numpy."""
-    if F64_ON_DEVICE:
+    when ``absolute``; on the default device when ``F64_ON_DEVICE`` and the product is over
+    ``F64_NUMPY_FLOPS``, else in numpy."""
+    batch = np.broadcast_shapes(np.shape(x)[:-2], np.shape(y)[:-2])
+    flops = 2 * math.prod(batch) * np.shape(x)[-2] * np.shape(y)[-2] * np.shape(x)[-1]
+    if F64_ON_DEVICE and flops > F64_NUMPY_FLOPS:
         with jax.enable_x64(True):
             xd, yd = jnp.asarray(x).astype(jnp.float64), jnp.asarray(y).astype(jnp.float64)
             if absolute:

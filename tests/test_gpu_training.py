@@ -119,10 +119,14 @@ def ragged_with_operands(x, w, group_sizes, dy, recipe):
 
 def check_ragged(outputs, forward, backward, sizes, recipe, dtype, context):
     (y, dx, dw), (xq, wq), (dy_a, wt_b, dyt_a, xt_b) = outputs, forward, backward
+    dw_dtype = dw.dtype
+    # NOTES: sliced on the host: a device array sliced with new bounds compiles a program per slice (16 groups
+    # x 3 outputs x 3 calls ran past the 170 s test timeout on the H200, run 834694d).
+    y, dx, dw = to_f64(y), to_f64(dx), to_f64(dw)
     m, g = y.shape[0], dw.shape[0]
     starts, ends = k_grouped_offsets(sizes, m)
     total = int(ends[-1]) if len(ends) else 0
-    assert np.all(to_f64(y)[total:] == 0) and np.all(to_f64(dx)[total:] == 0), f"{context}: rows past the total"
+    assert np.all(y[total:] == 0) and np.all(dx[total:] == 0), f"{context}: rows past the total"
     x_d, dy_d = dequantized(xq), dequantized(dy_a)
     w_d = dequantized(wq) if recipe.rowwise else dequantized(wq, (1, 2))
     wt_d = dequantized(wt_b) if recipe.rowwise else dequantized(wt_b, (1, 2))
@@ -134,11 +138,11 @@ def check_ragged(outputs, forward, backward, sizes, recipe, dtype, context):
         dyt_d, xt_d = dequantized(dyt_a), dequantized(xt_b)
     for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
         if t <= s:
-            assert np.all(to_f64(dw[e]) == 0), f"{context}: empty group {e} has a gradient"
+            assert np.all(dw[e] == 0), f"{context}: empty group {e} has a gradient"
             continue
         check(y[s:t], matmul_nt_f64(x_d[s:t], w_d[e]), dtype, f"{context} y g={e}")
         check(dx[s:t], matmul_nt_f64(dy_d[s:t], wt_d[e]), dtype, f"{context} dx g={e}")
-        check(dw[e], matmul_nt_f64(dyt_d[:, s:t], xt_d[:, s:t]), dw.dtype, f"{context} dw g={e}")
+        check(dw[e], matmul_nt_f64(dyt_d[:, s:t], xt_d[:, s:t]), dw_dtype, f"{context} dw g={e}")
 
 
 SIZES = {
