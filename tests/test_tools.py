@@ -367,3 +367,36 @@ def test_sass_opcode_counts():
     """
     counts = sass_stats.count_opcodes(listing)
     assert counts == {"MOV": 1, "MEMBAR": 2, "SYNCS": 1, "QGMMA": 1}, counts
+
+
+def test_moe_training_reference_goes_expert_by_expert_with_the_ragged_rule():
+    """bench_training's float32 reference ragged_dot (one expert's product at a time) equals plain_ragged_dot,
+    negative sizes and totals past M included; rows past the total are zero."""
+    from benchmarks import bench_training
+    from jax_dgpt.training import plain_ragged_dot
+
+    x = jax.random.normal(jax.random.key(0), (50, 16), jnp.float32)
+    w = jax.random.normal(jax.random.key(1), (4, 8, 16), jnp.float32)
+    for sizes in ([10, 0, 25, 5], [10, -3, 25, 30], [0, 0, 0, 0], [7, 7, 7, 0]):
+        group_sizes = jnp.asarray(sizes, jnp.int32)
+        got = np.asarray(bench_training._expert_by_expert_dot(x, w, group_sizes))
+        want = np.asarray(plain_ragged_dot(x, w, group_sizes))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(sizes))
+        total = min(sum(max(s, 0) for s in sizes), x.shape[0])
+        assert np.all(got[total:] == 0), sizes
+
+
+def test_bench_table_that_raises_is_reported_and_the_next_tables_run(tmp_path, monkeypatch, capsys):
+    """A table stopped by an error (the GPU out of memory) does not stop the run: the later tables run, the
+    rows are saved and the exit status says a table failed."""
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory (simulated)")
+
+    monkeypatch.setenv("DG_NSYS_PROFILING", "1")
+    monkeypatch.setattr(bench.bench_ragged, "bench_ragged", out_of_memory)
+    assert bench.main(["--tiny", "--only", "ragged,wgrad", "--out", str(tmp_path)]) == 1
+    printed = capsys.readouterr().out
+    assert "table ragged: stopped by the error above" in printed and "tables stopped by an error: ragged" in printed
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert rows and {r["layout"] for r in rows} == {"wgrad"}
