@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +162,12 @@ def masked_valid_rows(masked_m, mmax: int) -> np.ndarray:
 def to_f64(x) -> np.ndarray:
     """Any array (fp8 e4m3 or e5m2, bfloat16, float32, ...) as a numpy float64 array (exact for these)."""
     return np.asarray(x).astype(np.float64)
+
+
+def normalised_error(got, want) -> float:
+    """``||got - want|| / ||want||`` in float64 (the error of quantized results against unquantized ones)."""
+    got, want = to_f64(got), to_f64(want)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
 # NOTES: float64 references of the large shapes take minutes in numpy; on a GPU, XLA's float64 matmul
@@ -461,3 +468,9 @@ def hlo_entry_instructions(hlo: str) -> list[tuple[str, str, str]]:
         result, rest = rest.split(" ", 1) if not rest.startswith("(") else (rest[: rest.index(")") + 1], rest)
         parsed.append((name, result, rest))
     return parsed
+
+
+def hlo_readers(instructions: list[tuple[str, str, str]], name: str) -> list[str]:
+    """The instructions (of :func:`hlo_entry_instructions`) that take ``name`` as an operand."""
+    operand = re.compile(rf"[(, ]{re.escape(name)}[,)]")
+    return [reader for reader, _, rest in instructions if operand.search(rest)]

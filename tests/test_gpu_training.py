@@ -35,6 +35,7 @@ from jax_dgpt.testing import (
     F32_CALC_DIFF_BOUND,
     calc_diff,
     hlo_entry_instructions,
+    hlo_readers,
     k_grouped_offsets,
     matmul_nt_f64,
     record_diff,
@@ -220,10 +221,6 @@ def replay() -> int:
 # --- the optimized program: fusion of amax, cast and transposes ------------------------------------------
 
 
-def readers(instructions, name: str) -> list[str]:
-    return [n for n, _, rest in instructions if re.search(rf"[(, ]{re.escape(name)}[,)]", rest)]
-
-
 def test_rowwise_amax_and_cast_are_one_pass():
     """The per-row quantization of a bf16 activation compiles to ONE fusion reading it (amax and cast in one
     pass; XLA's reduction-diamond fusion). If this fails, the row-wise recipe reads each activation twice; the
@@ -232,7 +229,7 @@ def test_rowwise_amax_and_cast_are_one_pass():
     hlo = jax.jit(lambda x: quantize(x, E4M3, -1)).lower(jnp.ones((m, k), jnp.bfloat16)).compile().as_text()
     instructions = hlo_entry_instructions(hlo)
     (x_name,) = [name for name, _, rest in instructions if rest.startswith("parameter(0)")]
-    assert len(readers(instructions, x_name)) == 1, f"x is read by {readers(instructions, x_name)}:\n{hlo}"
+    assert len(hlo_readers(instructions, x_name)) == 1, f"x is read by {hlo_readers(instructions, x_name)}:\n{hlo}"
 
 
 def test_backward_transposes_fuse_with_their_casts():
@@ -252,7 +249,7 @@ def test_backward_transposes_fuse_with_their_casts():
     standalone = [entry for entry in big if entry[1].strip() in ("transpose", "copy")]
     assert not standalone, f"unfused transposes or copies: {standalone}\n{hlo}"
     params = [name for name, _, rest in instructions if rest.startswith("parameter(")]
-    print({name: len(readers(instructions, name)) for name in params})
+    print({name: len(hlo_readers(instructions, name)) for name in params})
 
 
 # --- training at the example's size ----------------------------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jax_dgpt.testing import calc_diff
+from jax_dgpt.testing import calc_diff, normalised_error
 
 pytest.importorskip("flax")
 from flax import nnx  # noqa: E402
@@ -86,11 +86,6 @@ def reference_moe(x, w, top_k, capacity=None):
             act = gate / (1.0 + np.exp(-gate)) * up
             y[t] += weights[t, j] * (w["w_down"][e].astype(np.float64) @ act)
     return y, dropped
-
-
-def normalised_error(got, ref) -> float:
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
 def assert_moe_close(got, ref, context):

@@ -31,6 +31,7 @@ optax = pytest.importorskip("optax")
 from flax import nnx  # noqa: E402
 
 from jax_dgpt import nn as dgnn  # noqa: E402
+from jax_dgpt.testing import normalised_error, to_f64  # noqa: E402
 
 DENSE_TOLERANCE = 0.1
 MOE_TOLERANCE = 0.1
@@ -42,15 +43,6 @@ EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "train_moe.
 
 def normal(shape, key, dtype=jnp.float32):
     return jnp.asarray(np.random.default_rng(key).standard_normal(shape).astype(np.float32)).astype(dtype)
-
-
-def f64(x) -> np.ndarray:
-    return np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
-
-
-def normalised_error(got, want) -> float:
-    got, want = f64(got), f64(want)
-    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
 def params(model) -> dict:
@@ -74,13 +66,13 @@ def test_trainable_fp8_dense_is_fp8_matmul_plus_bias():
 
     want = jax.jit(jax.grad(functional, (0, 1, 2)))(layer.kernel[...], layer.bias[...], x)
     for got, expected in zip((grads["kernel"][...], grads["bias"][...], dx), want):
-        np.testing.assert_array_equal(f64(got), f64(expected))
+        np.testing.assert_array_equal(to_f64(got), to_f64(expected))
     assert grads["kernel"][...].dtype == jnp.float32 and dx.dtype == jnp.bfloat16
 
     twin = dgnn.Fp8Dense(96, 40, trainable=True, use_fp8=False, rngs=nnx.Rngs(0))
     twin.bias[...] = layer.bias[...]
     twin_grads, twin_dx = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(twin, x)
-    np.testing.assert_allclose(f64(twin_grads["bias"][...]), f64(grads["bias"][...]), rtol=0, atol=0)  # sum of ct
+    np.testing.assert_allclose(to_f64(twin_grads["bias"][...]), to_f64(grads["bias"][...]), rtol=0, atol=0)  # sum of ct
     for got, expected in ((grads["kernel"][...], twin_grads["kernel"][...]), (dx, twin_dx)):
         assert normalised_error(got, expected) <= DENSE_TOLERANCE
     y, y_twin = layer(x), twin(x)
@@ -94,7 +86,7 @@ def test_trainable_fp8_dense_recipes_and_bf16_parameters():
     )
     assert per_tensor.recipe == jax_dgpt.PER_TENSOR and per_tensor.kernel[...].dtype == jnp.bfloat16
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(per_tensor)
-    assert grads["kernel"][...].dtype == jnp.bfloat16 and np.all(np.isfinite(f64(grads["kernel"][...])))
+    assert grads["kernel"][...].dtype == jnp.bfloat16 and np.all(np.isfinite(to_f64(grads["kernel"][...])))
     assert dgnn.Fp8Dense(64, 16, trainable=True, rngs=nnx.Rngs(5)).recipe == jax_dgpt.ROWWISE
 
 
@@ -170,12 +162,12 @@ def test_trainable_moe_load_weights_bf16_and_empty_input():
     w_gate, w_up, w_down = normal((3, 16, 32), 12), normal((3, 16, 32), 13), normal((3, 32, 16), 14)
     layer.load_weights(w_gate=w_gate, w_up=w_up, w_down=w_down)
     assert layer.w_gate_up[...].dtype == jnp.bfloat16 and layer.w_gate_up[...].shape == (3, 32, 32)
-    np.testing.assert_array_equal(f64(layer.w_gate_up[...][:, :16]), f64(w_gate.astype(jnp.bfloat16)))
-    np.testing.assert_array_equal(f64(layer.w_down[...]), f64(w_down.astype(jnp.bfloat16)))
+    np.testing.assert_array_equal(to_f64(layer.w_gate_up[...][:, :16]), to_f64(w_gate.astype(jnp.bfloat16)))
+    np.testing.assert_array_equal(to_f64(layer.w_down[...]), to_f64(w_down.astype(jnp.bfloat16)))
     y = nnx.jit(lambda m, x: m(x))(layer, normal((2, 5, 32), 15, jnp.bfloat16))
     assert y.shape == (2, 5, 32) and y.dtype == jnp.bfloat16
     empty = nnx.jit(nnx.grad(lambda m: m(jnp.zeros((0, 32), jnp.bfloat16)).sum()))(layer)
-    assert all(np.all(f64(leaf) == 0) for leaf in jax.tree.leaves(empty))
+    assert all(np.all(to_f64(leaf) == 0) for leaf in jax.tree.leaves(empty))
 
 
 def test_nnx_optimizer_steps_reduce_the_loss():

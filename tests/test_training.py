@@ -7,10 +7,10 @@ independently with ``jax_dgpt.training.quantize`` on the explicitly transposed t
 GEMM operand), and ``quantize`` itself against the scale formula and the fp8 rounding bound. Bounds
 (calc_diff, docs/numerical_contract.md; the values measured on the CPU are in docs/training.md):
 
-- bfloat16 outputs (y, dx of bf16 x): ``BF16_BOUND`` = 3e-6, the contract's bf16 bound (one bf16 rounding);
+- bfloat16 outputs (y, dx of bf16 x): ``BF16_CALC_DIFF_BOUND`` = 3e-6, the contract's bf16 bound (one bf16 rounding);
 - float32 outputs (y, dx of f32 x; dw before its cast): ``F32_BOUND`` = 1e-10 (fp32 accumulation of exact
   fp8 products and two fp32 scale multiplications: 1.2e-15 at most measured);
-- bf16 dw (a float32 weight gradient rounded to bf16 once): ``BF16_BOUND``.
+- bf16 dw (a float32 weight gradient rounded to bf16 once): ``BF16_CALC_DIFF_BOUND``.
 
 Against the unquantized gradients themselves the error is the fp8 rounding of three operands (dy in e5m2:
 3 significant bits): normalised error <= ``STE_TOLERANCE``.
@@ -18,8 +18,8 @@ Against the unquantized gradients themselves the error is the fp8 rounding of th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -27,10 +27,18 @@ import numpy as np
 import pytest
 
 import jax_dgpt
-from jax_dgpt.testing import calc_diff, hlo_entry_instructions, k_grouped_offsets, record_diff
+from jax_dgpt.testing import (
+    BF16_CALC_DIFF_BOUND,
+    calc_diff,
+    hlo_entry_instructions,
+    hlo_readers,
+    k_grouped_offsets,
+    normalised_error,
+    record_diff,
+    to_f64,
+)
 from jax_dgpt.training import PER_TENSOR, ROWWISE, Fp8Recipe, quantize, quantize_segments
 
-BF16_BOUND = 3e-6
 F32_BOUND = 1e-10
 STE_TOLERANCE = 0.1  # normalised error of the FP8 gradients against the unquantized ones (measured 0.05-0.07)
 E4M3, E5M2 = jnp.float8_e4m3fn, jnp.float8_e5m2
@@ -52,14 +60,10 @@ def normal(shape, key, scale=1.0, dtype=jnp.float32, spread=False):
     return jnp.asarray(x.astype(np.float32)).astype(dtype)
 
 
-def f64(x) -> np.ndarray:
-    return np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
-
-
 def scaled(q, scale, axis=-1) -> np.ndarray:
     """float64 ``q * scale``, the scale broadcast over ``axis`` (the reduced one; None: a scalar)."""
-    s = f64(scale)
-    return f64(q) * (s if axis is None else np.expand_dims(s, axis))
+    s = to_f64(scale)
+    return to_f64(q) * (s if axis is None else np.expand_dims(s, axis))
 
 
 def operand(x, dtype, recipe):
@@ -135,9 +139,9 @@ def ragged_f64(x, w, group_sizes, dy, recipe):
         xq, wq, dyq, wtq = (scaled(q, s) for q, s in ops_[:4])
         seg = np.minimum(ids, num_groups - 1)
         if recipe.segment_scales:
-            dy_seg, x_seg = (f64(q) * f64(s)[seg] for q, s in ops_[4:])
+            dy_seg, x_seg = (to_f64(q) * to_f64(s)[seg] for q, s in ops_[4:])
         else:
-            dy_seg, x_seg = (f64(q) * f64(s)[None, :] for q, s in ops_[4:])
+            dy_seg, x_seg = (to_f64(q) * to_f64(s)[None, :] for q, s in ops_[4:])
     else:
         xq, dyq = scaled(*ops_[0], None), scaled(*ops_[2], None)
         wq, wtq = scaled(*ops_[1], (1, 2)), scaled(*ops_[3], (1, 2))
@@ -164,17 +168,12 @@ def ragged_and_grads(x, w, group_sizes, dy, recipe=ROWWISE):
 
 
 def bound_for(dtype) -> float:
-    return BF16_BOUND if np.dtype(dtype) == np.dtype(jnp.bfloat16) else F32_BOUND
+    return BF16_CALC_DIFF_BOUND if np.dtype(dtype) == np.dtype(jnp.bfloat16) else F32_BOUND
 
 
 def check_diff(got, want, dtype, context):
-    diff = record_diff(calc_diff(f64(got), want), context)
+    diff = record_diff(calc_diff(to_f64(got), want), context)
     assert diff <= bound_for(dtype), f"{context}: calc_diff {diff:.3g} > {bound_for(dtype):.0e}"
-
-
-def normalised_error(got, want) -> float:
-    got, want = f64(got), np.asarray(want, np.float64)
-    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
 # --- recipes and the quantizer --------------------------------------------------------------------------
@@ -186,22 +185,22 @@ def test_quantize_scales_and_rounding(axis, dtype):
     q, scale = jax.jit(quantize, static_argnums=(1, 2))(x, dtype, axis)
     fmax = float(jnp.finfo(dtype).max)
     tiny = float(np.finfo(np.float32).tiny)
-    amax = np.max(np.abs(f64(x)), axis=axis)
-    np.testing.assert_allclose(f64(scale), np.maximum(amax, fmax * tiny) / fmax, rtol=2**-23)
-    assert q.dtype == dtype and q.shape == x.shape and np.all(np.isfinite(f64(q)))
-    s = f64(scale) if axis is None else np.expand_dims(f64(scale), axis)
+    amax = np.max(np.abs(to_f64(x)), axis=axis)
+    np.testing.assert_allclose(to_f64(scale), np.maximum(amax, fmax * tiny) / fmax, rtol=2**-23)
+    assert q.dtype == dtype and q.shape == x.shape and np.all(np.isfinite(to_f64(q)))
+    s = to_f64(scale) if axis is None else np.expand_dims(to_f64(scale), axis)
     # Half an ulp: 2^-4 (e4m3) or 2^-3 (e5m2) relative, or half the smallest subnormal in absolute terms.
     ulp, subnormal = (2.0**-4, 2.0**-10) if dtype == E4M3 else (2.0**-3, 2.0**-17)
-    error = np.abs(f64(q) * s - f64(x))
-    assert np.all(error <= np.maximum(ulp * np.abs(f64(x)), subnormal * s) * (1 + 2**-20))
-    assert np.max(np.abs(f64(q))) == fmax  # the amax lands on fmax: the range is used
+    error = np.abs(to_f64(q) * s - to_f64(x))
+    assert np.all(error <= np.maximum(ulp * np.abs(to_f64(x)), subnormal * s) * (1 + 2**-20))
+    assert np.max(np.abs(to_f64(q))) == fmax  # the amax lands on fmax: the range is used
 
 
 def test_quantize_saturates_and_floors():
     x = jnp.asarray([[0.0, 1e-38, -1e-38], [0.0, 0.0, 0.0]], jnp.float32)
     q, scale = quantize(x, E4M3, -1)
-    assert np.all(f64(scale) >= np.finfo(np.float32).tiny) and np.all(np.isfinite(f64(q)))
-    assert np.all(f64(q)[1] == 0)
+    assert np.all(to_f64(scale) >= np.finfo(np.float32).tiny) and np.all(np.isfinite(to_f64(q)))
+    assert np.all(to_f64(q)[1] == 0)
     # A value above the scaled range (the scale of another tensor) saturates instead of becoming NaN.
     from jax_dgpt.training.recipes import _cast
 
@@ -215,10 +214,10 @@ def test_quantize_segments_per_group_and_rows_outside():
     assert q.shape == (10, 6) and scale.shape == (4, 6)
     per_slice = jax.jit(lambda x: [quantize(x[a:b], E5M2, 0) for a, b in ((0, 3), (3, 8), (8, 9))])(x)
     for (seg, rows), (want_q, want_s) in zip(((0, slice(0, 3)), (2, slice(3, 8)), (3, slice(8, 9))), per_slice):
-        np.testing.assert_array_equal(f64(scale[seg]), f64(want_s))
-        np.testing.assert_array_equal(f64(q[rows]), f64(want_q))
-    assert np.all(f64(scale[1]) == np.finfo(np.float32).tiny)  # an empty segment: the floor
-    assert np.all(f64(q[9]) == 0.0), "a row outside every segment quantizes to zeros, NaN included"
+        np.testing.assert_array_equal(to_f64(scale[seg]), to_f64(want_s))
+        np.testing.assert_array_equal(to_f64(q[rows]), to_f64(want_q))
+    assert np.all(to_f64(scale[1]) == np.finfo(np.float32).tiny)  # an empty segment: the floor
+    assert np.all(to_f64(q[9]) == 0.0), "a row outside every segment quantizes to zeros, NaN included"
 
 
 def test_recipe_validation_and_identity():
@@ -234,14 +233,8 @@ def test_recipe_validation_and_identity():
         Fp8Recipe(grad_dtype=jnp.bfloat16)
     with pytest.raises(TypeError, match="Fp8Recipe: grad_dtype"):
         Fp8Recipe(grad_dtype="not a dtype")
-    with pytest.raises(dataclasses_frozen_error()):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         ROWWISE.scaling = "tensor"
-
-
-def dataclasses_frozen_error():
-    import dataclasses
-
-    return dataclasses.FrozenInstanceError
 
 
 # --- fp8_matmul ----------------------------------------------------------------------------------------
@@ -261,7 +254,7 @@ def test_fp8_matmul_forward_and_gradients_match_float64(recipe_name, dtype):
     check_diff(dx, want_dx, dtype, f"{context} dx")
     check_diff(dw, want_dw, dtype, f"{context} dw")
     # The straight-through gradients track the unquantized ones to within the fp8 rounding.
-    for got, want, name in ((dx, f64(dy) @ f64(w), "dx"), (dw, f64(dy).T @ f64(x), "dw")):
+    for got, want, name in ((dx, to_f64(dy) @ to_f64(w), "dx"), (dw, to_f64(dy).T @ to_f64(x), "dw")):
         err = normalised_error(got, want)
         assert err <= STE_TOLERANCE, f"{context} {name}: normalised error {err:.3f} vs the unquantized gradient"
 
@@ -274,8 +267,8 @@ def test_fp8_matmul_leading_dims_and_mixed_dtypes():
     assert y.shape == (2, 3, 16, 40) and y.dtype == jnp.bfloat16
     assert dx.shape == x.shape and dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
     _, *flat = matmul_and_grads(x.reshape(-1, 64), w, dy.reshape(-1, 40))
-    np.testing.assert_array_equal(f64(dx).reshape(-1, 64), f64(flat[0]))
-    np.testing.assert_array_equal(f64(dw), f64(flat[1]))
+    np.testing.assert_array_equal(to_f64(dx).reshape(-1, 64), to_f64(flat[0]))
+    np.testing.assert_array_equal(to_f64(dw), to_f64(flat[1]))
 
 
 def linear_fd(fn, x, eps=0.5):
@@ -300,10 +293,10 @@ def test_straight_through_rule_by_finite_differences(recipe_name):
     axis = -1 if recipe.rowwise else None
     _, _, dy_for_dx, w_t, dy_t, x_t = (scaled(q, s, axis) for q, s in matmul_operands(x, w, dy, recipe))
     w_q, dy_for_dw, x_q = w_t.T, dy_t.T, x_t.T  # back to the forward's layouts
-    fd_dx = linear_fd(lambda xs: np.sum(dy_for_dx * (xs @ w_q.T)), f64(x))
-    fd_dw = linear_fd(lambda ws: np.sum(dy_for_dw * (x_q @ ws.T)), f64(w))
-    np.testing.assert_allclose(f64(dx), fd_dx, rtol=1e-5, atol=1e-6 * np.abs(fd_dx).max())
-    np.testing.assert_allclose(f64(dw), fd_dw, rtol=1e-5, atol=1e-6 * np.abs(fd_dw).max())
+    fd_dx = linear_fd(lambda xs: np.sum(dy_for_dx * (xs @ w_q.T)), to_f64(x))
+    fd_dw = linear_fd(lambda ws: np.sum(dy_for_dw * (x_q @ ws.T)), to_f64(w))
+    np.testing.assert_allclose(to_f64(dx), fd_dx, rtol=1e-5, atol=1e-6 * np.abs(fd_dx).max())
+    np.testing.assert_allclose(to_f64(dw), fd_dw, rtol=1e-5, atol=1e-6 * np.abs(fd_dw).max())
 
 
 def test_fp8_matmul_jit_vmap_checkpoint():
@@ -312,24 +305,24 @@ def test_fp8_matmul_jit_vmap_checkpoint():
     grads = jax.jit(jax.grad(loss, (0, 1)))
     want = grads(x, w)
     for got, expected in zip(jax.jit(jax.grad(jax.checkpoint(loss), (0, 1)))(x, w), want):
-        np.testing.assert_array_equal(f64(got), f64(expected), err_msg="jax.checkpoint")
+        np.testing.assert_array_equal(to_f64(got), to_f64(expected), err_msg="jax.checkpoint")
     # vmap over examples: each example has its own scales (x's per row anyway; dy^T's and x^T's per column over
     # the example's own rows), so the batched gradients are those of a loop over the examples.
     per_example = jax.jit(jax.vmap(jax.grad(loss, (0, 1)), in_axes=(0, None)))(x, w)
     for i in range(x.shape[0]):
         one = grads(x[i], w)
-        np.testing.assert_allclose(f64(per_example[0][i]), f64(one[0]), rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(f64(per_example[1][i]), f64(one[1]), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(to_f64(per_example[0][i]), to_f64(one[0]), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(to_f64(per_example[1][i]), to_f64(one[1]), rtol=1e-6, atol=1e-6)
 
 
 def test_fp8_matmul_empty_rows():
     x, w = jnp.zeros((0, 32), jnp.bfloat16), normal((16, 32), 17, dtype=jnp.bfloat16)
     y, dx, dw = matmul_and_grads(x, w, jnp.zeros((0, 16), jnp.bfloat16))
-    assert y.shape == (0, 16) and dx.shape == (0, 32) and np.all(f64(dw) == 0.0)
+    assert y.shape == (0, 16) and dx.shape == (0, 32) and np.all(to_f64(dw) == 0.0)
     # K = 0 (empty sums, as jax_dgpt.gemm gives): zeros, with leading dims (the flattening must not infer M).
     x, w = jnp.ones((2, 3, 0), jnp.float32), jnp.ones((16, 0), jnp.float32)
     y, dx, dw = matmul_and_grads(x, w, jnp.ones((2, 3, 16), jnp.float32))
-    assert y.shape == (2, 3, 16) and np.all(f64(y) == 0.0) and dx.shape == (2, 3, 0) and dw.shape == (16, 0)
+    assert y.shape == (2, 3, 16) and np.all(to_f64(y) == 0.0) and dx.shape == (2, 3, 0) and dw.shape == (16, 0)
 
 
 def test_fp8_matmul_forward_mode_is_not_defined():
@@ -378,7 +371,7 @@ def test_fp8_ragged_dot_forward_and_gradients_match_float64(name, recipe_name):
     y, dx, dw = ragged_and_grads(x, w, jnp.asarray(sizes, jnp.int32), dy, recipe=recipe)
     want_y, want_dx, want_dw = ragged_f64(x, w, sizes, dy, recipe)
     context = f"fp8_ragged_dot {recipe_name} {name}"
-    assert np.all(f64(y)[total:] == 0.0) and np.all(f64(dx)[total:] == 0.0), f"{context}: rows past the total"
+    assert np.all(to_f64(y)[total:] == 0.0) and np.all(to_f64(dx)[total:] == 0.0), f"{context}: rows past the total"
     check_diff(y[:total], want_y[:total], jnp.float32, f"{context} y")
     check_diff(dx[:total], want_dx[:total], jnp.float32, f"{context} dx")
     groups, _ = ragged_rows(sizes, m)
@@ -386,7 +379,7 @@ def test_fp8_ragged_dot_forward_and_gradients_match_float64(name, recipe_name):
         if end > start:
             check_diff(dw[e], want_dw[e], jnp.float32, f"{context} dw[{e}]")
         else:
-            assert np.all(f64(dw[e]) == 0.0), f"{context}: empty group {e} has a gradient"
+            assert np.all(to_f64(dw[e]) == 0.0), f"{context}: empty group {e} has a gradient"
 
 
 def test_fp8_ragged_dot_bf16_and_the_unquantized_gradient():
@@ -404,7 +397,7 @@ def test_fp8_ragged_dot_bf16_and_the_unquantized_gradient():
     unquantized = jax.jit(lambda *a: jax.vjp(jax_dgpt.training.plain_ragged_dot, *a)[1](dy.astype(jnp.float32)))
     plain = unquantized(x.astype(jnp.float32), w.astype(jnp.float32), group_sizes)
     for got, want, what in zip((dx, dw), plain, ("dx", "dw")):
-        err = normalised_error(got, f64(want))
+        err = normalised_error(got, to_f64(want))
         assert err <= STE_TOLERANCE, f"{what}: normalised error {err:.3f} vs the unquantized gradient"
 
 
@@ -417,8 +410,8 @@ def test_plain_ragged_dot_follows_the_same_group_rule():
         groups, _ = ragged_rows(sizes, m)
         want = np.zeros((m, n))
         for e, (start, end) in enumerate(groups):
-            want[start:end] = f64(x)[start:end] @ f64(w)[e].T
-        got = f64(plain(x, w, jnp.asarray(sizes, jnp.int32)))
+            want[start:end] = to_f64(x)[start:end] @ to_f64(w)[e].T
+        got = to_f64(plain(x, w, jnp.asarray(sizes, jnp.int32)))
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"plain_ragged_dot {name} {sizes}")
 
 
@@ -449,9 +442,9 @@ def test_fp8_ragged_dot_vmap_checkpoint_and_float0():
     for i in range(3):
         one = grads(x[i], w)
         for got, want in zip((batched[0][i], batched[1][i]), one):
-            np.testing.assert_allclose(f64(got), f64(want), rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(to_f64(got), to_f64(want), rtol=1e-6, atol=1e-6)
     for got, want in zip(jax.jit(jax.grad(jax.checkpoint(loss), (0, 1)))(x[0], w), grads(x[0], w)):
-        np.testing.assert_array_equal(f64(got), f64(want), err_msg="jax.checkpoint")
+        np.testing.assert_array_equal(to_f64(got), to_f64(want), err_msg="jax.checkpoint")
     cotangents = jax.eval_shape(
         lambda *a: jax.vjp(jax_dgpt.fp8_ragged_dot, *a)[1](jnp.ones((m, n))), x[0], w, group_sizes
     )
@@ -459,14 +452,14 @@ def test_fp8_ragged_dot_vmap_checkpoint_and_float0():
     # Any integer group_sizes (converted to int32).
     forward = jax.jit(jax_dgpt.fp8_ragged_dot)
     np.testing.assert_array_equal(
-        f64(forward(x[0], w, group_sizes.astype(jnp.int16))), f64(forward(x[0], w, group_sizes))
+        to_f64(forward(x[0], w, group_sizes.astype(jnp.int16))), to_f64(forward(x[0], w, group_sizes))
     )
 
 
 def test_fp8_ragged_dot_without_groups():
     x, w = normal((8, 16), 31), jnp.zeros((0, 4, 16))
     y, dx, dw = ragged_and_grads(x, w, jnp.zeros((0,), jnp.int32), jnp.ones((8, 4)))
-    assert np.all(f64(y) == 0) and np.all(f64(dx) == 0) and dw.shape == (0, 4, 16)
+    assert np.all(to_f64(y) == 0) and np.all(to_f64(dx) == 0) and dw.shape == (0, 4, 16)
 
 
 def test_fp8_ragged_dot_errors():
@@ -503,5 +496,5 @@ def test_quantize_reads_its_input_in_two_fused_passes_on_the_cpu(axis):
     full_size = sorted(result for _, result, _ in instructions if f"[{m},{k}]" in result and "(" not in result)
     assert full_size == [f"f32[{m},{k}]{{1,0}}", f"f8e4m3fn[{m},{k}]{{1,0}}"], hlo
     (x_name,) = [name for name, _, rest in instructions if rest.startswith("parameter(0)")]
-    readers = [name for name, _, rest in instructions if re.search(rf"[(, ]{re.escape(x_name)}[,)]", rest)]
+    readers = hlo_readers(instructions, x_name)
     assert len(readers) == 2 and all("fusion" in name for name in readers), hlo
