@@ -156,9 +156,9 @@ def measure(timer, baselines: dict, variants: dict, make_op, diff_of, row: dict,
 # --- the layouts ----------------------------------------------------------------------------------
 # The XLA baselines of a normal-layout row: (row key, speedup key, function, operands in bf16).
 XLA_BASELINES = {
-    "xla_us": ("speedup", lambda: f_xla, False),
-    "xla_highest_us": ("speedup_highest", lambda: f_xla_highest, False),
-    "xla_bf16_us": ("speedup_bf16", lambda: f_xla, True),
+    "xla_us": ("speedup", f_xla, False),
+    "xla_highest_us": ("speedup_highest", f_xla_highest, False),
+    "xla_bf16_us": ("speedup_bf16", f_xla, True),
 }
 
 
@@ -175,7 +175,7 @@ def bench_normal(timer, shapes, rows, variants, layout="normal", baselines=tuple
         timed = {"us": partial(f_gemm, a, b)}
         for key in baselines:
             _, fn, bf16 = XLA_BASELINES[key]
-            timed[key] = partial(fn(), a16, b16) if bf16 else partial(fn(), a, b)
+            timed[key] = partial(fn, a16, b16) if bf16 else partial(fn, a, b)
         fresh = lambda a=a, b=b: partial(jax.jit(lambda x, y: jax_dgpt.gemm(x, y)), a, b)  # noqa: E731
         measure(timer, timed, variants, fresh, lambda out, a=a, b=b: testing.gemm_diff(out, a, b), row)
         t = row["us"]

@@ -49,6 +49,7 @@ TINY = [(3, 60, 256, 256)]
 # 256 groups of 32 rows, N = 7168, K = 2048). Beyond this a call takes > ~0.12 s (and its first call
 # autotunes for up to 40 s).
 DENSE_FLOPS_LIMIT = 1.5e14
+DENSE_SKIPPED = "n/a_(dense_work_over_DENSE_FLOPS_LIMIT)"  # the row value of a baseline not timed for that
 
 f_ragged = jax.jit(jax_dgpt.grouped_gemm_ragged)
 f_contiguous = jax.jit(jax_dgpt.grouped_gemm_contiguous)
@@ -94,6 +95,21 @@ def load_tokamax():
     return tokamax
 
 
+def tokamax_for_this_backend():
+    """:func:`load_tokamax` on a GPU; elsewhere the reason it is not timed."""
+    return load_tokamax() if jax.default_backend() == "gpu" else "tokamax: not on a GPU"
+
+
+def record_tokamax(row: dict, tokamax) -> bool:
+    """Records in ``row`` the tokamax version, or the reason it is not timed (as the tokamax_bf16_us value);
+    True when it can be timed."""
+    if isinstance(tokamax, str):
+        row["tokamax_bf16_us"] = tokamax.replace(" ", "_")[:80]
+        return False
+    row["tokamax"] = tokamax.__version__
+    return True
+
+
 def tokamax_dot(tokamax):
     """tokamax.ragged_dot (Mosaic GPU) as ``(x [M, K], w [G, N, K], group_sizes) -> [M, N]`` in x's dtype: the
     weights as jax_dgpt stores them, swapped to tokamax's [G, K, N]. Its kernel needs M % 8 == 0, so zero rows
@@ -111,7 +127,7 @@ def tokamax_dot(tokamax):
 
 def bench_ragged(timer, shapes, rows, measure, variants=None):
     align = jax_dgpt.get_m_alignment_for_contiguous_layout()
-    tokamax = load_tokamax() if jax.default_backend() == "gpu" else "tokamax: not on a GPU"
+    tokamax = tokamax_for_this_backend()
     if isinstance(tokamax, str):
         print(tokamax, flush=True)
     for g, em, n, k in shapes:
@@ -136,11 +152,8 @@ def bench_ragged(timer, shapes, rows, measure, variants=None):
             baselines["ragged_fp8_us"] = partial(lax_ragged, a, b, group_sizes)
             baselines["ragged_bf16_us"] = partial(lax_ragged, a16, b16, group_sizes)
         else:
-            row["ragged_fp8_us"] = row["ragged_bf16_us"] = "n/a_(dense_work_over_DENSE_FLOPS_LIMIT)"
-        if isinstance(tokamax, str):
-            row["tokamax_bf16_us"] = tokamax.replace(" ", "_")[:80]
-        else:
-            row["tokamax"] = tokamax.__version__
+            row["ragged_fp8_us"] = row["ragged_bf16_us"] = DENSE_SKIPPED
+        if record_tokamax(row, tokamax):
             baselines["tokamax_bf16_us"] = partial(jax.jit(tokamax_dot(tokamax)), a16, b16, group_sizes)
 
         def diff_of(out, a=a, b=b, sizes=sizes):

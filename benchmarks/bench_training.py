@@ -13,7 +13,7 @@
   block's output against the float32 block's (the fp8 rounding of the operands, not a kernel check).
 
 TFLOPS count useful work: 3 GEMMs of 2·M·N·K for a matmul, 3 × 2 × rows × 3·F·H for an MoE step.
-``variants`` (forced kernel settings) are not applied here: each step runs several kernel configurations.
+Forced kernel settings (bench.py's variants) are not applied here: each step runs several kernel configurations.
 """
 
 from __future__ import annotations
@@ -43,15 +43,14 @@ def label(case) -> str:
     return "T={} H={} F={} E={} k={}".format(*case[1:])
 
 
-def bench_training(timer, shapes, rows, measure, variants=None):
-    del variants  # see the module docstring
+def bench_training(timer, shapes, rows, measure):
     tokamax = None
     for case in shapes:
         if case[0] == "matmul":
             _bench_matmul(timer, case[1:], rows, measure)
         else:
             if tokamax is None:
-                tokamax = bench_ragged.load_tokamax() if jax.default_backend() == "gpu" else "tokamax: not on a GPU"
+                tokamax = bench_ragged.tokamax_for_this_backend()
             _bench_moe(timer, case[1:], rows, measure, tokamax)
 
 
@@ -189,11 +188,8 @@ def _bench_moe(timer, shape, rows, measure, tokamax):
     if 2 * e * assignments * 3 * f * h * 3 <= bench_ragged.DENSE_FLOPS_LIMIT:
         baselines["ragged_bf16_us"] = partial(_moe_step, params, x, ct, top_k, use_fp8=False)
     else:
-        row["ragged_bf16_us"] = "n/a_(dense_work_over_DENSE_FLOPS_LIMIT)"
-    if isinstance(tokamax, str):
-        row["tokamax_bf16_us"] = tokamax.replace(" ", "_")[:80]
-    else:
-        row["tokamax"] = tokamax.__version__
+        row["ragged_bf16_us"] = bench_ragged.DENSE_SKIPPED
+    if bench_ragged.record_tokamax(row, tokamax):
         step = partial(_moe_step, params, x, ct, top_k, dot=bench_ragged.tokamax_dot(tokamax))
         try:
             jax.block_until_ready(step())

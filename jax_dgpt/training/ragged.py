@@ -23,7 +23,7 @@ import numpy as np
 from .. import ops
 from ..reference import ragged_bounds
 from ._checks import check_float, check_rank, check_recipe, check_same
-from .matmul import _gemm_out_dtype
+from .matmul import _gemm_out_dtype, _t
 from .recipes import E4M3, ROWWISE, Fp8Recipe, quantize, quantize_segments
 
 __all__ = ["fp8_ragged_dot", "plain_ragged_dot"]
@@ -148,7 +148,7 @@ def _backward_operands(recipe: Fp8Recipe, residuals, dy):
         else:  # one scale per column over the groups' rows: [N], [K]
             dy_cols = quantize(_inside(dy, group_sizes), grad, 0)
             x_cols = quantize(_inside(x, group_sizes), E4M3, 0)
-        return dy_rows, (jnp.swapaxes(wq, 1, 2), sw), (dy_cols[0].T, dy_cols[1]), (x_cols[0].T, x_cols[1])
+        return dy_rows, (jnp.swapaxes(wq, 1, 2), sw), _t(dy_cols), _t(x_cols)
     xq, sx, wq, sw, group_sizes = residuals
     dyq, sdy = quantize(_inside(dy, group_sizes), grad, None)
     return (dyq, sdy), (jnp.swapaxes(wq, 1, 2), sw), (dyq.T, sdy), (xq.T, sx)
