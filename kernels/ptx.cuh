@@ -206,10 +206,11 @@ __device__ __forceinline__ float load_global_nc(const float* ptr) {
   return v;
 }
 
-// Two consecutive fp32 outputs (8-byte aligned): a plain store, or an atomic add into what is there.
+// Two consecutive fp32 values (8-byte aligned) into shared memory: a staged f32 atom of D.
 __device__ __forceinline__ void store_shared_v2(void* ptr, float x, float y) {
   asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(smem_addr(ptr)), "f"(x), "f"(y) : "memory");
 }
+// Two consecutive fp32 values (8-byte aligned) straight to global memory (a ragged boundary row).
 __device__ __forceinline__ void store_global_v2(float* ptr, float x, float y) {
   asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(ptr), "f"(x), "f"(y) : "memory");
 }
