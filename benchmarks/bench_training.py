@@ -168,9 +168,9 @@ def _moe_forward_f32(params, x, top_k):
     return moe_train(x, *params, top_k=top_k, ragged_dot=_expert_by_expert_dot)
 
 
-def _bench_moe(timer, shape, rows, measure, tokamax):
-    tokens, h, f, e, top_k = shape
-    started = time.perf_counter()
+def moe_inputs(tokens, h, f, e):
+    """The MoE block's parameters (router, router bias, gate/up [E, 2F, H], down [E, H, F]), bf16 x and the
+    output cotangent, fixed seeds."""
     keys = jax.random.split(jax.random.key(2), 5)
     x = jax.random.normal(keys[0], (tokens, h), jnp.bfloat16)
     ct = jax.random.normal(keys[1], (tokens, h), jnp.bfloat16)
@@ -180,6 +180,13 @@ def _bench_moe(timer, shape, rows, measure, tokamax):
         (jax.random.normal(keys[3], (e, 2 * f, h)) * h**-0.5).astype(jnp.bfloat16),
         (jax.random.normal(keys[4], (e, h, f)) * f**-0.5).astype(jnp.bfloat16),
     )
+    return params, x, ct
+
+
+def _bench_moe(timer, shape, rows, measure, tokamax):
+    tokens, h, f, e, top_k = shape
+    started = time.perf_counter()
+    params, x, ct = moe_inputs(tokens, h, f, e)
     row = dict(layout="moe_training", shape=label(("moe", *shape)))
     jax.block_until_ready((x, ct, params))
     row["setup_s"] = time.perf_counter() - started

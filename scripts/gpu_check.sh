@@ -6,7 +6,7 @@
 # after each step, so a call stopped by its time limit keeps what finished. File it into the repository with
 #   python -m benchmarks.rundir file <returned>/<run>   &&   python -m benchmarks.report
 #
-# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [e2e] [ncu] [sass]
+# usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [breakdown] [e2e] [ncu] [sass]
 #        [example] ...        (default: build smoke tests)
 #   compat needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
 #   PYTEST_ARGS="-k masked" and TEST_PATHS (default tests) narrow the test run; TEST_TIMEOUT (s) limits it;
@@ -23,7 +23,7 @@ export DG_JIT_CACHE_DIR=${DG_JIT_CACHE_DIR:-/tmp/dgpt_cache}
 [ $# -gt 0 ] || set -- build smoke tests
 for what in "$@"; do
   case "$what" in
-    build|compat|smoke|tests|cputests|sanitize|bench|e2e|ncu|sass|example) ;;
+    build|compat|smoke|tests|cputests|sanitize|bench|breakdown|e2e|ncu|sass|example) ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done
@@ -148,6 +148,12 @@ for what in "$@"; do
       tar -czf "$RUN/xla_autotune_cache.tgz" -C "$at" xla_at
       python3 -m benchmarks.chart "$RUN/results.json" "$RUN/chart.png" || rc=1
       finish $rc "XLA_FLAGS=--xla_gpu_per_fusion_autotune_cache_dir=<cache> $cmd" bench.log ;;
+    breakdown)
+      # Kernel-by-kernel device time of training steps: BREAKDOWN_CASES (benchmarks/breakdown.py's cases).
+      begin breakdown "breakdown: ${BREAKDOWN_CASES:=matmul:1024x7168x7168 moe:8192x1024x1024x16x2}"
+      cmd="python3 -m benchmarks.breakdown $BREAKDOWN_CASES ${BREAKDOWN_ARGS:-}"
+      $cmd 2>&1 | tee "$RUN/breakdown.log"
+      finish "${PIPESTATUS[0]}" "$cmd" breakdown.log ;;
     e2e)
       begin e2e "end to end: host overhead, cold compile, warm-cache first call"
       cmd="python3 -m benchmarks.end_to_end --out $RUN"
