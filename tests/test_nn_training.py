@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import pathlib
+import re
 import sys
 
 import jax
@@ -215,3 +216,40 @@ def test_fp8_training_tracks_bf16_from_the_same_init():
     assert max(final_fp8, final_bf16) < 0.75 * start, (final_fp8, final_bf16)
     gap = abs(final_fp8 - final_bf16) / final_bf16
     assert gap <= TRAIN_TOLERANCE, f"FP8 final loss {final_fp8:.4f} vs bf16 {final_bf16:.4f}: {100 * gap:.2f}%"
+
+
+def test_moe_train_gradients_gather_instead_of_scatter():
+    """moe_train's dispatch and combine gradients (jax_dgpt.nn.moe._gather_rows: gathers of the inverse
+    permutation) equal JAX's own gradients of the plain gathers (scatter-adds) up to the float32 order of
+    the sums, and the backward program scatters no float rows."""
+    from jax_dgpt.nn import moe as moe_module
+
+    tokens, hidden, ffn, experts, top_k = 48, 32, 16, 4, 2
+    x = normal((tokens, hidden), 20)
+    params = (
+        normal((hidden, experts), 21),
+        normal((experts,), 22),
+        normal((experts, 2 * ffn, hidden), 23),
+        normal((experts, hidden, ffn), 24),
+    )
+    ct = normal((tokens, hidden), 25)
+
+    def loss(params, x):
+        y = moe_module.moe_train(x, *params, top_k=top_k, use_fp8=False)
+        return jnp.sum(y * ct)
+
+    def plain_gather(x, index, readers):
+        return x[index]
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(moe_module, "_gather_rows", plain_gather)
+        expected = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+        scatter_hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+        assert normalised_error(got, want) <= 1e-6
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
+    # Rows of the hidden width (the router's [T, E] top-k gradient is a small scatter of its own).
+    float_rows_scatter = re.compile(rf"= f32\[\d+,{hidden}\]\S* scatter\(")
+    assert float_rows_scatter.search(scatter_hlo), "the plain gathers' gradients should scatter"
+    assert not float_rows_scatter.search(hlo), [line for line in hlo.splitlines() if float_rows_scatter.search(line)]

@@ -17,6 +17,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from .. import ops
@@ -49,7 +50,9 @@ def _swiglu_quantized(gate_up: jax.Array) -> tuple[jax.Array, jax.Array]:
     return quantize_per_tensor(jax.nn.silu(gate) * up)
 
 
-def _combine(expert_out: jax.Array, rows: jax.Array, weights: jax.Array, out_dtype: jnp.dtype) -> jax.Array:
+def _combine(
+    expert_out: jax.Array, rows: jax.Array, weights: jax.Array, out_dtype: jnp.dtype, readers: jax.Array | None = None
+) -> jax.Array:
     """float32 ``[R, H]`` rows, int32 ``[T, k]`` row of each choice, float32 ``[T, k]`` router
     weights -> ``[T, H]`` in ``out_dtype``: each token's weighted sum of its rows (a gather,
     deterministic).
@@ -58,10 +61,43 @@ def _combine(expert_out: jax.Array, rows: jax.Array, weights: jax.Array, out_dty
     rows buffer and the gathered ``[T, k, H]`` operand are in the output dtype, not float32; the
     weighted sum is exact float32 arithmetic (elementwise multiply and a k-term sum, not a
     dot_general that may run in TF32 on the GPU), which XLA fuses with the gather into one pass.
+    ``readers`` (int32 ``[R, 1]``, the assignment of each row; rows a permutation): the gradient with
+    respect to the rows is a gather (:func:`_gather_rows`), not a scatter.
     """
-    gathered = expert_out.astype(out_dtype)[rows]
+    rounded = expert_out.astype(out_dtype)
+    gathered = rounded[rows] if readers is None else _gather_rows(rounded, rows, readers)
     total = jnp.sum(weights[..., None] * gathered.astype(jnp.float32), axis=1)
     return total.astype(out_dtype)
+
+
+@jax.custom_vjp
+def _gather_rows(x: jax.Array, index: jax.Array, readers: jax.Array) -> jax.Array:
+    """``x[index]`` (x ``[R, H]``, int index of any shape) whose gradient is a gather too.
+
+    ``readers`` int32 ``[R, m]`` lists, for each row i of x, the m flat positions p of ``index`` with
+    ``index[p] == i`` (every row read exactly m times): the dispatch reads each token k times (readers:
+    the token's k rows), the combine each expert row once (readers: the row's assignment).
+
+    NOTES: JAX's transpose of a gather is a scatter-add, which XLA runs with atomics (129 us per
+    [16384, 1024] bf16 operand on the H200, 18% of an MoE training step: benchmarks.breakdown, run
+    0e51a82); the gradient ``dx[i] = sum_j dy[readers[i, j]]`` is a gather and an m-term sum instead.
+    """
+    return x[index]
+
+
+def _gather_rows_forward(x, index, readers):
+    return x[index], (index, readers)
+
+
+def _gather_rows_backward(residuals, dy):
+    index, readers = residuals
+    rows = dy.reshape((-1,) + dy.shape[index.ndim :])[readers]  # [R, m, H]
+    dx = rows[:, 0] if readers.shape[1] == 1 else jnp.sum(rows.astype(jnp.float32), axis=1).astype(dy.dtype)
+    float0 = jax.dtypes.float0
+    return dx, np.zeros(index.shape, float0), np.zeros(readers.shape, float0)
+
+
+_gather_rows.defvjp(_gather_rows_forward, _gather_rows_backward)
 
 
 def _with_zero_row(x: jax.Array) -> jax.Array:
@@ -186,12 +222,13 @@ def moe_train(
     weights, expert_ids = route(x, router_kernel, router_bias, top_k)
     layout = ragged_layout(expert_ids, num_experts)
     dot = ragged_dot or (functools.partial(fp8_ragged_dot, recipe=recipe) if use_fp8 else plain_ragged_dot)
-    # Dispatch: the tokens sorted by expert (a gather; its gradient sums each token's k rows).
-    gate_up = dot(x[layout.row_token], w_gate_up, layout.group_sizes)
+    rows = layout.rows.reshape(expert_ids.shape)  # [T, k]
+    # Dispatch: the tokens sorted by expert (a gather; its gradient gathers and sums each token's k rows).
+    gate_up = dot(_gather_rows(x, layout.row_token, rows), w_gate_up, layout.group_sizes)
     gate, up = jnp.split(gate_up.astype(jnp.float32), 2, axis=-1)
     act = (jax.nn.silu(gate) * up).astype(x.dtype)
     out = dot(act, w_down, layout.group_sizes)
-    return _combine(out, layout.rows.reshape(expert_ids.shape), weights, out_dtype or x.dtype)
+    return _combine(out, rows, weights, out_dtype or x.dtype, readers=layout.row_assignment[:, None])
 
 
 # --- the layer ------------------------------------------------------------------------------------

@@ -83,14 +83,17 @@ def contiguous_rows_bound(num_assignments: int, num_experts: int, alignment: int
 class RaggedLayout(NamedTuple):
     """Where each assignment sits among the expert-sorted rows (the ragged layout: no padding).
 
-    rows: int32 ``[A]`` row of each assignment in the ``[A, ...]`` buffer.
+    rows: int32 ``[A]`` row of each assignment in the ``[A, ...]`` buffer (a permutation of ``[0, A)``).
     row_token: int32 ``[A]`` token of each row.
     group_sizes: int32 ``[E]`` rows (assignments) per expert; expert e's rows follow expert e-1's.
+    row_assignment: int32 ``[A]`` assignment of each row, the inverse permutation of ``rows``
+      (``row_token = row_assignment // k``).
     """
 
     rows: jax.Array
     row_token: jax.Array
     group_sizes: jax.Array
+    row_assignment: jax.Array
 
 
 def ragged_layout(expert_ids: jax.Array, num_experts: int) -> RaggedLayout:
@@ -100,9 +103,9 @@ def ragged_layout(expert_ids: jax.Array, num_experts: int) -> RaggedLayout:
     flat = expert_ids.reshape(-1)
     counts, rank = expert_ranks(flat, num_experts)
     rows = (jnp.cumsum(counts) - counts)[flat] + rank
-    token = jnp.arange(flat.shape[0], dtype=jnp.int32) // top_k
-    row_token = jnp.zeros((flat.shape[0],), jnp.int32).at[rows].set(token)
-    return RaggedLayout(rows, row_token, counts)
+    assignment = jnp.arange(flat.shape[0], dtype=jnp.int32)
+    row_assignment = jnp.zeros((flat.shape[0],), jnp.int32).at[rows].set(assignment)
+    return RaggedLayout(rows, row_assignment // top_k, counts, row_assignment)
 
 
 class ContiguousLayout(NamedTuple):
