@@ -539,6 +539,7 @@ def k_grouped_wgrad_gemm(
     *,
     scale_a: jax.Array | None = None,
     scale_b: jax.Array | None = None,
+    out_dtype: Any = jnp.float32,
 ) -> jax.Array:
     """K-grouped weight-gradient GEMM (the MoE weight gradient): one float32 product per group, each over
     its own stretch of K.
@@ -558,17 +559,20 @@ def k_grouped_wgrad_gemm(
       c: optional float32 ``[G, M, N]`` to add to; aliased with the output as in :func:`wgrad_gemm`.
       scale_a: optional float32, ``()``, ``[M]`` (per row of a) or ``[G, M]`` (per group and row).
       scale_b: optional float32, ``()``, ``[N]`` or ``[G, N]``.
+      out_dtype: float32 (default) or, without c, bfloat16: the float32 result rounded once in the kernel
+        (a bf16 weight's gradient without a float32 copy to convert).
 
     Returns:
-      float32 ``[G, M, N]``: ``c[g] + (A_g . B_g^T) * scale_a[g, :, None] * scale_b[g, None, :]``.
+      ``[G, M, N]`` in out_dtype: ``c[g] + (A_g . B_g^T) * scale_a[g, :, None] * scale_b[g, None, :]``.
 
     T % 16 != 0 is zero-padded (as K in :func:`gemm`); N % 8 != 0 as in :func:`wgrad_gemm`. G = 0,
     M = 0 or N = 0 launch nothing; T = 0 gives c (or zeros).
 
     Raises:
-      TypeError: a or b not fp8, group_sizes not int32, c or a scale not float32.
+      TypeError: a or b not fp8, group_sizes not int32, c or a scale not float32, out_dtype not float32
+        or bfloat16.
       ValueError: wrong ranks, a and b with different T, c not of shape ``[G, M, N]``, a scale of
-        another shape.
+        another shape, c with out_dtype bfloat16.
     """
     op = "k_grouped_wgrad_gemm"
     m, t = _check_array(op, "a", a, FP8_TYPES, "M, T")
@@ -578,7 +582,12 @@ def k_grouped_wgrad_gemm(
     _check_c(op, c, (g, m, n), "G, M, N")
     _check_scale(op, "scale_a", scale_a, {(): "per tensor", (m,): "[M], per row of a", (g, m): "[G, M]"})
     _check_scale(op, "scale_b", scale_b, {(): "per tensor", (n,): "[N], per row of b", (g, n): "[G, N]"})
-    operands = _operands(a, b, "float32", scale_a, scale_b, accumulate=c is not None)
+    out = _check_out_dtype(op, out_dtype)
+    if c is not None and out != "float32":
+        raise ValueError(
+            f"jax_dgpt.{op}: out_dtype must be float32 when c is given (the kernel adds into c), got {out}"
+        )
+    operands = _operands(a, b, out, scale_a, scale_b, accumulate=c is not None)
     return _k_grouped(a, b, group_sizes, scale_a, scale_b, c, operands=operands, **_context())
 
 

@@ -177,7 +177,7 @@ def _reference(spec: OpSpec, parts: Parts, operands: Operands) -> jax.Array:
         return reference.grouped_gemm_masked(parts.a, parts.b, parts.index, out_dtype=out_dtype, **scales)
     if spec.layout == "ragged":
         return reference.grouped_gemm_ragged(parts.a, parts.b, parts.index, out_dtype=out_dtype, **scales)
-    return reference.k_grouped_wgrad_gemm(parts.a, parts.b, parts.index, parts.c, **scales)
+    return reference.k_grouped_wgrad_gemm(parts.a, parts.b, parts.index, parts.c, out_dtype=out_dtype, **scales)
 
 
 # --- lowerings ------------------------------------------------------------------------------------

@@ -415,8 +415,10 @@ def k_grouped_wgrad_gemm(
     *,
     scale_a: jax.Array | None = None,
     scale_b: jax.Array | None = None,
+    out_dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
-    """a [M, T], b [N, T] (fp8), group_sizes int32 [G], c None or float32 [G, M, N] -> float32 [G, M, N].
+    """a [M, T], b [N, T] (fp8), group_sizes int32 [G], c None or float32 [G, M, N] -> [G, M, N] in out_dtype
+    (float32, or bfloat16 without c: the float32 result rounded once).
 
     Group g contracts over columns ``[starts[g], ends[g])`` of a and b (:func:`ragged_bounds` over T:
     exclusive cumulative sum of the sizes, negative sizes count as 0, ends clamped to T; columns past
@@ -477,5 +479,5 @@ def k_grouped_wgrad_gemm(
     if c is not None:
         out = c.astype(jnp.float32) + out
     if num_groups == 0:
-        return out  # nothing to index: the loop body could not even be traced
-    return lax.fori_loop(0, num_groups, one_group, out)
+        return out.astype(out_dtype)  # nothing to index: the loop body could not even be traced
+    return lax.fori_loop(0, num_groups, one_group, out).astype(out_dtype)

@@ -198,8 +198,8 @@ DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c
     return "accumulate needs the normal or k_grouped layout";
   }
   // NOTES: a group's K range is known only on the device, so its K blocks cannot be split statically.
-  if (c.layout == Layout::kKGrouped && (!f32_out || splits_k(c))) {
-    return "the k_grouped layout needs out_dtype 1 (f32), num_k_splits 1 and k_interleave 0";
+  if (c.layout == Layout::kKGrouped && splits_k(c)) {
+    return "the k_grouped layout needs num_k_splits 1 and k_interleave 0";
   }
   if (c.layout == Layout::kRagged && splits_k(c)) return "the ragged layout needs num_k_splits 1 and k_interleave 0";
   if (c.layout == Layout::kContiguous && limits::kMAlignmentContiguous % c.block_m != 0) {

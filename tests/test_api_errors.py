@@ -115,6 +115,20 @@ GEMM_CASES = [
         r"scale_b must have shape \[\] \(per tensor\), \[8\] \(\[N\], per row of b\), \[3, 8\] \(\[G, N\]\); got \[3\]",
     ),
     (
+        "k_grouped_bf16_with_c",
+        lambda: jax_dgpt.k_grouped_wgrad_gemm(
+            arr((4, 32)), arr((8, 32)), arr((3,), jnp.int32), arr((3, 4, 8), jnp.float32), out_dtype=jnp.bfloat16
+        ),
+        ValueError,
+        r"jax_dgpt\.k_grouped_wgrad_gemm: out_dtype must be float32 when c is given \(the kernel adds into c\)",
+    ),
+    (
+        "k_grouped_out_dtype",
+        lambda: jax_dgpt.k_grouped_wgrad_gemm(arr((4, 32)), arr((8, 32)), arr((3,), jnp.int32), out_dtype=jnp.float16),
+        TypeError,
+        r"jax_dgpt\.k_grouped_wgrad_gemm: out_dtype must be bfloat16 or float32, got float16",
+    ),
+    (
         "masked_scale_a_per_row_only",
         lambda: jax_dgpt.grouped_gemm_masked(
             arr((2, 4, 32)), arr((2, 8, 32)), arr((2,), jnp.int32), 4, scale_a=arr((4,), jnp.float32)

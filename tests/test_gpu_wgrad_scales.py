@@ -181,6 +181,29 @@ def test_k_grouped_wgrad(name, with_c):
             assert record_diff(calc_diff(got[i], ref[i]), f"k_grouped {name} g={i}") <= F32_BOUND, (name, i)
 
 
+@pytest.mark.parametrize("name", ["edge sizes", "many small groups"])
+def test_k_grouped_wgrad_bf16_output(name):
+    """out_dtype=bfloat16 (no c): the float32 result rounded once in the kernel, NaN-poisoned output,
+    empty groups exact zeros, scales fused."""
+    sizes = K_GROUPED_SIZES[name]
+    m, n, t, g = 256, 384, 2048, len(sizes)
+    a, b = generate_fp8((m, t), key=23), generate_fp8((n, t), key=24, dtype=E5M2)
+    sa, sb = generate_scales((m,), 25), generate_scales((g, n), 26)
+
+    def bf16_wgrad(a, b, group_sizes):
+        return jax_dgpt.k_grouped_wgrad_gemm(a, b, group_sizes, scale_a=sa, scale_b=sb, out_dtype=jnp.bfloat16)
+
+    group_sizes = jnp.asarray(sizes, jnp.int32)
+    out = run_into_poison(bf16_wgrad, a, b, group_sizes, out_shape=(g, m, n), dtype=jnp.bfloat16)
+    ref = reference_k_grouped_wgrad_f64(a, b, sizes, scale_a=sa, scale_b=sb)
+    got = to_f64(out)
+    for i in range(g):
+        if not np.any(ref[i]):
+            np.testing.assert_array_equal(got[i], 0.0, err_msg=f"{name}: empty group {i}")
+        else:
+            assert record_diff(calc_diff(got[i], ref[i]), f"k_grouped bf16 {name} g={i}") <= BF16_BOUND, (name, i)
+
+
 def test_k_grouped_reference_library_alias_and_scales():
     m, n, sizes = 512, 1024, [896, 1024, 1152, 0]
     lhs_parts = [generate_fp8((m, k), key=30 + i) for i, k in enumerate(sizes)]

@@ -78,11 +78,11 @@ def test_a_known_good_config_is_valid():
             "accumulate needs the normal or k_grouped layout",
         ),
         ({"accumulate": 1}, "accumulate needs out_dtype 1"),
-        ({"layout": "k_grouped", "num_groups": 4}, "k_grouped layout needs out_dtype 1"),
         (
             {"layout": "k_grouped", "num_groups": 4, "out_dtype": 1, "num_k_splits": 2, "block_n": 64},
-            "k_grouped layout needs out_dtype 1 \\(f32\\), num_k_splits 1",
+            "k_grouped layout needs num_k_splits 1 and k_interleave 0",
         ),
+        ({"layout": "k_grouped", "num_groups": 4, "accumulate": 1}, "accumulate needs out_dtype 1"),
     ],
 )
 def test_invalid_configs_name_the_rule(changes, rule):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jax_dgpt
 from jax_dgpt import reference
 from jax_dgpt.testing import (
     calc_diff,
@@ -299,6 +300,17 @@ def test_k_grouped_dtype_pairs(dtype_a, dtype_b):
     a, b = k_grouped_operands(16, 8, DTYPES[dtype_a], DTYPES[dtype_b])
     out = _k_grouped(a, b, jnp.asarray(sizes, jnp.int32))
     check(out, reference_k_grouped_wgrad_f64(a, b, sizes), F32_BOUND, f"k-grouped {dtype_a}x{dtype_b}")
+
+
+def test_k_grouped_bf16_output_rounds_the_float32_result_once():
+    """out_dtype=bfloat16: the public op (the reference on the CPU) is its float32 result rounded once."""
+    sizes = jnp.asarray([129, 0, 200, 1, 127], jnp.int32)
+    a, b = k_grouped_operands(20, 24, E4M3, E5M2)
+    sa, sb = scale_of("row", {"row": (20,)}, 131), scale_of("group_row", {"group_row": (5, 24)}, 132)
+    f32 = jax_dgpt.k_grouped_wgrad_gemm(a, b, sizes, scale_a=sa, scale_b=sb)
+    bf16 = jax_dgpt.k_grouped_wgrad_gemm(a, b, sizes, scale_a=sa, scale_b=sb, out_dtype=jnp.bfloat16)
+    assert bf16.dtype == jnp.bfloat16 and bf16.shape == f32.shape
+    np.testing.assert_array_equal(np.asarray(bf16), np.asarray(f32.astype(jnp.bfloat16)))
 
 
 def test_k_grouped_one_program_for_every_sizes():

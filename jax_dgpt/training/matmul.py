@@ -2,7 +2,7 @@
 
 Forward ``y = x . w^T`` (x ``[M, K]``, w ``[N, K]``); backward ``dx = dy . w`` and ``dw = dy^T . x``. The fp8
 kernels read both operands K-major (the contraction dimension contiguous), so each backward GEMM gets
-transposed fp8 copies: ``dx = gemm(dy [M, N], w^T [K, N])`` and ``dw = wgrad_gemm(dy^T [N, M], x^T [K, M])``.
+transposed fp8 copies: ``dx = gemm(dy [M, N], w^T [K, N])`` and ``dw = gemm(dy^T [N, M], x^T [K, M])``.
 
 NOTES: a scale can be factored out of a product only along a dimension that is not contracted. Row-wise scales
 of w (one per output channel n) are along the forward's free dimension but along dgrad's contraction, so dgrad
@@ -51,7 +51,7 @@ def fp8_matmul(x: jax.Array, w: jax.Array, *, recipe: Fp8Recipe = ROWWISE) -> ja
     each backward GEMM quantized from the saved high-precision x and w in that GEMM's own layout:
 
       ``dx = Qg_rows(dy) . Q_cols(w)`` (:func:`jax_dgpt.gemm` on w^T; float32 accumulation, x's dtype out),
-      ``dw = Qg_cols(dy)^T . Q_cols(x)`` (:func:`jax_dgpt.wgrad_gemm`, float32, cast to w's dtype),
+      ``dw = Qg_cols(dy)^T . Q_cols(x)`` (:func:`jax_dgpt.gemm` on dy^T and x^T, rounded once to w's dtype),
 
     where ``Qg`` quantizes to ``recipe.grad_dtype`` and ``_rows``/``_cols`` say which scales (per row of the
     tensor as given, or per column, i.e. per row of its transpose). With per-tensor scaling every tensor is
@@ -105,7 +105,9 @@ def _matmul_vjp(recipe: Fp8Recipe, x_dtype: np.dtype, w_dtype: np.dtype):
     def backward(residuals, dy):
         dx_a, dx_b, dw_a, dw_b = _backward_operands(recipe, residuals, dy)
         dx = ops.gemm(dx_a[0], dx_b[0], scale_a=dx_a[1], scale_b=dx_b[1], out_dtype=out_dtype)
-        dw = ops.wgrad_gemm(dw_a[0], dw_b[0], scale_a=dw_a[1], scale_b=dw_b[1])
+        # NOTES: dw straight in w's dtype: wgrad_gemm's float32 [N, K] and its conversion to bf16 took 76 us of
+        # a 557 us step at M=1024, N=K=7168 (benchmarks.breakdown, run 0e51a82). Nothing is accumulated.
+        dw = ops.gemm(dw_a[0], dw_b[0], scale_a=dw_a[1], scale_b=dw_b[1], out_dtype=_gemm_out_dtype(w_dtype))
         return dx.astype(x_dtype), dw.astype(w_dtype)
 
     matmul.defvjp(_forward, backward)

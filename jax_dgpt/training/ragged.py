@@ -50,8 +50,8 @@ def fp8_ragged_dot(x: jax.Array, w: jax.Array, group_sizes: jax.Array, *, recipe
     on operands quantized in each GEMM's own layout):
 
       ``dx[i] = Qg_rows(dy)[i] . Q(w_g^T)`` with one scale per (expert, k) of the transposed weights;
-      ``dw[g] = Qg_cols(dy)_g^T . Q_cols(x)_g`` (float32 from :func:`jax_dgpt.k_grouped_wgrad_gemm`, cast to
-      w's dtype), scales per n and per k from the amax over the rows of all groups (``recipe.segment_scales``:
+      ``dw[g] = Qg_cols(dy)_g^T . Q_cols(x)_g`` (:func:`jax_dgpt.k_grouped_wgrad_gemm`, rounded once to w's
+      dtype in the kernel), scales per n and per k from the amax over the rows of all groups (``recipe.segment_scales``:
       per (expert, n) and (expert, k) from the amax over expert g's rows only).
 
     With per-tensor scaling the backward reuses the forward's fp8 copies (transposed) and quantizes dy once.
@@ -125,7 +125,9 @@ def _ragged_vjp(recipe: Fp8Recipe, x_dtype: np.dtype, w_dtype: np.dtype):
         dx = ops.grouped_gemm_ragged(
             dx_a[0], dx_b[0], group_sizes, scale_a=dx_a[1], scale_b=dx_b[1], out_dtype=out_dtype
         )
-        dw = ops.k_grouped_wgrad_gemm(dw_a[0], dw_b[0], group_sizes, scale_a=dw_a[1], scale_b=dw_b[1])
+        dw = ops.k_grouped_wgrad_gemm(
+            dw_a[0], dw_b[0], group_sizes, scale_a=dw_a[1], scale_b=dw_b[1], out_dtype=_gemm_out_dtype(w_dtype)
+        )
         return dx.astype(x_dtype), dw.astype(w_dtype), np.zeros(group_sizes.shape, jax.dtypes.float0)
 
     ragged.defvjp(_forward, backward)
