@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import jax_dgpt
 from benchmarks import bench_ragged
 from jax_dgpt import testing
-from jax_dgpt.training import PER_TENSOR, ROWWISE, matmul, plain_matmul, quantize, ragged
+from jax_dgpt.training import PER_TENSOR, ROWWISE, matmul, plain_matmul, ragged
 
 MATMUL = [("matmul", m, n, k) for m in (1024, 8192) for n, k in ((7168, 7168), (4096, 14336))]
 # (tokens, hidden, expert hidden, experts, top-k): the training example's block, DeepSeek-V3-like and Mixtral-like.
@@ -70,11 +70,8 @@ def _bf16_step(x, w, dy):
 @jax.jit
 def _operands(x, w, dy):
     """The row-wise recipe's six (fp8, scale) operands: forward x, w; dgrad dy, w^T; wgrad dy^T, x^T."""
-    return (
-        quantize(x, jnp.float8_e4m3fn, -1),
-        quantize(w, jnp.float8_e4m3fn, -1),
-        *matmul._backward_operands(ROWWISE, (x, w), dy),
-    )
+    x_pair, w_pair, residuals = matmul.quantize_forward(ROWWISE, x, w)
+    return (x_pair, w_pair, *matmul._backward_operands(ROWWISE, residuals, dy))
 
 
 @jax.jit

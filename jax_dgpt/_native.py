@@ -9,10 +9,12 @@ from types import ModuleType
 
 import jax
 
-__all__ = ["TARGETS", "kernels_dir", "load"]
+__all__ = ["QUANTIZE_TARGETS", "TARGETS", "kernels_dir", "load"]
 
 # The FFI targets the extension provides, by layout (the names the CUDA lowerings call).
 TARGETS = {layout: f"dgpt_gemm_{layout}" for layout in ("normal", "contiguous", "masked", "k_grouped", "ragged")}
+# The quantization kernels' targets, by kind (jax_dgpt/quantize.py).
+QUANTIZE_TARGETS = {"rows": "dgpt_quantize_rows", "transpose": "dgpt_cast_transpose"}
 _PLATFORM = "CUDA"
 
 _lock = threading.Lock()
@@ -103,10 +105,11 @@ def load() -> ModuleType:
         if directory is not None:
             native.set_kernels_dir(directory)
         # NOTES: types before targets: a stateful handler's state type must exist before it.
-        for name, registration in native.type_registrations().items():
+        types = {**native.type_registrations(), **native.quantize_type_registrations()}
+        for name, registration in types.items():
             jax.ffi.register_ffi_type(name, registration, platform=_PLATFORM)
-        registrations = native.registrations()
-        missing = sorted(set(TARGETS.values()) - set(registrations))
+        registrations = {**native.registrations(), **native.quantize_registrations()}
+        missing = sorted((set(TARGETS.values()) | set(QUANTIZE_TARGETS.values())) - set(registrations))
         if missing:
             raise ImportError(f"jax_dgpt: the native extension lacks FFI targets {missing}; rebuild it")
         for name, stages in registrations.items():

@@ -72,9 +72,10 @@ def cubin_sm(cubin: bytes) -> int:
     return (flags >> 8) & 0xFF if cubin[8] >= 8 else flags & 0xFF
 
 
-def compile_problems(result: dict, threads_per_block: int) -> list[str]:
-    """Everything wrong with a verbose compile of the kernel: not a fresh sm_90a cubin, a stack frame,
-    spills, serialised wgmma, or more registers than one SM holds for the block. Empty when clean."""
+def compile_problems(result: dict, threads_per_block: int, entry_name: str = ENTRY) -> list[str]:
+    """Everything wrong with a verbose compile of the kernel (entry point ``entry_name``: the GEMM's, or
+    ``dgpt_quantize``): not a fresh sm_90a cubin, a stack frame, spills, serialised wgmma, or more registers
+    than one SM holds for the block. Empty when clean."""
     log, problems = result["log"], []
     if result["origin"] != "compiled":
         problems.append(f"origin {result['origin']!r}: verbose builds must bypass the caches")
@@ -86,9 +87,9 @@ def compile_problems(result: dict, threads_per_block: int) -> list[str]:
     if len(cubin) != result["cubin_size"] or cubin_sm(cubin) != 90:
         problems.append(f"cubin of {len(cubin)} bytes for sm_{cubin_sm(cubin)} (want {result['cubin_size']}, sm_90)")
     reports = parse(log)
-    entry = reports.get(ENTRY)
+    entry = reports.get(entry_name)
     if entry is None:
-        return [*problems, f"no ptxas report for {ENTRY}"]
+        return [*problems, f"no ptxas report for {entry_name}"]
     if entry.arch != "sm_90a":
         problems.append(f"entry compiled for {entry.arch}")
     for name, report in reports.items():  # the entry and any function ptxas kept out of line

@@ -85,10 +85,8 @@ def check(got, want, dtype, context):
 def matmul_with_operands(x, w, dy, recipe):
     """(y, dx, dw) and the op's own quantized operands (forward pair, backward GEMMs' four), one program."""
     y, vjp = jax.vjp(functools.partial(jax_dgpt.fp8_matmul, recipe=recipe), x, w)
-    axis = -1 if recipe.rowwise else None
-    forward = (quantize(x, E4M3, axis), quantize(w, E4M3, axis))
-    residuals = (x, w) if recipe.rowwise else (*forward[0], *forward[1])
-    return (y, *vjp(dy)), forward, matmul._backward_operands(recipe, residuals, dy)
+    x_pair, w_pair, residuals = matmul.quantize_forward(recipe, x, w)
+    return (y, *vjp(dy)), (x_pair, w_pair), matmul._backward_operands(recipe, residuals, dy)
 
 
 @pytest.mark.parametrize("recipe_name", ["rowwise", "rowwise-e4m3-grads", "tensor"])
@@ -109,13 +107,8 @@ def test_fp8_matmul_matches_float64(m, n, k, dtype, recipe_name):
 def ragged_with_operands(x, w, group_sizes, dy, recipe):
     y, vjp = jax.vjp(lambda x, w: jax_dgpt.fp8_ragged_dot(x, w, group_sizes, recipe=recipe), x, w)
     dx, dw = vjp(dy)
-    if recipe.rowwise:
-        forward = (quantize(x, E4M3, -1), quantize(w, E4M3, -1))
-        residuals = (x, w, group_sizes)
-    else:
-        forward = (quantize(ragged._inside(x, group_sizes), E4M3, None), quantize(w, E4M3, (1, 2)))
-        residuals = (*forward[0], *forward[1], group_sizes)
-    return (y, dx, dw), forward, ragged._backward_operands(recipe, residuals, dy)
+    x_pair, w_pair, residuals = ragged.quantize_forward(recipe, x, w, group_sizes)
+    return (y, dx, dw), (x_pair, w_pair), ragged._backward_operands(recipe, residuals, dy)
 
 
 def check_ragged(outputs, forward, backward, sizes, recipe, dtype, context):

@@ -91,6 +91,10 @@ def enumerate_operand_variants():
             (64, 96, 512, 3),
         ):
             yield chosen(Problem("k_grouped", m, n, t, groups, operands=operands))
+    # bf16 weight gradients straight from the kernel (fp8_ragged_dot's dw), e5m2 dy^T and scales.
+    operands = Operands(b_dtype=e5m2, has_scale_a=True, has_scale_b=True)
+    for m, n, t, groups in ((2048, 1024, 16384, 16), (7168, 2048, 32768, 64)):
+        yield chosen(Problem("k_grouped", m, n, t, groups, operands=operands))
 
 
 def unique_sources(configs):

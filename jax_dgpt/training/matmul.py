@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import ops
+from ..quantize import quantize_rows
 from ._checks import check_float, check_rank, check_recipe, check_same
-from .recipes import E4M3, ROWWISE, Fp8Recipe, quantize
+from .recipes import E4M3, ROWWISE, Fp8Recipe, quantize, transposed
 
 __all__ = ["fp8_matmul", "plain_matmul"]
 
@@ -96,11 +97,9 @@ def _matmul_vjp(recipe: Fp8Recipe, x_dtype: np.dtype, w_dtype: np.dtype):
         return _forward(x, w)[0]
 
     def _forward(x, w):
-        axis = -1 if recipe.rowwise else None
-        xq, sx = quantize(x, E4M3, axis)  # [M] per token, or ()
-        wq, sw = quantize(w, E4M3, axis)  # [N] per output channel, or ()
+        (xq, sx), (wq, sw), residuals = quantize_forward(recipe, x, w)
         y = ops.gemm(xq, wq, scale_a=sx, scale_b=sw, out_dtype=out_dtype).astype(x_dtype)
-        return y, ((x, w) if recipe.rowwise else (xq, sx, wq, sw))
+        return y, residuals
 
     def backward(residuals, dy):
         dx_a, dx_b, dw_a, dw_b = _backward_operands(recipe, residuals, dy)
@@ -114,24 +113,29 @@ def _matmul_vjp(recipe: Fp8Recipe, x_dtype: np.dtype, w_dtype: np.dtype):
     return matmul
 
 
+def quantize_forward(recipe: Fp8Recipe, x, w):
+    """The forward GEMM's (fp8, scale) pairs of x and w, and the residuals the backward needs: row-wise, x
+    and w with their column amaxes (from the same read: the transposed copies' scales); per tensor, the fp8
+    copies and scales. Shared with the tests and the benchmark."""
+    if recipe.rowwise:
+        xq, sx, x_amax = quantize_rows(x, E4M3, column_amax=True)  # [M] per token; [K] for x^T
+        wq, sw, w_amax = quantize_rows(w, E4M3, column_amax=True)  # [N] per output channel; [K] for w^T
+        return (xq, sx), (wq, sw), (x, w, x_amax, w_amax)
+    xq, sx = quantize(x, E4M3, None)
+    wq, sw = quantize(w, E4M3, None)
+    return (xq, sx), (wq, sw), (xq, sx, wq, sw)
+
+
 def _backward_operands(recipe: Fp8Recipe, residuals, dy):
     """The backward GEMMs' (fp8 operand, scale) pairs, K-major: dgrad's ``dy [M, N]`` and ``w^T [K, N]``,
     wgrad's ``dy^T [N, M]`` and ``x^T [K, M]``. Shared with the tests, which rebuild the float64 gradients
     from exactly these values."""
     grad = recipe.grad_dtype
     if recipe.rowwise:
-        x, w = residuals
-        dy_rows = quantize(dy, grad, -1)  # per token: along dgrad's free dimension
-        w_cols = quantize(w, E4M3, 0)  # per k: one scale per row of w^T
-        dy_cols = quantize(dy, grad, 0)  # per n, over the M tokens wgrad contracts
-        x_cols = quantize(x, E4M3, 0)  # per k, over the M tokens
-        return dy_rows, _t(w_cols), _t(dy_cols), _t(x_cols)
+        x, w, x_amax, w_amax = residuals
+        dyq, s_dy, dy_amax = quantize_rows(dy, grad, column_amax=True)  # per token: dgrad's free dimension
+        # The transposed copies: w^T per k, dy^T per n and x^T per k, each over what its GEMM contracts.
+        return (dyq, s_dy), transposed(w, w_amax, E4M3), transposed(dy, dy_amax, grad), transposed(x, x_amax, E4M3)
     xq, sx, wq, sw = residuals
     dyq, sdy = quantize(dy, grad, None)
     return (dyq, sdy), (wq.T, sw), (dyq.T, sdy), (xq.T, sx)
-
-
-def _t(pair):
-    """(q [R, C], scale [C]) -> (q^T [C, R], scale): the scale becomes per row of the transposed copy."""
-    q, scale = pair
-    return q.T, scale

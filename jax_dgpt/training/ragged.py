@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import ops
+from ..quantize import quantize_rows
 from ..reference import ragged_bounds
 from ._checks import check_float, check_rank, check_recipe, check_same
-from .matmul import _gemm_out_dtype, _t
-from .recipes import E4M3, ROWWISE, Fp8Recipe, quantize, quantize_segments
+from .matmul import _gemm_out_dtype
+from .recipes import E4M3, ROWWISE, Fp8Recipe, quantize, quantize_segments, transposed
 
 __all__ = ["fp8_ragged_dot", "plain_ragged_dot"]
 
@@ -94,11 +95,29 @@ def segment_ids(group_sizes: jax.Array, rows: int) -> jax.Array:
     return jnp.searchsorted(ends, jnp.arange(rows, dtype=jnp.int32), side="right").astype(jnp.int32)
 
 
+def _total(group_sizes: jax.Array, rows: int) -> jax.Array:
+    """int32 rows inside the groups (the clamped total of the sizes)."""
+    _, ends = ragged_bounds(group_sizes, rows)
+    return ends[-1] if ends.shape[0] else jnp.zeros((), jnp.int32)
+
+
 def _inside(x: jax.Array, group_sizes: jax.Array) -> jax.Array:
     """x with the rows past the sizes' total set to zero (they take no part in a per-tensor amax)."""
-    _, ends = ragged_bounds(group_sizes, x.shape[0])
-    total = ends[-1] if ends.shape[0] else 0
+    total = _total(group_sizes, x.shape[0])
     return jnp.where((jnp.arange(x.shape[0]) < total)[:, None], x, jnp.zeros((), x.dtype))
+
+
+def quantize_forward(recipe: Fp8Recipe, x, w, group_sizes):
+    """The forward GEMM's (fp8, scale) pairs of x and w and the backward's residuals. Row-wise: one scale
+    per row of x and per (expert, output channel) of w, and from the same reads the column amaxes of x (over
+    the rows inside the groups) and of each expert's w (the transposed copies' scales). Per tensor: x over
+    the rows inside the groups, w per expert. Shared with the tests."""
+    if recipe.rowwise:
+        xq, sx, x_amax = quantize_rows(x, E4M3, column_amax=True, valid_rows=_total(group_sizes, x.shape[0]))
+        wq, sw, w_amax = quantize_rows(w, E4M3, column_amax=True)  # [G, N]; [G, K] for w^T
+        return (xq, sx), (wq, sw), (x, w, x_amax, w_amax, group_sizes)
+    (xq, sx), (wq, sw) = quantize(_inside(x, group_sizes), E4M3, None), quantize(w, E4M3, (1, 2))  # (), [G]
+    return (xq, sx), (wq, sw), (xq, sx, wq, sw, group_sizes)
 
 
 @functools.cache
@@ -110,12 +129,7 @@ def _ragged_vjp(recipe: Fp8Recipe, x_dtype: np.dtype, w_dtype: np.dtype):
         return _forward(x, w, group_sizes)[0]
 
     def _forward(x, w, group_sizes):
-        if recipe.rowwise:
-            (xq, sx), (wq, sw) = quantize(x, E4M3, -1), quantize(w, E4M3, -1)  # [M], [G, N]
-            residuals = (x, w, group_sizes)
-        else:
-            (xq, sx), (wq, sw) = quantize(_inside(x, group_sizes), E4M3, None), quantize(w, E4M3, (1, 2))  # (), [G]
-            residuals = (xq, sx, wq, sw, group_sizes)
+        (xq, sx), (wq, sw), residuals = quantize_forward(recipe, x, w, group_sizes)
         y = ops.grouped_gemm_ragged(xq, wq, group_sizes, scale_a=sx, scale_b=sw, out_dtype=out_dtype)
         return y.astype(x_dtype), residuals
 
@@ -139,18 +153,19 @@ def _backward_operands(recipe: Fp8Recipe, residuals, dy):
     ``dy^T [N, M]`` and ``x^T [K, M]``. Shared with the tests, which rebuild float64 gradients from them."""
     grad = recipe.grad_dtype
     if recipe.rowwise:
-        x, w, group_sizes = residuals
+        x, w, x_amax, w_amax, group_sizes = residuals
         num_groups = w.shape[0]
-        dy_rows = quantize(dy, grad, -1)  # per token
-        wq, sw = quantize(w, E4M3, 1)  # per (expert, k): [G, K]
+        w_t = transposed(w, w_amax, E4M3)  # per (expert, k): [G, K, N], [G, K]
         if recipe.segment_scales and num_groups:
             ids = segment_ids(group_sizes, x.shape[0])
             dy_cols = quantize_segments(dy, ids, num_groups, grad)  # [M, N], [G, N]
             x_cols = quantize_segments(x, ids, num_groups, E4M3)  # [M, K], [G, K]
-        else:  # one scale per column over the groups' rows: [N], [K]
-            dy_cols = quantize(_inside(dy, group_sizes), grad, 0)
-            x_cols = quantize(_inside(x, group_sizes), E4M3, 0)
-        return dy_rows, (jnp.swapaxes(wq, 1, 2), sw), _t(dy_cols), _t(x_cols)
+            return quantize(dy, grad, -1), w_t, (dy_cols[0].T, dy_cols[1]), (x_cols[0].T, x_cols[1])
+        # One scale per column over the groups' rows ([N], [K]); rows past the total enter no amax, and the
+        # k-grouped kernel never reads their columns of the transposed copies.
+        total = _total(group_sizes, x.shape[0])
+        dyq, s_dy, dy_amax = quantize_rows(dy, grad, column_amax=True, valid_rows=total)  # per token
+        return (dyq, s_dy), w_t, transposed(dy, dy_amax, grad), transposed(x, x_amax, E4M3)
     xq, sx, wq, sw, group_sizes = residuals
     dyq, sdy = quantize(_inside(dy, group_sizes), grad, None)
     return (dyq, sdy), (jnp.swapaxes(wq, 1, 2), sw), (dyq.T, sdy), (xq.T, sx)

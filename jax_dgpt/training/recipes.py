@@ -1,17 +1,17 @@
 """Scaling recipes of the differentiable FP8 ops, and the one quantizer they all use (amax, scale, cast).
 
 A tensor ``t`` is quantized to an fp8 type of largest finite value ``fmax`` (448 for e4m3, 57344 for e5m2)
-with current scaling: ``s = max(amax, fmax * tiny) / fmax`` over the values that share a scale, and ``q =
-fp8(clip(t / s, -fmax, fmax))``, so ``t ~= q * s`` (``tiny``: the smallest normal float32, so ``s`` is never
-0 or subnormal and ``t / s`` is always finite). Who shares a scale is the recipe's choice:
+with current scaling: ``s = max(amax, fmax * tiny) * f32(1 / fmax)`` over the values that share a scale, and
+``q = fp8(clip(t / s, -fmax, fmax))``, so ``t ~= q * s`` (``tiny``: the smallest normal float32, so ``s`` is
+never 0 or subnormal and ``t / s`` is always finite). Who shares a scale is the recipe's choice:
 
 - ``"rowwise"`` (the default): one scale per row of each GEMM operand, i.e. per token of an activation or of
   an output gradient and per output channel of a weight. One token's outlier changes only its own row.
 - ``"tensor"``: one scale per tensor (per expert for an MoE weight stack). All tokens share the amax.
 
-NOTES: amax and cast are written as one reduction and one elementwise expression of the same input, so that
-XLA can emit them as one pass over the tensor (on the GPU, a reduction fusion with the cast as its epilogue);
-tests/test_training.py and tests/test_gpu_training.py check the optimized HLO.
+NOTES: on the GPU the per-row scaling and the transposed copies run jax_dgpt.quantize's kernels (one read of
+each row: XLA compiles the jnp expression as a reduction and a second pass, run 834694d); elsewhere the same
+jnp expression, bit for bit. tests/test_gpu_training.py checks the optimized HLO.
 """
 
 from __future__ import annotations
@@ -23,24 +23,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import quantize as kernels
+from ..quantize import MIN_SCALE, fp8_max, scale_from_amax
+
 __all__ = [
     "E4M3",
     "E5M2",
     "Fp8Recipe",
+    "MIN_SCALE",
     "PER_TENSOR",
     "ROWWISE",
     "fp8_max",
     "quantize",
     "quantize_segments",
     "scale_from_amax",
+    "transposed",
 ]
 
 E4M3 = np.dtype(jnp.float8_e4m3fn)
 E5M2 = np.dtype(jnp.float8_e5m2)
 _SCALINGS = ("rowwise", "tensor")
-# NOTES: the smallest scale: 2^-126, the smallest normal float32 (as in jax_dgpt.nn.quantization), so that
-# t / s never divides by zero or a subnormal that a device might flush.
-MIN_SCALE = float(np.finfo(np.float32).tiny)
+_cast = kernels.cast
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,24 +95,6 @@ ROWWISE = Fp8Recipe()
 PER_TENSOR = Fp8Recipe(scaling="tensor")
 
 
-def fp8_max(dtype: Any) -> float:
-    """The largest finite value of an fp8 type: 448.0 (e4m3fn) or 57344.0 (e5m2)."""
-    return float(jnp.finfo(dtype).max)
-
-
-def scale_from_amax(amax: jax.Array, dtype: Any) -> jax.Array:
-    """float32 ``max(amax, fmax * tiny) / fmax``: the scale that maps amax onto fmax, never below tiny."""
-    fmax = fp8_max(dtype)
-    # NOTES: fmax * 2^-126 and its quotient by fmax are exact (fmax is a small integer times a power of 2).
-    return jnp.maximum(amax.astype(jnp.float32), fmax * MIN_SCALE) / fmax
-
-
-def _cast(x: jax.Array, scale: jax.Array, dtype: Any) -> jax.Array:
-    """fp8 ``clip(x / scale, -fmax, fmax)`` (saturating: e4m3fn has no infinity, a cast past it is NaN)."""
-    fmax = fp8_max(dtype)
-    return jnp.clip(x.astype(jnp.float32) / scale, -fmax, fmax).astype(dtype)
-
-
 def quantize(x: jax.Array, dtype: Any, axis: int | tuple[int, ...] | None) -> tuple[jax.Array, jax.Array]:
     """Current-scaled fp8 copy of ``x`` and its float32 scales.
 
@@ -124,11 +109,21 @@ def quantize(x: jax.Array, dtype: Any, axis: int | tuple[int, ...] | None) -> tu
       (fp8 ``q`` in x's layout, float32 ``scale`` with the reduced axes removed), ``x ~= q * scale``
       broadcast back over the reduced axes. An all-zero (or empty) group gets scale ``tiny`` and zeros.
     """
+    if axis == -1 or axis == x.ndim - 1:
+        return kernels.quantize_rows(x, dtype)
     # NOTES: the amax in x's own dtype (abs and max are exact), so no float32 copy of x feeds the reduction.
     amax = jnp.max(jnp.abs(x), axis=axis, keepdims=True, initial=0.0)
     scale = scale_from_amax(amax, dtype)
     reduced = tuple(range(x.ndim)) if axis is None else axis
     return _cast(x, scale, dtype), jnp.squeeze(scale, axis=reduced)
+
+
+def transposed(x: jax.Array, column_amax: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """fp8 ``x^T`` (``[..., R, C] -> [..., C, R]``) with one scale per column of x from its ``column_amax``
+    (``[..., C]``, e.g. from :func:`jax_dgpt.quantize.quantize_rows`), and those float32 scales: what
+    ``quantize(x, dtype, -2)`` gives, transposed, in one pass (jax_dgpt.quantize.cast_transpose)."""
+    scale = scale_from_amax(column_amax, dtype)
+    return kernels.cast_transpose(x, scale, dtype), scale
 
 
 def quantize_segments(
