@@ -75,10 +75,6 @@ struct QuantizeState {
 };
 ffi::TypeId QuantizeState::id = {};
 
-// CTAs per batch the rows kind aims for: a few waves of small CTAs keep enough loads in flight, and
-// fewer CTAs mean fewer column atomics.
-constexpr long long kTargetRowsCtas = 1024;
-
 ffi::Error launch(const QuantizeState& state, CUstream stream, QuantizeParams params, unsigned grid_x,
                   unsigned grid_y, unsigned grid_z) {
   Status status;
@@ -152,8 +148,8 @@ ffi::ErrorOr<std::unique_ptr<QuantizeState>> instantiate(ffi::Dictionary attribu
   }
 }
 
-// x [R, C] | [B, R, C]; with column_amax also valid_rows int32 [] and the zeroed column buffer (aliased with
-// the third result). Results: q like x, scale [B * R], column_amax [B, C].
+// x [R, C] | [B, R, C]; with column_amax also valid_rows int32 []. Results: q like x, scale [B * R], and with
+// column_amax the column partials [B, P, C], P = ctas_per_batch (quantize_config.cuh).
 ffi::Error rows_execute(CUstream stream, QuantizeState* state, ffi::AnyBuffer x, ffi::RemainingArgs rest,
                         ffi::Result<ffi::AnyBuffer> q, ffi::Result<ffi::AnyBuffer> scale, ffi::RemainingRets more) {
   const QuantizeConfig& c = state->config;
@@ -167,32 +163,27 @@ ffi::Error rows_execute(CUstream stream, QuantizeState* state, ffi::AnyBuffer x,
   p.q = static_cast<u8*>(q->untyped_data());
   p.scale = static_cast<float*>(scale->untyped_data());
   p.rows = static_cast<u32>(rows);
-  const size_t extra_args = c.column_amax ? 2 : 0, extra_rets = c.column_amax ? 1 : 0;
+  const size_t extra_args = c.column_amax ? 1 : 0, extra_rets = c.column_amax ? 1 : 0;
   if (rest.size() != extra_args || more.size() != extra_rets) {
     return ffi::Error::InvalidArgument("jax_dgpt quantize: wrong number of operands or results for " + describe(c));
   }
+  const u32 cols = static_cast<u32>(c.cols);
+  const u64 ctas = ctas_per_batch(cols, c.column_amax != 0, static_cast<u64>(rows), static_cast<u64>(batches));
   if (c.column_amax) {
     ffi::ErrorOr<ffi::AnyBuffer> valid = rest.get<ffi::AnyBuffer>(0);
-    ffi::ErrorOr<ffi::AnyBuffer> zeros = rest.get<ffi::AnyBuffer>(1);
-    ffi::ErrorOr<ffi::Result<ffi::AnyBuffer>> amax = more.get<ffi::AnyBuffer>(0);
-    if (!valid.has_value() || !zeros.has_value() || !amax.has_value()) {
+    ffi::ErrorOr<ffi::Result<ffi::AnyBuffer>> partials = more.get<ffi::AnyBuffer>(0);
+    if (!valid.has_value() || !partials.has_value()) {
       return ffi::Error::InvalidArgument("jax_dgpt quantize: missing column operands");
     }
     DGPT_QUANT_RETURN_IF_ERROR(check_size("valid_rows", *valid, ffi::S32, 1));
-    DGPT_QUANT_RETURN_IF_ERROR(check_size("column_amax", **amax, ffi::F32, batches * c.cols));
-    if ((*amax)->untyped_data() != zeros->untyped_data()) {
-      return ffi::Error::InvalidArgument("jax_dgpt quantize: column_amax must share the zeroed operand's buffer");
-    }
+    DGPT_QUANT_RETURN_IF_ERROR(
+        check_size("column partials", **partials, ffi::F32, batches * static_cast<int64_t>(ctas) * c.cols));
     p.valid_rows = static_cast<const i32*>(valid->untyped_data());
-    p.column_amax = static_cast<float*>((*amax)->untyped_data());
+    p.column_partials = static_cast<float*>((*partials)->untyped_data());
   }
   if (rows == 0 || batches == 0) return ffi::Error::Success();
-  const long long per_pass = rows_per_pass(static_cast<u32>(c.cols));
-  const long long target = (kTargetRowsCtas + batches - 1) / batches;
-  const long long passes = (rows + per_pass * target - 1) / (per_pass * target);
-  p.rows_per_cta = static_cast<u32>(per_pass * passes);
-  const unsigned grid_x = static_cast<unsigned>((rows + p.rows_per_cta - 1) / p.rows_per_cta);
-  return launch(*state, stream, p, grid_x, static_cast<unsigned>(batches), 1);
+  p.rows_per_cta = static_cast<u32>(rows_per_cta(cols, c.column_amax != 0, static_cast<u64>(rows), static_cast<u64>(batches)));
+  return launch(*state, stream, p, static_cast<unsigned>(ctas), static_cast<unsigned>(batches), 1);
 }
 
 // x [R, C] | [B, R, C] and scale [C] | [B, C] -> q^T [C, R] | [B, C, R].
@@ -256,10 +247,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ctx<xla::ffi::PlatformStream<CUstream>>()
         .Ctx<xla::ffi::State<QState>>()
         .Arg<xla::ffi::AnyBuffer>()   // x: [R, C] or [B, R, C], bf16 or f32
-        .RemainingArgs()              // column_amax: valid_rows int32 [], zeroed float32 [B, C]
+        .RemainingArgs()              // column_amax: valid_rows int32 []
         .Ret<xla::ffi::AnyBuffer>()   // q: like x, fp8
         .Ret<xla::ffi::AnyBuffer>()   // scale: float32 [B * R]
-        .RemainingRets(),             // column_amax: float32 [B, C] (the zeroed operand's buffer)
+        .RemainingRets(),             // column_amax: the column partials, float32 [B, P, C]
     {xla::ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

@@ -75,6 +75,12 @@ void bind_quantize(nb::module_& m) {
     return nb::str(valid.message().c_str());
   }, nb::arg("config"), "None when the quantize config is valid, else the rule it breaks.");
 
+  m.def("quantize_column_partials", [](long long cols, long long rows, long long batches) {
+    if (cols <= 0 || rows < 0 || batches < 0) throw nb::value_error("cols must be positive, rows and batches >= 0");
+    return quant::ctas_per_batch(static_cast<u32>(cols), true, static_cast<u64>(rows), static_cast<u64>(batches));
+  }, nb::arg("cols"), nb::arg("rows"), nb::arg("batches"),
+  "P: the column partials per batch the rows kind writes for x [batches, rows, cols] (its CTAs per batch).");
+
   m.def("generate_quantize_source", [](const nb::dict& dict) { return quant::generate_quantize_source(decode(dict, true)); },
         nb::arg("config"), "The translation unit the JIT compiles for a valid quantize config.");
 

@@ -2,7 +2,7 @@
 
 - :func:`quantize_rows`: one scale per row and the fp8 copy, from one read of each row (XLA compiles the same
   jnp expression as a reduction and a second pass over the input on the H200), optionally also the column
-  amax the transposed copy of the same tensor needs.
+  amax the transposed copy of the same tensor needs (each CTA's column maxima, then one small XLA max).
 - :func:`cast_transpose`: the fp8 copy of ``x^T`` with one scale per column of x, written transposed.
 
 Both compute ``s = max(amax, fmax * 2^-126) * f32(1 / fmax)`` and ``q = fp8(clip(x / s, -fmax, fmax))`` in
@@ -64,6 +64,19 @@ def _rows_reference(x, valid_rows, *, dtype, column_amax):
     return results
 
 
+def _partials(amax: jax.Array, count: int) -> jax.Array:
+    """``[..., C]`` -> ``[..., count, C]`` column partials whose max is amax (the kernel's split of the rows
+    among its CTAs is its own; only the max is defined)."""
+    rest = jnp.zeros(amax.shape[:-1] + (count - 1, amax.shape[-1]), amax.dtype)
+    return jnp.concatenate([amax[..., None, :], rest], axis=-2)
+
+
+def _num_partials(shape: tuple[int, ...]) -> int:
+    """P, the column partials per batch of the rows kind for x ``[..., R, C]`` (the kernel's CTAs per batch)."""
+    batches = shape[0] if len(shape) == 3 else 1
+    return int(_native.load().quantize_column_partials(shape[-1], shape[-2], batches))
+
+
 def column_amax_reference(x: jax.Array, valid_rows: jax.Array | int | None = None) -> jax.Array:
     """float32 ``max |x|`` over the rows ``[0, valid_rows)`` of each column (axis -2); 0 where none."""
     magnitude = jnp.abs(x)
@@ -92,7 +105,7 @@ def _config(kind: int, x_dtype: np.dtype, dtype: np.dtype, cols: int, column_ama
 def _rows_abstract(x, *extra, dtype, column_amax):
     out = [jax.core.ShapedArray(x.shape, dtype), jax.core.ShapedArray(x.shape[:-1], F32)]
     if column_amax:
-        out.append(jax.core.ShapedArray(x.shape[:-2] + x.shape[-1:], F32))
+        out.append(jax.core.ShapedArray(x.shape[:-2] + (_num_partials(x.shape), x.shape[-1]), F32))
     return out
 
 
@@ -100,14 +113,14 @@ def _rows_cuda(ctx, x, *extra, dtype, column_amax):
     device.check_cuda_devices()
     aval = ctx.avals_in[0]
     config = _config(0, np.dtype(aval.dtype), np.dtype(dtype), aval.shape[-1], column_amax)
-    aliases = {2: 2} if column_amax else None  # the zeroed column buffer becomes column_amax
-    return jax.ffi.ffi_lowering(_native.QUANTIZE_TARGETS["rows"], operand_output_aliases=aliases)(
-        ctx, x, *extra, config=config
-    )
+    return jax.ffi.ffi_lowering(_native.QUANTIZE_TARGETS["rows"])(ctx, x, *extra, config=config)
 
 
 def _rows_cpu(x, *extra, dtype, column_amax):
-    return _rows_reference(x, extra[0] if extra else None, dtype=dtype, column_amax=column_amax)
+    results = _rows_reference(x, extra[0] if extra else None, dtype=dtype, column_amax=column_amax)
+    if column_amax:
+        results[2] = _partials(results[2], _num_partials(x.shape))
+    return results
 
 
 def _transpose_abstract(x, scale, *, dtype):
@@ -171,11 +184,11 @@ def quantize_rows(
     kernel = kernel and 0 < x.shape[-1] <= _MAX_COLS_ROWS and x.size > 0
     if not kernel:
         return tuple(_rows_reference(x, valid_rows, dtype=dtype, column_amax=column_amax))
-    extra = ()
-    if column_amax:
-        rows = x.shape[-2] if valid_rows is None else valid_rows
-        extra = (jnp.asarray(rows, jnp.int32), jnp.zeros(x.shape[:-2] + x.shape[-1:], jnp.float32))
-    return tuple(quantize_rows_p.bind(x, *extra, dtype=dtype, column_amax=column_amax))
+    if not column_amax:
+        return tuple(quantize_rows_p.bind(x, dtype=dtype, column_amax=False))
+    rows = jnp.asarray(x.shape[-2] if valid_rows is None else valid_rows, jnp.int32)
+    q, scale, partials = quantize_rows_p.bind(x, rows, dtype=dtype, column_amax=True)
+    return q, scale, jnp.max(partials, axis=-2)
 
 
 def cast_transpose(x: jax.Array, scale: jax.Array, dtype: Any) -> jax.Array:

@@ -1,6 +1,6 @@
 // FP8 quantization with current scaling (kernels/quantize_config.cuh says what each kind computes): the
 // per-row kind reads each row once, keeps it in registers while the row's threads agree on its amax, and
-// writes the fp8 row and its scale; the transposing kind casts a [128 x 64] tile with per-column scales and
+// writes the fp8 row and its scale (and each CTA its column maxima); the transposing kind casts a [128 x 64] tile with per-column scales and
 // writes it out transposed through shared memory. Both are memory-bound: 16-byte loads, no shared-memory
 // round trip for the rows kind.
 #pragma once
@@ -101,7 +101,7 @@ struct Quantize {
   __device__ static void rows(const QuantizeParams& p) {
     static_assert(kConfig.kind == static_cast<long long>(Kind::kRows));
     __shared__ float row_amax[limits::kThreads / 32];
-    // Column maxima of the CTA's passes, combined across its row slots before the atomics.
+    // Column maxima of the CTA's passes, combined across its row slots before they are stored.
     __shared__ float column_share[kColumnAmax && kRowsPerPass > 1 ? kRowsPerPass * kVecs * 8 : 1];
     const u32 slot = threadIdx.x / kThreadsPerRow, lane = threadIdx.x % kThreadsPerRow;
     const u32 batch = blockIdx.y;
@@ -169,15 +169,13 @@ struct Quantize {
         }
       }
     }
-    if constexpr (kColumnAmax) store_column_amax(p, slot, lane, batch, column, column_share);
+    if constexpr (kColumnAmax) store_column_partials(p, slot, lane, batch, column, column_share);
   }
 
-  // One atomic maximum per column and CTA. NOTES: |x| >= 0 (or NaN with the sign bit clear), so the
-  // float's bits order like signed integers, NaN above +inf: an integer maximum is the float maximum with
-  // NaN kept, in any order of arrival.
-  __device__ static void store_column_amax(const QuantizeParams& p, u32 slot, u32 lane, u32 batch,
-                                           const float (&column)[kVecsPerThread * 8], float* share) {
-    float* out = p.column_amax + static_cast<u64>(batch) * kCols;
+  // The CTA's row of column partials (every column, zeros where no valid row was seen).
+  __device__ static void store_column_partials(const QuantizeParams& p, u32 slot, u32 lane, u32 batch,
+                                               const float (&column)[kVecsPerThread * 8], float* share) {
+    float* out = p.column_partials + (static_cast<u64>(batch) * gridDim.x + blockIdx.x) * kCols;
     if constexpr (kRowsPerPass > 1) {
 #pragma unroll
       for (u32 i = 0; i < kVecsPerThread; ++i) {
@@ -190,23 +188,22 @@ struct Quantize {
       for (u32 c = threadIdx.x; c < kCols; c += limits::kThreads) {
         float m = share[c];
         for (u32 s = 1; s < kRowsPerPass; ++s) m = nan_max(m, share[s * kCols + c]);
-        if (__float_as_int(m) != 0) atomic_max(out + c, m);
+        out[c] = m;
       }
     } else {
 #pragma unroll
       for (u32 i = 0; i < kVecsPerThread; ++i) {
         const u32 vec = lane + i * kThreadsPerRow;
         if (vec >= kVecs) continue;
-#pragma unroll
-        for (u32 j = 0; j < 8; ++j) {
-          if (__float_as_int(column[i * 8 + j]) != 0) atomic_max(out + vec * 8 + j, column[i * 8 + j]);
-        }
+        float* dst = out + vec * 8;
+        asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(column[i * 8]), "f"(column[i * 8 + 1]),
+                     "f"(column[i * 8 + 2]), "f"(column[i * 8 + 3])
+                     : "memory");
+        asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst + 4), "f"(column[i * 8 + 4]),
+                     "f"(column[i * 8 + 5]), "f"(column[i * 8 + 6]), "f"(column[i * 8 + 7])
+                     : "memory");
       }
     }
-  }
-
-  __device__ static void atomic_max(float* address, float value) {
-    asm volatile("red.global.max.s32 [%0], %1;" ::"l"(address), "r"(__float_as_int(value)) : "memory");
   }
 
   // grid (ceil(C / 64), ceil(R / 128), B). Thread t loads vector t % 8 (8 columns) of rows 4 * (t / 8) ..
@@ -260,7 +257,7 @@ struct Quantize {
 
 // The entry point of one configuration (the generated source defines the Config type).
 #define DGPT_DEFINE_QUANTIZE(Config)                                                                  \
-  extern "C" __global__ void __launch_bounds__(::dgpt::quant::limits::kThreads)                      \
+  extern "C" __global__ void __launch_bounds__(::dgpt::quant::limits::kThreads, 1)                   \
       dgpt_quantize(const __grid_constant__ ::dgpt::quant::QuantizeParams params) {                   \
     if constexpr (Config::value.kind == static_cast<long long>(::dgpt::quant::Kind::kRows)) {        \
       ::dgpt::quant::Quantize<Config>::rows(params);                                                  \
