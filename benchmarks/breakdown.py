@@ -4,13 +4,16 @@
 
 A case is ``matmul:MxNxK`` (``fp8_matmul`` forward + backward, bench_training's step) or
 ``moe:TxHxFxExk`` (the MoE block's training step). Each kernel's device time is summed per call and the
-median over calls printed, largest first, with its share of the step: what to make faster next.
+median over calls printed, largest first, with its share of the step: what to make faster next. A custom
+call (jax_dgpt's kernels) is listed per HLO instruction, with its target and result shapes from the compiled
+program, so the GEMMs and quantizations of one step are told apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import re
 import statistics
 from functools import partial
 
@@ -39,16 +42,34 @@ def step(spec: str, bf16: bool):
     raise SystemExit(f"unknown case {spec!r}: matmul:MxNxK or moe:TxHxFxExk")
 
 
+def custom_calls(fn) -> dict[str, str]:
+    """HLO instruction name -> "target result-shapes" of each custom call in fn's compiled program."""
+    return custom_calls_in(fn.func.lower(*fn.args, **fn.keywords).compile().as_text())
+
+
+def custom_calls_in(text: str) -> dict[str, str]:
+    """The same, from an optimized HLO module's text."""
+    calls = {}
+    for name, result, target in re.findall(r"%(\S+) = (.+?) custom-call\(.*?custom_call_target=\"(\w+)\"", text):
+        shapes = re.sub(r"\{[0-9,]*\}", "", result)  # layouts dropped
+        calls[name] = f"{target} {shapes}"
+    return calls
+
+
 def kernel_times(timer: Timer, fn, calls: int) -> dict[str, float]:
-    """Median device µs per call of each kernel name (a kernel launched twice in a call counts twice)."""
+    """Median device µs per call of each kernel (a kernel launched twice in a call counts twice); custom
+    calls by instruction, the rest by kernel name."""
     for _ in range(3):
         jax.block_until_ready(fn())
+    described = custom_calls(fn)
     per_call: list[collections.Counter] = []
-    for _, duration, name in timer._trace([fn], calls):
-        if name in timer.flush_names:
+    for _, duration, name in timer._trace([fn], calls, with_op=True):
+        kernel, _, op = name.rpartition("/")[2].partition(" [")
+        op = op.rstrip("]")
+        if name.partition(" [")[0] in timer.flush_names:
             per_call.append(collections.Counter())
         elif per_call:
-            per_call[-1][name.rpartition("/")[2]] += duration / 1e3
+            per_call[-1][f"{op}: {described[op]}" if op in described else kernel] += duration / 1e3
     names = set().union(*per_call)
     return {name: statistics.median(c[name] for c in per_call) for name in names}
 
@@ -69,7 +90,7 @@ def main() -> None:
         print(f"\n## {spec}{' (bf16)' if args.bf16 else ''}: {total:.1f} us of kernels per step, {len(times)} kernels")
         print("| kernel | us | share |\n|---|---|---|")
         for name, us in sorted(times.items(), key=lambda item: -item[1])[: args.top]:
-            print(f"| {name[:90]} | {us:.1f} | {100 * us / total:.1f}% |")
+            print(f"| {name[:140]} | {us:.1f} | {100 * us / total:.1f}% |")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def _flush(buf):
     return buf + 1  # reads and writes FLUSH_BYTES, evicting everything else from L2
 
 
-def _gpu_kernel_events(trace_dir: str) -> list[tuple[float, float, str]]:
-    """(start_ns, duration_ns, "hlo_module/kernel") of every kernel on the GPU streams, in start order."""
+def _gpu_kernel_events(trace_dir: str, with_op: bool = False) -> list[tuple[float, float, str]]:
+    """(start_ns, duration_ns, "hlo_module/kernel") of every kernel on the GPU streams, in start order;
+    ``with_op``: "hlo_module/kernel [hlo_op]" (the HLO instruction that launched it, where recorded)."""
     paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
     if not paths:
         raise RuntimeError(f"no profile written under {trace_dir}")
@@ -39,8 +40,9 @@ def _gpu_kernel_events(trace_dir: str) -> list[tuple[float, float, str]]:
             for e in line.events:
                 # NOTES: kernels are told apart by their HLO module when the profiler records it:
                 # fusion names alone ("loop_add_fusion") can repeat across programs.
-                module = dict(e.stats).get("hlo_module", "")
-                events.append((e.start_ns, e.duration_ns, f"{module}/{e.name}"))
+                stats = dict(e.stats)
+                name = f"{stats.get('hlo_module', '')}/{e.name}"
+                events.append((e.start_ns, e.duration_ns, f"{name} [{stats.get('hlo_op', '')}]" if with_op else name))
     events.sort()
     return events
 
@@ -57,7 +59,7 @@ class Timer:
         if not self.flush_names:
             raise RuntimeError("the profiler recorded no GPU kernels for the flush")
 
-    def _trace(self, fns: list[Callable[[], object]], calls: int):
+    def _trace(self, fns: list[Callable[[], object]], calls: int, with_op: bool = False):
         trace_dir = tempfile.mkdtemp(prefix="dgpt_trace_")
         last = None
         jax.profiler.start_trace(trace_dir)
@@ -73,7 +75,7 @@ class Timer:
             jax.block_until_ready((self.buf, last))
         finally:
             jax.profiler.stop_trace()
-        return _gpu_kernel_events(trace_dir)
+        return _gpu_kernel_events(trace_dir, with_op)
 
     def time_us(self, *fns: Callable[[], object], calls: int = 15, warmup: int = 3) -> list[float]:
         """Median device µs per call of each function, all measured in one profiler session."""

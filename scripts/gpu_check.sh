@@ -176,9 +176,10 @@ for what in "$@"; do
         "$RUN/ncu_details.txt" | head -120
       finish $rc "$cmd" ncu.log ncu_details.txt ;;
     sass)
-      # Instruction counts (fences, barriers, wgmma) of a few configurations; listings go with the logs.
+      # Instruction counts (fences, barriers, wgmma) of a few configurations (SASS_CONFIGS: their labels in
+      # scripts/sass_stats.py); listings go with the logs.
       begin sass
-      python3 scripts/sass_stats.py "$LOGS" 2>&1 | tee "$RUN/sass_stats.md"
+      python3 scripts/sass_stats.py "$LOGS" ${SASS_CONFIGS:-} 2>&1 | tee "$RUN/sass_stats.md"
       finish "${PIPESTATUS[0]}" "python3 scripts/sass_stats.py" sass_stats.md ;;
     example)
       # EXAMPLES (default "demo moe_layer train_moe") narrows it; TRAIN_ARGS go to train_moe.py (e.g.

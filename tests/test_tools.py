@@ -369,6 +369,21 @@ def test_sass_opcode_counts():
     assert counts == {"MOV": 1, "MEMBAR": 2, "SYNCS": 1, "QGMMA": 1}, counts
 
 
+def test_breakdown_names_custom_calls_by_target_and_shapes():
+    from benchmarks import breakdown
+
+    hlo = (
+        "  %custom-call.3 = (f8e4m3fn[1024,7168]{1,0}, f32[1024]{0}, f32[256,7168]{1,0}) custom-call(%x.1, %c.2),"
+        ' custom_call_target="dgpt_quantize_rows"\n'
+        "  %fusion.1 = f32[7168]{0} fusion(%custom-call.3), kind=kInput, calls=%fused_reduce\n"
+        '  %custom-call.7 = bf16[1024,7168]{1,0} custom-call(%a, %b), custom_call_target="dgpt_gemm_normal"\n'
+    )
+    assert breakdown.custom_calls_in(hlo) == {
+        "custom-call.3": "dgpt_quantize_rows (f8e4m3fn[1024,7168], f32[1024], f32[256,7168])",
+        "custom-call.7": "dgpt_gemm_normal bf16[1024,7168]",
+    }
+
+
 def test_moe_training_reference_goes_expert_by_expert_with_the_ragged_rule():
     """bench_training's float32 reference ragged_dot (one expert's product at a time) equals plain_ragged_dot,
     negative sizes and totals past M included; rows past the total are zero."""
