@@ -69,7 +69,9 @@ def kernel_times(timer: Timer, fn, calls: int) -> dict[str, float]:
         if name.partition(" [")[0] in timer.flush_names:
             per_call.append(collections.Counter())
         elif per_call:
-            per_call[-1][f"{op}: {described[op]}" if op in described else kernel] += duration / 1e3
+            # NOTES: XLA names a custom call's instruction after its target ("dgpt_quantize_rows.2").
+            key = f"{op}: {described[op]}" if op in described else (op if op.startswith("dgpt_") else kernel)
+            per_call[-1][key] += duration / 1e3
     names = set().union(*per_call)
     return {name: statistics.median(c[name] for c in per_call) for name in names}
 
