@@ -6,8 +6,10 @@ A case is ``matmul:MxNxK`` (``fp8_matmul`` forward + backward, bench_training's 
 ``moe:TxHxFxExk`` (the MoE block's training step). Each kernel's device time is summed per call and the
 median over calls printed, largest first, with its share of the step: what to make faster next. A custom
 call (jax_dgpt's kernels) is listed per HLO instruction, with its target and result shapes from the compiled
-program, so the GEMMs and quantizations of one step are told apart (XLA's command buffers are off unless
-``--command-buffers``: inside one, every kernel reports the buffer as its HLO instruction).
+program, so the GEMMs and quantizations of one step are told apart. That needs XLA's command buffers off
+(``XLA_FLAGS=--xla_gpu_enable_command_buffer=``, as gpu_check.sh's breakdown step sets it): inside one, every
+kernel reports the buffer as its HLO instruction. NOTES: the flag must be set before the process starts (jax_dgpt's
+import starts the backend), seen on the H200.
 """
 
 from __future__ import annotations
@@ -84,12 +86,9 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=10)
     p.add_argument("--bf16", action="store_true", help="the bf16 step instead of the FP8 one")
     p.add_argument("--top", type=int, default=25, help="kernels listed per case")
-    p.add_argument("--command-buffers", action="store_true", help="keep XLA's command buffers (CUDA graphs)")
     args = p.parse_args()
-    if not args.command_buffers:
-        # NOTES: inside a command buffer every kernel reports the buffer as its HLO op ("command_buffer_1"), so
-        # the custom calls could not be told apart; read by XLA when the backend starts, below.
-        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
+    if "--xla_gpu_enable_command_buffer= " not in os.environ.get("XLA_FLAGS", "") + " ":
+        print("note: XLA command buffers are on: their kernels are listed by name only (see the module docstring)")
     if jax.default_backend() != "gpu":
         raise SystemExit("benchmarks.breakdown times GPU kernels with the JAX profiler: it needs a GPU")
     timer = Timer()

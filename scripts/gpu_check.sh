@@ -152,7 +152,8 @@ for what in "$@"; do
       # Kernel-by-kernel device time of training steps: BREAKDOWN_CASES (benchmarks/breakdown.py's cases).
       begin breakdown "breakdown: ${BREAKDOWN_CASES:=matmul:1024x7168x7168 moe:8192x1024x1024x16x2}"
       cmd="python3 -m benchmarks.breakdown $BREAKDOWN_CASES ${BREAKDOWN_ARGS:-}"
-      $cmd 2>&1 | tee "$RUN/breakdown.log"
+      # Command buffers off: each custom call's kernels are then attributed to it (benchmarks/breakdown.py).
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" $cmd 2>&1 | tee "$RUN/breakdown.log"
       finish "${PIPESTATUS[0]}" "$cmd" breakdown.log ;;
     e2e)
       begin e2e "end to end: host overhead, cold compile, warm-cache first call"
