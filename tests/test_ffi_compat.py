@@ -137,7 +137,7 @@ for t in threads: t.start()
 for t in threads: t.join()
 same = all(m is modules[0] for m in modules) and len(modules) == 10
 print(json.dumps({"calls": calls, "after_import": after_import, "same": same,
-                  "targets": sorted(_native.TARGETS.values()),
+                  "targets": sorted([*_native.TARGETS.values(), *_native.QUANTIZE_TARGETS.values()]),
                   "platforms": [d.platform for d in jax.devices()]}))
 """
 
