@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import pathlib
 import re
 import sys
@@ -216,6 +217,21 @@ def test_fp8_training_tracks_bf16_from_the_same_init():
     assert max(final_fp8, final_bf16) < 0.75 * start, (final_fp8, final_bf16)
     gap = abs(final_fp8 - final_bf16) / final_bf16
     assert gap <= TRAIN_TOLERANCE, f"FP8 final loss {final_fp8:.4f} vs bf16 {final_bf16:.4f}: {100 * gap:.2f}%"
+
+
+def test_example_reports_the_gap_over_seeds(tmp_path, capsys):
+    """train_moe --seeds N: both runs per seed; the JSON keeps every seed's gaps and their mean and spread."""
+    example = load_example()
+    out = tmp_path / "curves"
+    assert example.main(["--tiny", "--layers", "1", "--steps", "2", "--seeds", "2", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [s["seed"] for s in result["seeds"]] == [0, 1]
+    gaps = [s["final_loss_rel_diff"] for s in result["seeds"]]
+    assert result["final_loss_rel_diff_mean"] == pytest.approx(np.mean(gaps))
+    assert result["final_loss_rel_diff_std"] == pytest.approx(np.std(gaps, ddof=1))
+    assert "over 2 seeds: final loss" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--seeds must be at least 1"):
+        example.main(["--tiny", "--steps", "1", "--seeds", "0", "--out", str(out)])
 
 
 def test_moe_train_gradients_gather_instead_of_scatter():
