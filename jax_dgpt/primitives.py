@@ -249,7 +249,8 @@ def _impl(prim: Primitive, *args: Any, **params: Any) -> jax.Array:
 
 # --- batching (vmap) ------------------------------------------------------------------------------
 def _batch_by_loop(prim: Primitive) -> Callable[..., Any]:
-    """Batches by a sequential loop (lax.map) over the mapped axis: right for every op."""
+    """Batches by a sequential loop (lax.map) over the mapped axis: right for every op (and for primitives
+    with several results, jax_dgpt.quantize's)."""
 
     def rule(args: tuple[Any, ...], dims: tuple[int | None, ...], **params: Any):
         moved = [None if d is None else jnp.moveaxis(x, d, 0) for x, d in zip(args, dims)]
@@ -258,7 +259,8 @@ def _batch_by_loop(prim: Primitive) -> Callable[..., Any]:
             it = iter(slices)
             return prim.bind(*(x if m is None else next(it) for x, m in zip(args, moved)), **params)
 
-        return lax.map(one, [m for m in moved if m is not None]), 0
+        out = lax.map(one, [m for m in moved if m is not None])
+        return out, ([0] * len(out) if prim.multiple_results else 0)
 
     return rule
 

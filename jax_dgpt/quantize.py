@@ -16,21 +16,21 @@ a constant that way, so the jnp expression and the kernel agree only if both say
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
 
 from . import _native, device
+from .primitives import BF16, F32, _batch_by_loop, _impl
 
 __all__ = ["cast_transpose", "column_amax_reference", "quantize_rows", "scale_from_amax"]
 
 E4M3, E5M2 = np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2)
-BF16, F32 = np.dtype(jnp.bfloat16), np.dtype(jnp.float32)
 MIN_SCALE = float(np.finfo(np.float32).tiny)  # 2^-126: no scale is 0 or subnormal
 _VEC = 8  # kernels/quantize_config.cuh limits
 _MAX_COLS_ROWS = 16384
@@ -134,28 +134,14 @@ def _transpose_cuda(ctx, x, scale, *, dtype):
     return jax.ffi.ffi_lowering(_native.QUANTIZE_TARGETS["transpose"])(ctx, x, scale, config=config)
 
 
-def _batch_by_loop(prim: Primitive, multiple_results: bool):
-    def rule(args, dims, **params):
-        moved = [None if d is None else jnp.moveaxis(x, d, 0) for x, d in zip(args, dims)]
-
-        def one(slices):
-            it = iter(slices)
-            return prim.bind(*(x if m is None else next(it) for x, m in zip(args, moved)), **params)
-
-        out = lax.map(one, [m for m in moved if m is not None])
-        return out, ([0] * len(out) if multiple_results else 0)
-
-    return rule
-
-
 def _define(name, abstract, cuda, cpu, multiple_results):
     prim = Primitive(name)
     prim.multiple_results = multiple_results
-    prim.def_impl(lambda *args, **params: jax.jit(lambda *a: prim.bind(*a, **params))(*args))
+    prim.def_impl(functools.partial(_impl, prim))  # one cached jit per parameters, as the GEMMs'
     prim.def_abstract_eval(abstract)
     mlir.register_lowering(prim, cuda, platform="cuda")
     mlir.register_lowering(prim, mlir.lower_fun(cpu, multiple_results=multiple_results), platform="cpu")
-    batching.primitive_batchers[prim] = _batch_by_loop(prim, multiple_results)
+    batching.primitive_batchers[prim] = _batch_by_loop(prim)
     return prim
 
 

@@ -202,9 +202,9 @@ def test_quantize_saturates_and_floors():
     assert np.all(to_f64(scale) >= np.finfo(np.float32).tiny) and np.all(np.isfinite(to_f64(q)))
     assert np.all(to_f64(q)[1] == 0)
     # A value above the scaled range (the scale of another tensor) saturates instead of becoming NaN.
-    from jax_dgpt.training.recipes import _cast
+    from jax_dgpt.quantize import cast
 
-    assert float(_cast(jnp.float32(1e9), jnp.float32(1.0), E4M3).astype(jnp.float32)) == 448.0
+    assert float(cast(jnp.float32(1e9), jnp.float32(1.0), E4M3).astype(jnp.float32)) == 448.0
 
 
 def test_quantize_segments_per_group_and_rows_outside():

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import quantize as kernels
-from ..quantize import MIN_SCALE, fp8_max, scale_from_amax
+from ..quantize import E4M3, E5M2, MIN_SCALE, cast, fp8_max, scale_from_amax
 
 __all__ = [
     "E4M3",
@@ -40,10 +40,7 @@ __all__ = [
     "transposed",
 ]
 
-E4M3 = np.dtype(jnp.float8_e4m3fn)
-E5M2 = np.dtype(jnp.float8_e5m2)
 _SCALINGS = ("rowwise", "tensor")
-_cast = kernels.cast
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +112,7 @@ def quantize(x: jax.Array, dtype: Any, axis: int | tuple[int, ...] | None) -> tu
     amax = jnp.max(jnp.abs(x), axis=axis, keepdims=True, initial=0.0)
     scale = scale_from_amax(amax, dtype)
     reduced = tuple(range(x.ndim)) if axis is None else axis
-    return _cast(x, scale, dtype), jnp.squeeze(scale, axis=reduced)
+    return cast(x, scale, dtype), jnp.squeeze(scale, axis=reduced)
 
 
 def transposed(x: jax.Array, column_amax: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
@@ -141,5 +138,5 @@ def quantize_segments(
     scale = scale_from_amax(jnp.maximum(amax, 0.0), dtype)  # an empty segment's max is -inf
     inside = segment_ids < num_segments
     row_scale = scale[jnp.minimum(segment_ids, num_segments - 1)]
-    q = _cast(jnp.where(inside[:, None], x.astype(jnp.float32), 0.0), row_scale, dtype)
+    q = cast(jnp.where(inside[:, None], x.astype(jnp.float32), 0.0), row_scale, dtype)
     return q, scale
