@@ -111,9 +111,13 @@ def quantize_forward(recipe: Fp8Recipe, x, w, group_sizes):
     """The forward GEMM's (fp8, scale) pairs of x and w and the backward's residuals. Row-wise: one scale
     per row of x and per (expert, output channel) of w, and from the same reads the column amaxes of x (over
     the rows inside the groups) and of each expert's w (the transposed copies' scales). Per tensor: x over
-    the rows inside the groups, w per expert. Shared with the tests."""
+    the rows inside the groups, w per expert. Shared with the tests. (With ``segment_scales`` the backward
+    takes x's scales per expert instead, so x's column amax is not computed.)"""
     if recipe.rowwise:
-        xq, sx, x_amax = quantize_rows(x, E4M3, column_amax=True, valid_rows=_total(group_sizes, x.shape[0]))
+        if recipe.segment_scales and w.shape[0]:  # the backward's test, see _backward_operands
+            (xq, sx), x_amax = quantize_rows(x, E4M3), None
+        else:
+            xq, sx, x_amax = quantize_rows(x, E4M3, column_amax=True, valid_rows=_total(group_sizes, x.shape[0]))
         wq, sw, w_amax = quantize_rows(w, E4M3, column_amax=True)  # [G, N]; [G, K] for w^T
         return (xq, sx), (wq, sw), (x, w, x_amax, w_amax, group_sizes)
     (xq, sx), (wq, sw) = quantize(_inside(x, group_sizes), E4M3, None), quantize(w, E4M3, (1, 2))  # (), [G]
