@@ -116,60 +116,92 @@ struct Quantize {
 #pragma unroll
     for (u32 i = 0; i < (kColumnAmax ? kVecsPerThread * 8 : 1); ++i) column[i] = 0.0f;
 
+    // NOTES: with a few vectors per thread the next pass's row is loaded before this pass's amax is agreed
+    // (two block barriers when a row spans warps), so the loads of one row overlap the reduction, cast and
+    // stores of the previous one; without it the kernel moved ~1.8 TB/s (v11.1). Wider rows keep one buffer.
+    float v[kVecsPerThread][8], next[kVecsPerThread][8];
+    load_pass(p, batch, first + slot, last, lane, v);
     for (u32 pass = first; pass < last; pass += kRowsPerPass) {  // the same trip count for every thread
-      const u32 row = pass + slot;
-      const bool live = row < last;
-      const u64 row_start = (static_cast<u64>(batch) * p.rows + row) * kCols;
-      float v[kVecsPerThread][8];
-      float amax = 0.0f;
+      if constexpr (kPrefetch) {
+        load_pass(p, batch, pass + kRowsPerPass + slot, last, lane, next);
+        process_pass(p, batch, pass + slot, last, valid, slot, lane, v, column, row_amax);
 #pragma unroll
-      for (u32 i = 0; i < kVecsPerThread; ++i) {
-        const u32 vec = lane + i * kThreadsPerRow;
-        if (live && vec < kVecs) {
-          load8<kIn>(p.x, row_start + vec * 8, v[i]);
-        } else {
+        for (u32 i = 0; i < kVecsPerThread; ++i) {
 #pragma unroll
-          for (u32 j = 0; j < 8; ++j) v[i][j] = 0.0f;
+          for (u32 j = 0; j < 8; ++j) v[i][j] = next[i][j];
         }
-#pragma unroll
-        for (u32 j = 0; j < 8; ++j) amax = nan_max(amax, fabsf(v[i][j]));
-      }
-      // The row's amax: across its lanes of one warp, then across its warps through shared memory.
-#pragma unroll
-      for (u32 offset = (kThreadsPerRow < 32 ? kThreadsPerRow : 32) / 2; offset > 0; offset /= 2) {
-        amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-      }
-      if constexpr (kWarpsPerRow > 1) {
-        if (threadIdx.x % 32 == 0) row_amax[threadIdx.x / 32] = amax;
-        __syncthreads();
-#pragma unroll
-        for (u32 w = 0; w < kWarpsPerRow; ++w) amax = nan_max(amax, row_amax[slot * kWarpsPerRow + w]);
-        __syncthreads();  // read before the next pass writes
-      }
-      const float s = scale_of<kOut>(amax);
-      if (live && lane == 0) p.scale[static_cast<u64>(batch) * p.rows + row] = s;
-#pragma unroll
-      for (u32 i = 0; i < kVecsPerThread; ++i) {
-        const u32 vec = lane + i * kThreadsPerRow;
-        if (live && vec < kVecs) {
-          const u64 bits = cast8<kOut>(v[i], s);
-          u8* dst = p.q + row_start + vec * 8;
-          asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(dst), "r"(static_cast<u32>(bits)),
-                       "r"(static_cast<u32>(bits >> 32))
-                       : "memory");
-        }
-      }
-      if constexpr (kColumnAmax) {
-        if (live && row < valid) {
-#pragma unroll
-          for (u32 i = 0; i < kVecsPerThread; ++i) {
-#pragma unroll
-            for (u32 j = 0; j < 8; ++j) column[i * 8 + j] = nan_max(column[i * 8 + j], fabsf(v[i][j]));
-          }
-        }
+      } else {
+        if (pass != first) load_pass(p, batch, pass + slot, last, lane, v);
+        process_pass(p, batch, pass + slot, last, valid, slot, lane, v, column, row_amax);
       }
     }
     if constexpr (kColumnAmax) store_column_partials(p, slot, lane, batch, column, column_share);
+  }
+
+  static constexpr bool kPrefetch = kVecsPerThread <= 4;
+
+  // This thread's vectors of `row` (zeros past `last` or past the row's end).
+  __device__ static void load_pass(const QuantizeParams& p, u32 batch, u32 row, u32 last, u32 lane,
+                                   float (&v)[kVecsPerThread][8]) {
+    const u64 row_start = (static_cast<u64>(batch) * p.rows + row) * kCols;
+#pragma unroll
+    for (u32 i = 0; i < kVecsPerThread; ++i) {
+      const u32 vec = lane + i * kThreadsPerRow;
+      if (row < last && vec < kVecs) {
+        load8<kIn>(p.x, row_start + vec * 8, v[i]);
+      } else {
+#pragma unroll
+        for (u32 j = 0; j < 8; ++j) v[i][j] = 0.0f;
+      }
+    }
+  }
+
+  // One row per slot: its amax (across its lanes, then its warps), its scale and fp8 values, and its share of
+  // the column maxima when it is among the valid rows. Every thread of the CTA calls it (block barriers).
+  __device__ static void process_pass(const QuantizeParams& p, u32 batch, u32 row, u32 last, u32 valid, u32 slot,
+                                      u32 lane, const float (&v)[kVecsPerThread][8],
+                                      float (&column)[kColumnAmax ? kVecsPerThread * 8 : 1], float* row_amax) {
+    const bool live = row < last;
+    const u64 row_start = (static_cast<u64>(batch) * p.rows + row) * kCols;
+    float amax = 0.0f;
+#pragma unroll
+    for (u32 i = 0; i < kVecsPerThread; ++i) {
+#pragma unroll
+      for (u32 j = 0; j < 8; ++j) amax = nan_max(amax, fabsf(v[i][j]));
+    }
+#pragma unroll
+    for (u32 offset = (kThreadsPerRow < 32 ? kThreadsPerRow : 32) / 2; offset > 0; offset /= 2) {
+      amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    }
+    if constexpr (kWarpsPerRow > 1) {
+      if (threadIdx.x % 32 == 0) row_amax[threadIdx.x / 32] = amax;
+      __syncthreads();
+#pragma unroll
+      for (u32 w = 0; w < kWarpsPerRow; ++w) amax = nan_max(amax, row_amax[slot * kWarpsPerRow + w]);
+      __syncthreads();  // read before the next pass writes
+    }
+    const float s = scale_of<kOut>(amax);
+    if (live && lane == 0) p.scale[static_cast<u64>(batch) * p.rows + row] = s;
+#pragma unroll
+    for (u32 i = 0; i < kVecsPerThread; ++i) {
+      const u32 vec = lane + i * kThreadsPerRow;
+      if (live && vec < kVecs) {
+        const u64 bits = cast8<kOut>(v[i], s);
+        u8* dst = p.q + row_start + vec * 8;
+        asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(dst), "r"(static_cast<u32>(bits)),
+                     "r"(static_cast<u32>(bits >> 32))
+                     : "memory");
+      }
+    }
+    if constexpr (kColumnAmax) {
+      if (live && row < valid) {
+#pragma unroll
+        for (u32 i = 0; i < kVecsPerThread; ++i) {
+#pragma unroll
+          for (u32 j = 0; j < 8; ++j) column[i * 8 + j] = nan_max(column[i * 8 + j], fabsf(v[i][j]));
+        }
+      }
+    }
   }
 
   // The CTA's row of column partials (every column, zeros where no valid row was seen).

@@ -265,6 +265,7 @@ struct Sm90Fp8Gemm {
       if (warpgroup == 0) ptx::named_barrier_arrive(kPartialsFreeBarrier, 2 * 128);
     }
     while (scheduler.next_tile(tile)) {
+      if (!tile.exists) continue;
       TileScales scales;
       load_scales(params, tile, warpgroup, thread, scales);
 #pragma unroll
