@@ -355,20 +355,10 @@ def gemm_diff(out: jax.Array, a: jax.Array, b: jax.Array) -> float:
 
 def contiguous_diffs(out: jax.Array, a: jax.Array, b: jax.Array, m_indices) -> dict[int, float]:
     """{group: calc_diff of its rows} of a contiguous output [M, N] against float64, for each group
-    that has rows (indices outside [0, G) are padding), computed on the default device."""
+    that has rows (indices outside [0, G) are padding), computed on the default device in batches of
+    groups (:func:`_grouped_diffs`)."""
     idx = np.asarray(m_indices)
-    members = [np.nonzero(idx == g)[0] for g in range(b.shape[0])]
-    groups = [g for g, rows in enumerate(members) if rows.size]
-    if not groups:
-        return {}
-    width = max(members[g].size for g in groups)
-    table = np.zeros((len(groups), width), np.int32)
-    valid = np.zeros((len(groups), width), bool)
-    for i, g in enumerate(groups):
-        table[i, : members[g].size], valid[i, : members[g].size] = members[g], True
-    rows = jnp.asarray(table)
-    diffs = _diffs_on_device(out[rows], a[rows], b[jnp.asarray(groups)], valid)
-    return {g: float(d) for g, d in zip(groups, diffs)}
+    return _grouped_diffs(out, a, b, {g: np.nonzero(idx == g)[0] for g in range(b.shape[0])})
 
 
 # NOTES: the per-group tables below are padded to a power of two of rows (at least 8) and hold a power
@@ -379,19 +369,23 @@ _DIFF_WEIGHT_BYTES = 2**32
 
 def ragged_diffs(out: jax.Array, a: jax.Array, b: jax.Array, group_sizes) -> dict[int, float]:
     """{group: calc_diff of its rows} of a ragged output [M, N] against float64, for each group with rows
-    (:func:`k_grouped_offsets` over M; host sizes), computed on the default device. Rows past the total
-    are not compared: check that they are zero separately.
+    (:func:`k_grouped_offsets` over M; host sizes), computed on the default device in batches of groups
+    (:func:`_grouped_diffs`). Rows past the total are not compared: check that they are zero separately."""
+    starts, ends = k_grouped_offsets(group_sizes, a.shape[0])
+    return _grouped_diffs(out, a, b, {g: np.arange(s, e) for g, (s, e) in enumerate(zip(starts, ends))})
+
+
+def _grouped_diffs(out: jax.Array, a: jax.Array, b: jax.Array, members: dict) -> dict[int, float]:
+    """{group: calc_diff of output rows members[g] against a[members[g]] . b[g]^T}, for each group with rows.
 
     Groups are measured in batches of similar size (each group's rows padded to the next power of two),
     so the temporaries stay within about twice the valid rows plus one batch of float64 weights, even
-    with one group holding every row next to many small ones.
+    with one group holding every row next to many small ones, or hundreds of large experts.
     """
-    starts, ends = k_grouped_offsets(group_sizes, a.shape[0])
-    sizes = (ends - starts).tolist()
     by_width: dict[int, list[int]] = {}
-    for g, size in enumerate(sizes):
-        if size > 0:
-            by_width.setdefault(max(8, 1 << (size - 1).bit_length()), []).append(g)
+    for g, rows in members.items():
+        if rows.size:
+            by_width.setdefault(max(8, 1 << (rows.size - 1).bit_length()), []).append(g)
     weight_bytes = max(1, b.shape[1] * b.shape[2] * 8)
     per_batch = 1 << (max(1, _DIFF_WEIGHT_BYTES // weight_bytes).bit_length() - 1)
     diffs: dict[int, float] = {}
@@ -403,8 +397,8 @@ def ragged_diffs(out: jax.Array, a: jax.Array, b: jax.Array, group_sizes) -> dic
             valid = np.zeros((count, width), bool)
             ids = np.zeros((count,), np.int32)
             for i, g in enumerate(batch):
-                table[i, : sizes[g]] = np.arange(starts[g], ends[g])
-                valid[i, : sizes[g]], ids[i] = True, g
+                table[i, : members[g].size] = members[g]
+                valid[i, : members[g].size], ids[i] = True, g
             rows = jnp.asarray(table)
             values = _diffs_on_device(out[rows], a[rows], b[jnp.asarray(ids)], valid)
             diffs.update({g: float(d) for g, d in zip(batch, values)})
