@@ -143,6 +143,10 @@ def k_grouped_cases(tiny: bool):
     for g, tokens, m, n in K_GROUPED_MOE:
         sizes = testing.generate_group_rows(g, tokens, rng)
         cases.append((g, sizes, m, n, None, f"G={g} tokens={tokens} M={m} N={n}"))
+    # The first MoE draw with every size rounded down to a multiple of 128: nearly the same work on groups that
+    # start and end on BLOCK_K boundaries, which tells the cost of unaligned boundaries apart (KERNEL_LOG v14).
+    g, sizes, m, n, _, label = cases[len(K_GROUPED_SEED)]
+    cases.append((g, [size // 128 * 128 for size in sizes], m, n, None, f"{label} aligned"))
     return cases
 
 
