@@ -54,7 +54,9 @@ def case(spec: str):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("shapes", nargs="+", help="cases: MxNxK, wgrad:MxNxK, ragged:GxMxNxK, contiguous:GxMxNxK, k_grouped[_aligned]:GxTxMxN")
+    p.add_argument(
+        "shapes", nargs="+", help="cases: MxNxK, wgrad:MxNxK, ragged:/contiguous:GxMxNxK, k_grouped[_aligned]:GxTxMxN"
+    )
     p.add_argument("--k-interleave", action="store_true", help="force k_interleave (64-row tiles)")
     p.add_argument("--k-splits", type=int, default=None, help="force split-K over this many CTAs")
     p.add_argument("--block-n", type=int, default=None, help="force BLOCK_N")

@@ -330,7 +330,6 @@ def test_grouped_diffs_check_valid_rows_only():
     assert np.isnan(ref[0, 70:]).all() and np.isnan(ref[1]).all() and not np.isnan(ref[2]).any()
 
 
-
 def test_contiguous_diffs_batch_groups(monkeypatch):
     # A weight budget of two experts per batch gives the values of one batch (the DeepSeek-sized
     # contiguous tables would otherwise convert every expert to float64 at once: 60 GB).
@@ -342,6 +341,7 @@ def test_contiguous_diffs_batch_groups(monkeypatch):
     assert sorted(once) == sorted(batched) == [0, 1, 3, 4]
     for g in once:
         np.testing.assert_allclose(batched[g], once[g], rtol=1e-12, atol=1e-16)
+
 
 def test_device_generation_is_deterministic_and_not_zero():
     x, y = testing.generate_fp8((64, 96), 5, on_device=True), testing.generate_fp8((64, 96), 5, on_device=True)
