@@ -48,6 +48,8 @@ std::vector<std::pair<std::string, long long>> config_limits() {
       {"block_k", tile::kBlockK},
       {"block_m_small", l::kBlockMSmall},
       {"block_m_large", l::kBlockMLarge},
+      {"block_m_double", l::kBlockMDouble},
+      {"max_block_n_double", l::kMaxBlockNDouble},
       {"block_n_step", l::kBlockNStep},
       {"max_block_n", l::kMaxBlockN},
       {"min_stages", l::kMinStages},

@@ -7,13 +7,15 @@ through the native extension), and limits come from :func:`kernel_config.limits`
 enters through the tile count and split-K. Four small stages:
 
 1. :func:`candidates` — every config worth considering: ``block_m`` from the effective M
-   (:func:`select_block_m`), each ``block_n`` step up to N, each stage count, split-K where it
-   measured faster (:func:`auto_k_splits`), and the persistent grid;
+   (:func:`select_block_m`, plus 256-row tiles where :func:`tries_block_m_double` says so), each
+   ``block_n`` step up to N, each stage count, split-K where it measured faster (:func:`auto_k_splits`),
+   and the persistent grid;
 2. :func:`valid` — those the kernel can take (shared memory, alignment, limits);
-3. :func:`score` — fewest waves of tiles over the SMs, then the fullest last wave, then the fewest
-   columns computed past N, then the widest tile, then the most stages;
-4. :func:`select_config` — the best-scored valid candidate, or a ValueError naming the rules that
-   rejected every candidate.
+3. :func:`score` — per ``block_m``: fewest waves of tiles over the SMs, then the fullest last wave, then
+   the fewest columns computed past N, then the widest tile, then the most stages;
+4. :func:`select_config` — of each ``block_m``'s best, the one with the least work on its busiest CTA
+   (:func:`critical_cells`, ties to fewer rows), or a ValueError naming the rules that rejected every
+   candidate.
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ __all__ = [
     "score",
     "select_block_m",
     "select_config",
+    "tries_block_m_double",
     "valid",
 ]
 
 # NOTES: a choice, not a limit (the kernel takes up to limits()["max_stages"]): eight stages of the
 # largest tiles already hide the latency of HBM on the H100/H200, and fewer leave shared memory free.
 PREFERRED_MAX_STAGES = 8
+# NOTES: 256-row tiles (two row waves per math warpgroup) share each B stage between twice the rows and
+# quantize into fewer waves on large shapes; they pay a longer epilogue per tile and only 3 stages.
+# Tried from this K on (benchmarks/KERNEL_LOG.md v15).
+DOUBLE_MIN_K = 2048
 
 
 def ceil_div(x: int, y: int) -> int:
@@ -106,6 +113,15 @@ def select_block_m(m_eff: int) -> int:
     return limits()["block_m_small"] if m_eff <= limits()["block_m_small"] else limits()["block_m_large"]
 
 
+def tries_block_m_double(problem: Problem) -> bool:
+    """Whether 256-row tiles compete with the 128-row ones: normal GEMMs with a bf16 output, at least two
+    256-row blocks and K >= DOUBLE_MIN_K. NOTES: the kernel takes them for the normal layout only, and any
+    output; a float32 output stages each row block through the same small ring, not yet measured."""
+    double = limits()["block_m_double"]
+    bf16 = problem.operands.out_dtype == "bfloat16"
+    return problem.layout == "normal" and bf16 and problem.m >= 2 * double and problem.k >= DOUBLE_MIN_K
+
+
 def auto_k_splits(problem: Problem) -> int:
     """Split count chosen when none is forced: 2 or 1.
 
@@ -132,7 +148,18 @@ def _grid_size(problem: Problem, block_m: int, block_n: int, num_sms: int, split
 def candidates(problem: Problem, num_sms: int, forced: Overrides = ()) -> Iterator[KernelConfig]:
     """Every config worth considering, forced fields fixed."""
     lim, fixed = limits(), dict(forced)
-    block_m = fixed.get("block_m", select_block_m(problem.m_eff))
+    if "block_m" in fixed:
+        block_ms: tuple[int, ...] = (fixed["block_m"],)
+    else:
+        block_ms = (select_block_m(problem.m_eff),)
+        if tries_block_m_double(problem) and "num_k_splits" not in fixed and not fixed.get("k_interleave"):
+            block_ms += (lim["block_m_double"],)
+    for block_m in block_ms:
+        yield from _candidates_with_rows(problem, num_sms, fixed, block_m)
+
+
+def _candidates_with_rows(problem: Problem, num_sms: int, fixed: dict, block_m: int) -> Iterator[KernelConfig]:
+    lim = limits()
     k_interleave = fixed.get("k_interleave", 0)
     splits = fixed.get("num_k_splits", 1 if k_interleave else auto_k_splits(problem))
     # Every CTA of a cluster gets at least one K block, and no more CTAs than the SMs allowed.
@@ -184,6 +211,7 @@ def score(problem: Problem, config: KernelConfig) -> tuple[int, ...]:
     units = config.grid_size // config.num_k_splits  # CTAs, or clusters, in flight at once
     columns = ceil_div(problem.n, config.block_n) * config.block_n
     return (
+        config.block_m,  # compared within one block_m (select_config weighs the rows)
         num_waves(tiles, units),
         -last_wave_occupancy(tiles, units),
         columns,
@@ -209,7 +237,18 @@ def select_config(problem: Problem, num_sms: int, forced: Overrides = ()) -> Ker
             f"jax_dgpt.heuristics: no valid kernel config for {problem} on {num_sms} SMs "
             f"with forced {dict(forced) or 'nothing'}: {rules}"
         )
-    return min(accepted, key=lambda config: score(problem, config))
+    best: dict[int, KernelConfig] = {}
+    for config in accepted:
+        if config.block_m not in best or score(problem, config) < score(problem, best[config.block_m]):
+            best[config.block_m] = config
+    return min(best.values(), key=lambda config: (critical_cells(problem, config), config.block_m))
+
+
+def critical_cells(problem: Problem, config: KernelConfig) -> int:
+    """Output cells the busiest CTA (or cluster) computes: waves x block_m x block_n, which compares tiles of
+    different rows where the wave count alone does not (7 waves of 256 x 128 against 9 of 128 x 208)."""
+    tiles = num_tiles(problem, config.block_m, config.block_n)
+    return num_waves(tiles, config.grid_size // config.num_k_splits) * config.block_m * config.block_n
 
 
 def describe(op: str, problem: Problem, config: KernelConfig) -> str:

@@ -31,8 +31,8 @@ TUNING_FIELDS = ("block_m", "block_n", "num_stages", "num_k_splits", "k_interlea
 def limits() -> dict[str, int]:
     """The kernel configuration's limits (block sizes, alignments, shared memory), by name.
 
-    Keys: ``block_k``, ``block_m_small``, ``block_m_large``, ``block_n_step``, ``max_block_n``,
-    ``min_stages``, ``max_stages``, ``max_k_splits``, ``k_alignment``, ``n_alignment``,
+    Keys: ``block_k``, ``block_m_small``, ``block_m_large``, ``block_m_double``, ``block_n_step``,
+    ``max_block_n``, ``max_block_n_double``, ``min_stages``, ``max_stages``, ``max_k_splits``, ``k_alignment``, ``n_alignment``,
     ``m_alignment_contiguous``, ``max_dim``, ``max_groups``, ``max_grid_size``, ``max_smem_bytes``.
     """
     return {name: int(value) for name, value in _native().limits().items()}

@@ -37,7 +37,7 @@ enum class OutType : u32 {
   X(n, true)             /* columns of D (N), a multiple of 8 */                                        \
   X(k, true)             /* the reduction length (K), a multiple of 16 */                               \
   X(num_groups, false)   /* G: experts (1 for normal) */                                                \
-  X(block_m, true)       /* rows of one output tile: 64 or 128 */                                       \
+  X(block_m, true)       /* rows of one output tile: 64, 128 or 256 */                                  \
   X(block_n, true)       /* columns of one output tile */                                               \
   X(num_stages, true)    /* shared-memory ring of A/B stages */                                         \
   X(grid_size, false)    /* persistent CTAs launched (whole clusters) */                                \
@@ -66,6 +66,11 @@ constexpr int kNumConfigFields = 1 DGPT_KERNEL_CONFIG_FIELDS(DGPT_COUNT_FIELD);
 namespace limits {
 constexpr long long kBlockMSmall = 64;         // block_m choices: one or two 64-row wgmma tiles
 constexpr long long kBlockMLarge = 128;
+// Two row waves: each math warpgroup takes two 64-row blocks in turn with one wgmma accumulator (the
+// promoted sums of both stay in registers), so a tile shares each B stage between 256 rows.
+constexpr long long kBlockMDouble = 256;
+// NOTES: two waves keep two promoted 64 x block_n sums plus one accumulator: 3/2 block_n fp32 per thread.
+constexpr long long kMaxBlockNDouble = 128;
 constexpr long long kBlockNStep = 16;          // wgmma N step is 8; 16 keeps the stmatrix chunks whole
 // NOTES: the math warpgroups keep a 64 x block_n fp32 accumulator plus the promoted copy in registers;
 // 208 columns is the widest that ptxas fits without spilling for every layout (224 spills in the
@@ -85,10 +90,12 @@ constexpr long long kMaxSmemBytes = 232448;    // 227 KiB, the sm_90 opt-in limi
 }  // namespace limits
 
 // --- derived quantities ------------------------------------------------------------------------------
-// One math warpgroup per 64 rows; K interleave adds a second one for the same 64 rows.
+// One math warpgroup per 64 rows of a row wave; K interleave adds a second one for the same 64 rows.
 DGPT_HOST_DEVICE constexpr u32 num_math_warpgroups(const KernelConfig& c) {
   return c.block_m == limits::kBlockMSmall && c.k_interleave == 0 ? 1u : 2u;
 }
+// Row waves of a tile: the 64-row blocks each math warpgroup computes, one after the other.
+DGPT_HOST_DEVICE constexpr u32 row_waves(const KernelConfig& c) { return c.block_m == limits::kBlockMDouble ? 2u : 1u; }
 // Plus the producer warpgroup.
 DGPT_HOST_DEVICE constexpr u32 num_threads(const KernelConfig& c) { return 128u * (num_math_warpgroups(c) + 1u); }
 DGPT_HOST_DEVICE constexpr u32 cluster_size(const KernelConfig& c) { return static_cast<u32>(c.num_k_splits); }
@@ -100,15 +107,15 @@ DGPT_HOST_DEVICE constexpr bool splits_k(const KernelConfig& c) { return c.num_k
 struct SmemLayout {
   u32 d, a, b, partials, scales, full, empty, split, total;
 };
-// Per math warpgroup: its 64 rows' scale_a and the tile's block_n columns of scale_b (fp32).
+// Per math warpgroup: scale_a of its 64 rows in each row wave, then the tile's block_n columns of scale_b (fp32).
 DGPT_HOST_DEVICE constexpr u32 scale_floats_per_warpgroup(const KernelConfig& c) {
-  return static_cast<u32>(tile::kWgmmaM + c.block_n);
+  return static_cast<u32>(tile::kWgmmaM * row_waves(c) + c.block_n);
 }
-// The bf16 D tile, or the f32 staging ring of each storing warpgroup (one per 64 rows of the tile).
+// The bf16 D tile, or the f32 staging ring of each storing warpgroup (one per 64 rows of a row wave).
 DGPT_HOST_DEVICE constexpr u32 smem_d_bytes(const KernelConfig& c) {
   const u32 block_m = static_cast<u32>(c.block_m), block_n = static_cast<u32>(c.block_n);
   if (c.out_dtype == static_cast<long long>(OutType::kBF16)) return tile::align_up(block_m * block_n * 2, 1024);
-  return block_m / tile::kWgmmaM * tile::kF32StagingBuffers * tile::kF32StagingBufferBytes;
+  return block_m / tile::kWgmmaM / row_waves(c) * tile::kF32StagingBuffers * tile::kF32StagingBufferBytes;
 }
 DGPT_HOST_DEVICE constexpr SmemLayout smem_layout(const KernelConfig& c) {
   const u32 block_m = static_cast<u32>(c.block_m), block_n = static_cast<u32>(c.block_n);
@@ -171,9 +178,16 @@ DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c
   if (c.k <= 0 || c.k % limits::kKAlignment != 0 || c.k > limits::kMaxDim) {
     return "k must be a positive multiple of k_alignment, at most max_dim";
   }
-  if (c.block_m != limits::kBlockMSmall && c.block_m != limits::kBlockMLarge) return "block_m must be block_m_small or block_m_large";
+  if (c.block_m != limits::kBlockMSmall && c.block_m != limits::kBlockMLarge && c.block_m != limits::kBlockMDouble) {
+    return "block_m must be block_m_small, block_m_large or block_m_double";
+  }
   if (c.block_n < limits::kBlockNStep || c.block_n > limits::kMaxBlockN || c.block_n % limits::kBlockNStep != 0) {
     return "block_n must be a multiple of block_n_step in [block_n_step, max_block_n]";
+  }
+  // NOTES: the other layouts' row masks, boundary stores and K-block zeroing work per warpgroup's 64 rows.
+  if (c.block_m == limits::kBlockMDouble &&
+      (c.layout != Layout::kNormal || splits_k(c) || c.block_n > limits::kMaxBlockNDouble)) {
+    return "block_m_double needs the normal layout, num_k_splits 1, k_interleave 0 and block_n <= max_block_n_double";
   }
   if (c.num_stages < limits::kMinStages || c.num_stages > limits::kMaxStages) return "num_stages must be in [min_stages, max_stages]";
   if (c.num_k_splits < 1 || c.num_k_splits > limits::kMaxKSplits) return "num_k_splits must be in [1, max_k_splits]";

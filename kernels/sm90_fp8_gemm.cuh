@@ -50,6 +50,9 @@ struct Sm90Fp8Gemm {
 
   static constexpr u32 kBlockK = tile::kBlockK;
   static constexpr u32 kNumMathWarpgroups = num_math_warpgroups(kConfig);
+  // Row waves (block_m_double: two): the 64-row blocks a math warpgroup computes in turn, block
+  // wave * kNumMathWarpgroups + warpgroup of the tile; everything per 64 rows takes that "row block".
+  static constexpr u32 kRowWaves = row_waves(kConfig);
   static constexpr u32 kNumMathThreads = 128 * kNumMathWarpgroups;
   static constexpr u32 kNumThreads = num_threads(kConfig);
   static constexpr u32 kClusterSize = cluster_size(kConfig);
@@ -97,10 +100,10 @@ struct Sm90Fp8Gemm {
   using Scheduler = sched::TileScheduler<kLayout, kBlockM, kBlockN, kN, kK, kNumNBlocksPerBand, kClusterSize>;
 
   // This tile's scales, loaded before its main loop so the loads' latency hides behind it: thread t of a
-  // storing warpgroup holds scale_a of the warpgroup's row t (t < 64) and scale_b of tile columns t and
-  // t + 128 (when the tile has them). The epilogue shares them through shared memory.
+  // storing warpgroup holds scale_a of row t (t < 64) of each of its row blocks and scale_b of tile columns
+  // t and t + 128 (when the tile has them). The epilogue shares them through shared memory.
   struct TileScales {
-    float a = 1.0f;
+    float a[kRowWaves];
     float b0 = 1.0f;
     float b1 = 1.0f;
   };
@@ -253,7 +256,7 @@ struct Sm90Fp8Gemm {
     const u32 warp = thread / 32;
     const u32 lane = thread % 32;
     float accum[kNumAccum];
-    float result[kNumAccum];
+    float result[kRowWaves][kNumAccum];
 
     Scheduler scheduler(params);
     sched::Tile tile;
@@ -269,19 +272,24 @@ struct Sm90Fp8Gemm {
       TileScales scales;
       load_scales(params, tile, warpgroup, thread, scales);
 #pragma unroll
-      for (u32 i = 0; i < kNumAccum; ++i) result[i] = 0.0f;
+      for (u32 w = 0; w < kRowWaves; ++w) {
+#pragma unroll
+        for (u32 i = 0; i < kNumAccum; ++i) result[w][i] = 0.0f;
+      }
       if (tile.compute) accumulate_tile(smem, tile, warpgroup, thread, iter, accum, result);
-      if (!combine_partials(smem, tile, warpgroup, thread, handshakes, result)) continue;
+      // K splitting has one row wave (static_config_error).
+      if (!combine_partials(smem, tile, warpgroup, thread, handshakes, result[0])) continue;
       store_tile(params, smem, tile, warpgroup, warp, lane, scales, staged, result);
     }
     finish_partials(warpgroup);
     if (thread == 0) ptx::tma_store_wait_all();
   }
 
-  // The main loop of one tile: for each K block this warpgroup reads, wgmma into `accum`, then
-  // promote into the fp32 `result`.
+  // The main loop of one tile: for each K block this warpgroup reads and each of its row waves, wgmma into
+  // `accum`, then promote into that wave's fp32 `result`.
   __device__ static void accumulate_tile(const Smem& smem, const sched::Tile& tile, u32 warpgroup, u32 thread,
-                                         u32& iter, float (&accum)[kNumAccum], float (&result)[kNumAccum]) {
+                                         u32& iter, float (&accum)[kNumAccum],
+                                         float (&result)[kRowWaves][kNumAccum]) {
     constexpr bool kAlternate = kKSplit == KSplit::kWarpgroups;
     const u32 lane = thread % 32;
     const KBlocks blocks = k_blocks(tile);
@@ -298,26 +306,29 @@ struct Sm90Fp8Gemm {
         const u32 hi = tile.k_end - start < kBlockK ? tile.k_end - start : kBlockK;
         if (lo > 0 || hi < kBlockK) zero_outside_group(smem, stage, lo, hi, warpgroup, thread);
       }
-      const u32 row_block = kAlternate ? 0 : warpgroup;  // which 64 rows of the A stage
-      const u64 desc_a = ptx::make_smem_desc_sw128(smem.a + stage * kSmemA + row_block * tile::kWgmmaM * kBlockK);
       const u64 desc_b = ptx::make_smem_desc_sw128(smem.b + stage * kSmemB);
 #pragma unroll
-      for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
-      ptx::wgmma_fence();
+      for (u32 wave = 0; wave < kRowWaves; ++wave) {
+        const u32 row_block = kAlternate ? 0 : wave * kNumMathWarpgroups + warpgroup;  // 64 rows of the A stage
+        const u64 desc_a = ptx::make_smem_desc_sw128(smem.a + stage * kSmemA + row_block * tile::kWgmmaM * kBlockK);
 #pragma unroll
-      for (u32 kk = 0; kk < kBlockK / 32; ++kk) {
-        // NOTES: a 32-byte K step stays inside the 128B swizzle row: advance the start address
-        // field (16-byte units) by 2 per step.
-        Mma::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);
+        for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
+        ptx::wgmma_fence();
+#pragma unroll
+        for (u32 kk = 0; kk < kBlockK / 32; ++kk) {
+          // NOTES: a 32-byte K step stays inside the 128B swizzle row: advance the start address
+          // field (16-byte units) by 2 per step.
+          Mma::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);
+        }
+        ptx::wgmma_commit();
+#pragma unroll
+        for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
+        ptx::wgmma_wait<0>();
+        // The stage can be refilled as soon as this warp's last wgmmas have read it.
+        if (wave == kRowWaves - 1 && lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
+#pragma unroll
+        for (u32 i = 0; i < kNumAccum; ++i) result[wave][i] += accum[i];
       }
-      ptx::wgmma_commit();
-#pragma unroll
-      for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
-      ptx::wgmma_wait<0>();
-      // The stage can be refilled as soon as this warp's wgmmas have read it.
-      if (lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
-#pragma unroll
-      for (u32 i = 0; i < kNumAccum; ++i) result[i] += accum[i];
     }
   }
 
@@ -461,11 +472,16 @@ struct Sm90Fp8Gemm {
   // The tile's scales for this thread (see TileScales); loads only what the config scales by.
   __device__ static void load_scales(const GemmParams& params, const sched::Tile& tile, u32 warpgroup, u32 thread,
                                      TileScales& scales) {
-    if constexpr (kScaleA) {
-      const u32 row = tile.row + warpgroup * tile::kWgmmaM + thread;
-      if (thread < tile::kWgmmaM && row < tile.row_end) {
-        scales.a = ptx::load_global_nc(params.scale_a + static_cast<u64>(tile.group_a) * params.scale_a_group_stride +
-                                       static_cast<u64>(row) * params.scale_a_row_stride);
+#pragma unroll
+    for (u32 wave = 0; wave < kRowWaves; ++wave) {
+      scales.a[wave] = 1.0f;
+      if constexpr (kScaleA) {
+        const u32 row = tile.row + (wave * kNumMathWarpgroups + warpgroup) * tile::kWgmmaM + thread;
+        if (thread < tile::kWgmmaM && row < tile.row_end) {
+          scales.a[wave] = ptx::load_global_nc(params.scale_a +
+                                               static_cast<u64>(tile.group_a) * params.scale_a_group_stride +
+                                               static_cast<u64>(row) * params.scale_a_row_stride);
+        }
       }
     }
     if constexpr (kScaleB) {
@@ -478,27 +494,27 @@ struct Sm90Fp8Gemm {
     }
   }
 
-  // Multiplies each result by its row's scale_a and its column's scale_b, in that order (fp32), from the
-  // values the warpgroup shared. Accumulator i of a thread: row warp * 16 + lane / 4 + 8 * (i % 4 / 2),
-  // column i / 4 * 8 + lane % 4 * 2 + i % 2 of the warpgroup's 64 x BLOCK_N.
-  __device__ static void apply_scales(const Smem& smem, u32 warpgroup, u32 warp, u32 lane,
+  // Multiplies each result of one row wave by its row's scale_a and its column's scale_b, in that order
+  // (fp32), from the values the warpgroup shared. Accumulator i of a thread: row warp * 16 + lane / 4 +
+  // 8 * (i % 4 / 2), column i / 4 * 8 + lane % 4 * 2 + i % 2 of the row block's 64 x BLOCK_N.
+  __device__ static void apply_scales(const Smem& smem, u32 warpgroup, u32 wave, u32 warp, u32 lane,
                                       float (&result)[kNumAccum]) {
     const float* shared = smem.scales_of(warpgroup);
-    const u32 row = warp * 16 + lane / 4;
+    const u32 row = wave * tile::kWgmmaM + warp * 16 + lane / 4;
     const float a0 = kScaleA ? shared[row] : 1.0f, a1 = kScaleA ? shared[row + 8] : 1.0f;
 #pragma unroll
     for (u32 i = 0; i < kNumAccum; ++i) {
       if constexpr (kScaleA) result[i] *= (i % 4) < 2 ? a0 : a1;
-      if constexpr (kScaleB) result[i] *= shared[tile::kWgmmaM + i / 4 * 8 + lane % 4 * 2 + i % 2];
+      if constexpr (kScaleB) result[i] *= shared[kRowWaves * tile::kWgmmaM + i / 4 * 8 + lane % 4 * 2 + i % 2];
     }
   }
 
-  // Whether this warpgroup's 64 rows of the tile go out without TMA, row by row: in a ragged group's last
-  // tile, when the next group's rows follow inside them (its 64-row TMA box would overwrite those). A
-  // warpgroup whose rows all belong to the group still stores through TMA.
-  __device__ static bool stores_rows(const GemmParams& params, const sched::Tile& tile, u32 warpgroup) {
+  // Whether a row block (64 rows) of the tile goes out without TMA, row by row: in a ragged group's last
+  // tile, when the next group's rows follow inside it (its 64-row TMA box would overwrite those). A row
+  // block whose rows all belong to the group still stores through TMA.
+  __device__ static bool stores_rows(const GemmParams& params, const sched::Tile& tile, u32 row_block) {
     if constexpr (kLayout == Layout::kRagged) {
-      return tile.row + (warpgroup + 1) * tile::kWgmmaM > tile.row_end && tile.row_end < params.shape_m;
+      return tile.row + (row_block + 1) * tile::kWgmmaM > tile.row_end && tile.row_end < params.shape_m;
     } else {
       return false;
     }
@@ -508,45 +524,54 @@ struct Sm90Fp8Gemm {
   // or row by row from registers.
   __device__ static void store_tile(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
                                     u32 warpgroup, u32 warp, u32 lane, const TileScales& scales, u32& staged,
-                                    float (&result)[kNumAccum]) {
+                                    float (&result)[kRowWaves][kNumAccum]) {
     constexpr bool kScaled = kScaleA || kScaleB;
+    constexpr u32 kScaleBAt = kRowWaves * tile::kWgmmaM;  // scale_b's place among the shared scales
     const u32 thread = warp * 32 + lane;
-    const bool by_rows = stores_rows(params, tile, warpgroup);
     if constexpr (kScaled) {
       float* shared = smem.scales_of(warpgroup);
-      if (kScaleA && thread < tile::kWgmmaM) shared[thread] = scales.a;
-      if (kScaleB && thread < kBlockN) shared[tile::kWgmmaM + thread] = scales.b0;
-      if (kScaleB && thread + 128 < kBlockN) shared[tile::kWgmmaM + thread + 128] = scales.b1;
+#pragma unroll
+      for (u32 wave = 0; wave < kRowWaves; ++wave) {
+        if (kScaleA && thread < tile::kWgmmaM) shared[wave * tile::kWgmmaM + thread] = scales.a[wave];
+      }
+      if (kScaleB && thread < kBlockN) shared[kScaleBAt + thread] = scales.b0;
+      if (kScaleB && thread + 128 < kBlockN) shared[kScaleBAt + thread + 128] = scales.b1;
     }
-    // The previous tile's stores must have finished reading this warpgroup's part of the D tile (f32: each
+    // The previous tile's stores must have finished reading this warpgroup's parts of the D tile (f32: each
     // atom waits for its own buffer).
     if (!kF32Out && thread == 0) ptx::tma_store_wait_read();
     if constexpr (!kF32Out || kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
-    // NOTES: rows with nothing computed (padding, past a ragged total, an empty k_grouped group) stay exact
-    // zeros whatever the scales hold (Inf, NaN): scale first, then mask, and skip the scales of empty tiles.
-    if constexpr (kScaled) {
-      if (tile.compute) apply_scales(smem, warpgroup, warp, lane, result);
-    }
-    if constexpr (kLayout == Layout::kContiguous) mask_other_experts(params, tile, warpgroup, warp, lane, result);
-    if constexpr (kLayout == Layout::kRagged) {
-      if (by_rows) {
-        store_rows(params, tile, warpgroup, warp, lane, result);
-        // The next tile's scales must not overwrite these before every thread has read them.
-        if constexpr (kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
-        return;
+#pragma unroll
+    for (u32 wave = 0; wave < kRowWaves; ++wave) {
+      const u32 row_block = wave * kNumMathWarpgroups + warpgroup;
+      // NOTES: rows with nothing computed (padding, past a ragged total, an empty k_grouped group) stay exact
+      // zeros whatever the scales hold (Inf, NaN): scale first, then mask, and skip the scales of empty tiles.
+      if constexpr (kScaled) {
+        if (tile.compute) apply_scales(smem, warpgroup, wave, warp, lane, result[wave]);
       }
-    }
-    if constexpr (kF32Out) {
-      store_f32(params, smem, tile, warpgroup, warp, lane, staged, result);
-    } else {
-      store_bf16(params, smem, tile, warpgroup, warp, lane, result);
+      if constexpr (kLayout == Layout::kContiguous) {
+        mask_other_experts(params, tile, row_block, warp, lane, result[wave]);
+      }
+      if constexpr (kLayout == Layout::kRagged) {
+        if (stores_rows(params, tile, row_block)) {
+          store_rows(params, tile, row_block, warp, lane, result[wave]);
+          // The next scales written must not overwrite these before every thread has read them.
+          if constexpr (kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
+          continue;
+        }
+      }
+      if constexpr (kF32Out) {
+        store_f32(params, smem, tile, warpgroup, row_block, warp, lane, staged, result[wave]);
+      } else {
+        store_bf16(params, smem, tile, warpgroup, row_block, warp, lane, result[wave]);
+      }
     }
   }
 
   // Contiguous: rows of another expert or padding (-1, out of range) inside this block come out as zero.
-  __device__ static void mask_other_experts(const GemmParams& params, const sched::Tile& tile, u32 warpgroup,
+  __device__ static void mask_other_experts(const GemmParams& params, const sched::Tile& tile, u32 row_block,
                                             u32 warp, u32 lane, float (&result)[kNumAccum]) {
-    const u32 r0 = tile.row + warpgroup * tile::kWgmmaM + warp * 16 + lane / 4;
+    const u32 r0 = tile.row + row_block * tile::kWgmmaM + warp * 16 + lane / 4;
     const i32 expert = tile.compute ? static_cast<i32>(tile.group_b) : -1;
     const bool keep0 = r0 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0) == expert;
     const bool keep1 = r0 + 8 < params.shape_m && ptx::load_global_nc(params.grouped_layout + r0 + 8) == expert;
@@ -560,10 +585,10 @@ struct Sm90Fp8Gemm {
   // Row by row (a ragged group's last tile): each thread's pairs of adjacent columns go straight to global
   // memory for the tile's rows only (fp32: a warp's stores cover whole 32-byte sectors). N % 8 == 0 keeps a
   // pair inside the row. The ragged layout never accumulates.
-  __device__ static void store_rows(const GemmParams& params, const sched::Tile& tile, u32 warpgroup, u32 warp,
+  __device__ static void store_rows(const GemmParams& params, const sched::Tile& tile, u32 row_block, u32 warp,
                                     u32 lane, const float (&result)[kNumAccum]) {
     static_assert(!kAccumulate, "row-by-row stores only write");
-    const u32 r0 = tile.row + warpgroup * tile::kWgmmaM + warp * 16 + lane / 4;
+    const u32 r0 = tile.row + row_block * tile::kWgmmaM + warp * 16 + lane / 4;
     const u32 c0 = tile.n_block * kBlockN + lane % 4 * 2;
     const u64 group_offset = tile.group_a * params.d_group_stride;
 #pragma unroll
@@ -585,20 +610,21 @@ struct Sm90Fp8Gemm {
     }
   }
 
-  // f32 output: each atom of the warpgroup's 64 rows goes into the next buffer of its staging ring, then
+  // f32 output: each atom of a row block goes into the next buffer of its warpgroup's staging ring, then
   // out with one TMA store, or one TMA reduce-add when accumulating (the L2 adds it to what D holds). The
   // stores run on while the warpgroup stages the next atoms and starts the next tile; a buffer is written
   // again only once the store that read it last has finished reading (kF32StagingBuffers - 1 may be
   // pending).
   __device__ static void store_f32(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
-                                   u32 warpgroup, u32 warp, u32 lane, u32& staged, const float (&result)[kNumAccum]) {
+                                   u32 warpgroup, u32 row_block, u32 warp, u32 lane, u32& staged,
+                                   const float (&result)[kNumAccum]) {
     // With nothing computed, an accumulating output already holds its value (c).
     if (kAccumulate && !tile.compute) return;
     constexpr u32 kBuffers = tile::kF32StagingBuffers, kBufferBytes = tile::kF32StagingBufferBytes;
     const u32 thread = warp * 32 + lane;
     u8* ring = smem.d + warpgroup * kBuffers * kBufferBytes;
     const i32 n_tile = static_cast<i32>(tile.n_block * kBlockN);
-    const i32 m_rows = static_cast<i32>(tile.row + warpgroup * tile::kWgmmaM);
+    const i32 m_rows = static_cast<i32>(tile.row + row_block * tile::kWgmmaM);
 #pragma unroll
     for (u32 atom = 0; atom < kNumMainAtoms + kNumTailAtoms; ++atom, ++staged) {
       const bool main = atom < kNumMainAtoms;
@@ -644,11 +670,11 @@ struct Sm90Fp8Gemm {
     }
   }
 
-  // bf16 output: rows through stmatrix into the swizzled D tile, then TMA stores per atom.
+  // bf16 output: a row block through stmatrix into the swizzled D tile, then TMA stores per atom.
   __device__ static void store_bf16(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
-                                    u32 warpgroup, u32 warp, u32 lane, float (&result)[kNumAccum]) {
+                                    u32 warpgroup, u32 row_block, u32 warp, u32 lane, float (&result)[kNumAccum]) {
     const u32 thread = warp * 32 + lane;
-    const u32 row_base = warpgroup * tile::kWgmmaM;  // first tile row of this warpgroup
+    const u32 row_base = row_block * tile::kWgmmaM;  // first tile row of the row block
     const u32 m_tile = tile.row;
     const u32 q = lane / 8;
     const u32 row = row_base + warp * 16 + (q & 1) * 8 + lane % 8;

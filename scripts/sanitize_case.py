@@ -54,6 +54,24 @@ def k_interleave() -> bool:
     return _k_parts(k_interleave=1, block_n=16, num_stages=2)
 
 
+def double_rows() -> bool:
+    """256-row tiles on 4 CTAs: 3 row tiles (the last with one partial row wave) x 5 column tiles of 3 K blocks,
+    so each CTA reuses its ring and D tile; bf16, and float32 scaled and added into c (both waves through
+    one staging ring)."""
+    ap, bp = fp8((600, 320), 11), fp8((272, 320), 12)
+    c, sa = jnp.ones((600, 272), jnp.float32), jnp.linspace(0.5, 2.0, 600, dtype=jnp.float32)
+    jax_dgpt.set_num_sms(4)
+    try:
+        with forcing.force(block_m=256, block_n=64):
+            d = jax.jit(jax_dgpt.gemm)(ap, bp)
+            w = jax.jit(lambda x, y, z: jax_dgpt.wgrad_gemm(x, y, z, scale_a=sa))(ap, bp, c)
+    finally:
+        jax_dgpt.set_num_sms(jax.devices()[0].core_count)
+    product = np.asarray(ap, np.float64) @ np.asarray(bp, np.float64).T
+    scaled = product * np.asarray(sa, np.float64)[:, None] + 1.0
+    return diff(d, product) <= 3e-6 and diff(w, scaled) <= 1e-7
+
+
 def grouped() -> bool:
     ok = True
     bg = fp8((3, 272, 256), 2)
@@ -113,7 +131,7 @@ def ragged() -> bool:
     return diff(dr, reference_ragged_f64(ar, br, rs)) <= 3e-6 and bool(np.all(np.asarray(dr[202:]) == 0))
 
 
-CASES = {f.__name__: f for f in (plain, split_k, k_interleave, grouped, training_ops, ragged)}
+CASES = {f.__name__: f for f in (plain, split_k, k_interleave, double_rows, grouped, training_ops, ragged)}
 
 
 def main(names: list[str]) -> int:
