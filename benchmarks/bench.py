@@ -58,7 +58,10 @@ from jax_dgpt import testing
 NORMAL = testing.NORMAL_ANCHORS
 DECODE = [(m, n, k) for m in testing.DECODE_M for n, k in testing.NK_PAIRS]
 CONTIGUOUS = testing.CONTIGUOUS_ANCHORS
-MASKED = testing.MASKED_ANCHORS
+# Decode-sized masks after the reference library's shapes: a few rows per expert in Mmax = 4096, where the
+# tile loop walks the most indices that are not tiles (benchmarks/KERNEL_LOG.md v14).
+MASKED_DECODE = [(16, 8, 7168, 2048), (16, 8, 4096, 7168), (32, 16, 7168, 2048)]
+MASKED = testing.MASKED_ANCHORS + MASKED_DECODE
 # Reference library (DeepGEMMPerTensor) times on the H100, µs (shared/ANCHORS-H100.md).
 # Reference library (DeepGEMMPerTensor) times on the H200 with its own masked_m draws, which masked_draws
 # reproduces (shared/ANCHORS-H200.md: the faster of its two calls).
@@ -361,7 +364,7 @@ def main(argv=None) -> int:
         return 2
     pick = (lambda xs: xs[::4]) if args.quick else (lambda xs: xs)
     size = TINY if args.tiny else dict(normal=NORMAL, decode=DECODE, contiguous=CONTIGUOUS, masked=MASKED)
-    seeds = [None] * len(size["masked"]) if args.tiny else SEED_MASKED_H200_US
+    seeds = [None] * len(size["masked"]) if args.tiny else SEED_MASKED_H200_US + [None] * len(MASKED_DECODE)
     started = time.perf_counter()
     if args.shapes:
         chosen = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]

@@ -48,7 +48,13 @@ def _gpu_kernel_events(trace_dir: str, with_op: bool = False) -> list[tuple[floa
 
 
 class Timer:
-    """Measures a jitted callable's kernels per call: the median over `calls`, each after an L2 flush."""
+    """Measures a jitted callable's kernels per call: the median over `calls`, each after an L2 flush.
+
+    NOTES: the functions of one session take turns call by call (call 1 of each, then call 2 of each, ...), so
+    each meets the same clocks and temperature. Timed one function after the other, the same 256 x 128 kernel
+    measured 758 us first in the session and 812 us fifth, after XLA's dots (8192^3, H200, 2026-12-02): the
+    first function was favoured by up to 7% on compute-bound shapes (benchmarks/KERNEL_LOG.md v15).
+    """
 
     kind = "device time per call from the JAX profiler, L2 flushed before every call"
 
@@ -64,8 +70,8 @@ class Timer:
         last = None
         jax.profiler.start_trace(trace_dir)
         try:
-            for fn in fns:
-                for _ in range(calls):
+            for _ in range(calls):
+                for fn in fns:
                     self.buf = _flush(self.buf)
                     # NOTES: only the last result is kept: one stream runs every call in order, so waiting
                     # for it waits for all; holding every call's output ran the H200 out of memory (15 calls
@@ -82,7 +88,7 @@ class Timer:
         for fn in fns:
             for _ in range(warmup):
                 jax.block_until_ready(fn())
-        per_call: list[float] = []  # kernel time after each flush, in call order
+        per_call: list[float] = []  # kernel time after each flush, in call order (the functions take turns)
         for _, duration, name in self._trace(list(fns), calls):
             if name in self.flush_names:
                 per_call.append(0.0)
@@ -92,7 +98,7 @@ class Timer:
             raise RuntimeError(f"expected {calls * len(fns)} flushes in the trace, found {len(per_call)}")
         medians = []
         for i in range(len(fns)):
-            mine = [t for t in per_call[i * calls : (i + 1) * calls] if t > 0]
+            mine = [t for t in per_call[i :: len(fns)] if t > 0]
             if not mine:
                 raise RuntimeError(f"no kernels recorded for function {i}")
             medians.append(statistics.median(mine) / 1e3)
