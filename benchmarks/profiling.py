@@ -50,10 +50,11 @@ def _gpu_kernel_events(trace_dir: str, with_op: bool = False) -> list[tuple[floa
 class Timer:
     """Measures a jitted callable's kernels per call: the median over `calls`, each after an L2 flush.
 
-    NOTES: the functions of one session take turns call by call (call 1 of each, then call 2 of each, ...), so
-    each meets the same clocks and temperature. Timed one function after the other, the same 256 x 128 kernel
-    measured 758 us first in the session and 812 us fifth, after XLA's dots (8192^3, H200, 2026-12-02): the
-    first function was favoured by up to 7% on compute-bound shapes (benchmarks/KERNEL_LOG.md v15).
+    NOTES: the functions of one session take turns call by call, each round starting one function later
+    (rotate), so each meets the same clocks and temperature and follows every other equally often. The H200's
+    clock depends on the kernels just before: the same 256 x 128 kernel on 8192^3 measured 758 us first in a
+    session and 812 us fifth, after XLA's dots, and 756 against 796 us in turns with a fixed order (2026-12-02,
+    benchmarks/KERNEL_LOG.md v15).
     """
 
     kind = "device time per call from the JAX profiler, L2 flushed before every call"
@@ -70,8 +71,8 @@ class Timer:
         last = None
         jax.profiler.start_trace(trace_dir)
         try:
-            for _ in range(calls):
-                for fn in fns:
+            for r in range(calls):
+                for fn in fns[r % len(fns) :] + fns[: r % len(fns)]:
                     self.buf = _flush(self.buf)
                     # NOTES: only the last result is kept: one stream runs every call in order, so waiting
                     # for it waits for all; holding every call's output ran the H200 out of memory (15 calls
@@ -88,7 +89,7 @@ class Timer:
         for fn in fns:
             for _ in range(warmup):
                 jax.block_until_ready(fn())
-        per_call: list[float] = []  # kernel time after each flush, in call order (the functions take turns)
+        per_call: list[float] = []  # kernel time after each flush, in call order (see _trace for the turns)
         for _, duration, name in self._trace(list(fns), calls):
             if name in self.flush_names:
                 per_call.append(0.0)
@@ -96,9 +97,11 @@ class Timer:
                 per_call[-1] += duration
         if len(per_call) != calls * len(fns):
             raise RuntimeError(f"expected {calls * len(fns)} flushes in the trace, found {len(per_call)}")
+        n = len(fns)
+        owner = [(r + j) % n for r in range(calls) for j in range(n)]  # the function of each call, in order
         medians = []
-        for i in range(len(fns)):
-            mine = [t for t in per_call[i :: len(fns)] if t > 0]
+        for i in range(n):
+            mine = [t for t, f in zip(per_call, owner) if f == i and t > 0]
             if not mine:
                 raise RuntimeError(f"no kernels recorded for function {i}")
             medians.append(statistics.median(mine) / 1e3)

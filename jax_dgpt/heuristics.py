@@ -14,8 +14,8 @@ enters through the tile count and split-K. Four small stages:
 3. :func:`score` — per ``block_m``: fewest waves of tiles over the SMs, then the fullest last wave, then
    the fewest columns computed past N, then the widest tile, then the most stages;
 4. :func:`select_config` — of each ``block_m``'s best, the one with the least work on its busiest CTA
-   (:func:`critical_cells`, ties to fewer rows), or a ValueError naming the rules that rejected every
-   candidate.
+   (:func:`weighted_cells`, ties to fewer rows), on the fewest CTAs that keep its waves (:func:`trimmed`);
+   or a ValueError naming the rules that rejected every candidate.
 """
 
 from __future__ import annotations
@@ -41,16 +41,21 @@ __all__ = [
     "select_block_m",
     "select_config",
     "tries_block_m_double",
+    "trimmed",
     "valid",
+    "weighted_cells",
 ]
 
 # NOTES: a choice, not a limit (the kernel takes up to limits()["max_stages"]): eight stages of the
 # largest tiles already hide the latency of HBM on the H100/H200, and fewer leave shared memory free.
 PREFERRED_MAX_STAGES = 8
-# NOTES: 256-row tiles (two row waves per math warpgroup) share each B stage between twice the rows and
-# quantize into fewer waves on large shapes; they pay a longer epilogue per tile and only 3 stages.
-# Tried from this K on (benchmarks/KERNEL_LOG.md v15).
-DOUBLE_MIN_K = 2048
+# NOTES: 256-row tiles (two row waves per math warpgroup) quantize into fewer waves on some large shapes
+# (4096 x 7168: 7 waves of 256 x 128 against 9 of 128 x 208), for a longer epilogue per tile and 3 stages.
+# Measured on the H200 (benchmarks/KERNEL_LOG.md v15): 2-11% faster where they save >= 4.5% of the busiest
+# CTA's cells, 1-2% slower where they save 1.6%, 8% slower as 256 x 64 tiles (a 256-row A stage per 64
+# columns). Hence: only from DOUBLE_MIN_BLOCK_N columns, and only when they save DOUBLE_MARGIN.
+DOUBLE_MIN_BLOCK_N = 112
+DOUBLE_MARGIN = 1.04
 
 
 def ceil_div(x: int, y: int) -> int:
@@ -114,12 +119,11 @@ def select_block_m(m_eff: int) -> int:
 
 
 def tries_block_m_double(problem: Problem) -> bool:
-    """Whether 256-row tiles compete with the 128-row ones: normal GEMMs with a bf16 output, at least two
-    256-row blocks and K >= DOUBLE_MIN_K. NOTES: the kernel takes them for the normal layout only, and any
-    output; a float32 output stages each row block through the same small ring, not yet measured."""
-    double = limits()["block_m_double"]
+    """Whether 256-row tiles compete with the 128-row ones: normal GEMMs with a bf16 output and at least two
+    256-row blocks. NOTES: the kernel takes them for the normal layout only, with any output; a float32
+    output stages each row block through the same small ring, not measured yet."""
     bf16 = problem.operands.out_dtype == "bfloat16"
-    return problem.layout == "normal" and bf16 and problem.m >= 2 * double and problem.k >= DOUBLE_MIN_K
+    return problem.layout == "normal" and bf16 and problem.m >= 2 * limits()["block_m_double"]
 
 
 def auto_k_splits(problem: Problem) -> int:
@@ -144,6 +148,19 @@ def _grid_size(problem: Problem, block_m: int, block_n: int, num_sms: int, split
     return clusters * splits
 
 
+def trimmed(problem: Problem, config: KernelConfig) -> KernelConfig:
+    """The config with the fewest CTAs (whole clusters) that keep its waves: 896 tiles take 7 waves on 128 CTAs
+    as on 132. NOTES: idle SMs draw no power, which the busy ones' clocks get (DeepGEMM launches this way);
+    measured 0.5-2.7% faster on 7 of 9 large shapes (benchmarks/KERNEL_LOG.md v15). Not for the masked and
+    ragged layouts, whose tiles are counted on the device."""
+    if problem.layout in ("masked", "ragged"):
+        return config
+    units = config.grid_size // config.num_k_splits
+    tiles = num_tiles(problem, config.block_m, config.block_n)
+    grid = ceil_div(tiles, num_waves(tiles, units)) * config.num_k_splits
+    return dataclasses.replace(config, grid_size=grid)
+
+
 # --- the four stages --------------------------------------------------------------------------------
 def candidates(problem: Problem, num_sms: int, forced: Overrides = ()) -> Iterator[KernelConfig]:
     """Every config worth considering, forced fields fixed."""
@@ -155,7 +172,10 @@ def candidates(problem: Problem, num_sms: int, forced: Overrides = ()) -> Iterat
         if tries_block_m_double(problem) and "num_k_splits" not in fixed and not fixed.get("k_interleave"):
             block_ms += (lim["block_m_double"],)
     for block_m in block_ms:
-        yield from _candidates_with_rows(problem, num_sms, fixed, block_m)
+        for config in _candidates_with_rows(problem, num_sms, fixed, block_m):
+            forced_n = "block_n" in fixed
+            if forced_n or block_m != lim["block_m_double"] or config.block_n >= DOUBLE_MIN_BLOCK_N:
+                yield config
 
 
 def _candidates_with_rows(problem: Problem, num_sms: int, fixed: dict, block_m: int) -> Iterator[KernelConfig]:
@@ -241,7 +261,14 @@ def select_config(problem: Problem, num_sms: int, forced: Overrides = ()) -> Ker
     for config in accepted:
         if config.block_m not in best or score(problem, config) < score(problem, best[config.block_m]):
             best[config.block_m] = config
-    return min(best.values(), key=lambda config: (critical_cells(problem, config), config.block_m))
+    chosen = min(best.values(), key=lambda config: (weighted_cells(problem, config), config.block_m))
+    return trimmed(problem, chosen)
+
+
+def weighted_cells(problem: Problem, config: KernelConfig) -> float:
+    """critical_cells, 256-row tiles weighted by DOUBLE_MARGIN (they must save that much to be chosen)."""
+    double = config.block_m == limits()["block_m_double"]
+    return critical_cells(problem, config) * (DOUBLE_MARGIN if double else 1.0)
 
 
 def critical_cells(problem: Problem, config: KernelConfig) -> int:

@@ -43,8 +43,8 @@ KNOWN = [
     (Problem("normal", 64, 7168, 576, 1), 132, (64, 64, 8, 112, 1)),  # 112 tiles: one wave
     (Problem("normal", 64, 2112, 7168, 1), 132, (64, 32, 8, 132, 2)),  # split-K: small M, long K
     (Problem("normal", 128, 2112, 7168, 1), 132, (128, 16, 8, 132, 1)),
-    (Problem("normal", 4096, 7168, 16384, 1), 132, (128, 208, 4, 132, 1)),
-    (Problem("normal", 8192, 8192, 8192, 1), 132, (128, 208, 4, 132, 1)),
+    (Problem("normal", 4096, 7168, 16384, 1), 132, (256, 128, 3, 128, 1)),  # 7 waves on 128 CTAs
+    (Problem("normal", 8192, 8192, 8192, 1), 132, (128, 208, 4, 128, 1)),  # 256 rows save only 1.6%
     (Problem("normal", 1, 8, 16, 1), 132, (64, 16, 8, 1, 1)),
     (Problem("normal", 64, 2112, 7168, 1), 64, (64, 80, 8, 54, 2)),
     (Problem("normal", 128, 2112, 7168, 1), 64, (128, 48, 8, 44, 1)),
@@ -56,7 +56,7 @@ KNOWN = [
     (
         Problem("normal", 7168, 2112, 4096, 1, operands=Operands(out_dtype="float32", accumulate=True)),
         132,
-        (128, 192, 4, 132, 1),
+        (128, 192, 4, 124, 1),  # 616 tiles: 5 waves on 124 CTAs as on 132
     ),
 ]
 
@@ -146,7 +146,7 @@ def test_forced_fields_override_the_choice():
         (Problem("normal", 4096, 7168, 2048, 1), {"k_interleave": 1}, r"k_interleave needs block_m_small"),
         (Problem("normal", 64, 7168, 2048, 1), {"k_interleave": 1, "num_stages": 3}, r"even num_stages"),
         (Problem("contiguous", 256, 4096, 512, 2), {"block_m": 64}, r"contiguous layout needs block_m"),
-        (Problem("normal", 64, 7168, 2048, 1), {"block_m": 96}, r"block_m must be block_m_small or block_m_large"),
+        (Problem("normal", 64, 7168, 2048, 1), {"block_m": 96}, r"block_m must be block_m_small, block_m_large or block_m_double"),
         (Problem("normal", 64, 7168, 2048, 1), {"num_multicast": 2}, r"not KernelConfig fields"),
     ],
 )
@@ -233,7 +233,7 @@ def test_print_configs_once_per_distinct_shape(capsys):
         _lower_for_cuda(lambda a, b: gemm(a, b) + 1, a, b)  # same op and shape: no second line
         _lower_for_cuda(gemm, a, b2)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "jax_dgpt: gemm M=4096 N=7168 K=2048 -> block_m=128 block_n=208 stages=4 grid=132"
+    assert lines[0] == "jax_dgpt: gemm M=4096 N=7168 K=2048 -> block_m=256 block_n=128 stages=3 grid=128"
     assert len(lines) == 2 and "N=4096" in lines[1]
 
 
@@ -266,3 +266,48 @@ def test_env_parsing(monkeypatch, value, expected):
 def test_env_parsing_rejects_garbage():
     with pytest.raises(ValueError, match=r"DG_PRINT_CONFIGS must be 0 or 1, got 'maybe'"):
         config.Settings.from_environ({"DG_PRINT_CONFIGS": "maybe"})
+
+
+# --- 256-row tiles and the trimmed grid ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        # 7 waves of 256 x 128 against 9 of 128 x 208: 4.5% fewer cells on the busiest CTA.
+        (Problem("normal", 4096, 7168, 2048, 1), 256),
+        # 1.6% fewer only: under DOUBLE_MARGIN.
+        (Problem("normal", 4096, 4096, 7168, 1), 128),
+        # A float32 output, another layout, or fewer than two 256-row blocks: not tried.
+        (Problem("normal", 4096, 7168, 2048, 1, operands=Operands(out_dtype="float32")), 128),
+        (Problem("contiguous", 4096, 7168, 2048, 4), 128),
+        (Problem("normal", 384, 7168, 2048, 1), 128),
+    ],
+)
+def test_block_m_double_chosen_where_it_saves_the_margin(problem, expected):
+    config = config_of(problem, 132)
+    assert config.block_m == expected
+    if expected == 256:
+        single = heuristics.select_config(problem, 132, (("block_m", 128),))
+        saved = heuristics.critical_cells(problem, single) / heuristics.critical_cells(problem, config)
+        assert saved >= heuristics.DOUBLE_MARGIN and config.block_n >= heuristics.DOUBLE_MIN_BLOCK_N
+
+
+def test_block_m_double_forced_takes_only_the_columns_it_can():
+    config = heuristics.select_config(Problem("normal", 4096, 7168, 2048, 1), 132, (("block_m", 256),))
+    assert (config.block_m, config.block_n) == (256, 128)
+    with pytest.raises(ValueError, match="block_n <= max_block_n_double"):
+        heuristics.select_config(Problem("normal", 4096, 7168, 2048, 1), 132, (("block_m", 256), ("block_n", 144)))
+
+
+@pytest.mark.parametrize("problem", [Problem("normal", 4096, 7168, 2048, 1), Problem("k_grouped", 4096, 7168, 2048, 8)])
+def test_grid_is_the_fewest_ctas_that_keep_the_waves(problem):
+    config = config_of(problem, 132)
+    tiles = heuristics.num_tiles(problem, config.block_m, config.block_n)
+    waves = heuristics.num_waves(tiles, 132)
+    assert heuristics.num_waves(tiles, config.grid_size) == waves
+    assert heuristics.num_waves(tiles, config.grid_size - 1) > waves
+
+
+def test_masked_and_ragged_grids_are_not_trimmed():
+    # Their tiles are counted on the device: the grid stays one CTA per SM.
+    assert config_of(Problem("masked", 4096, 7168, 2048, 4, 8), 132).grid_size == 132
+    assert config_of(Problem("ragged", 4096, 7168, 2048, 4), 132).grid_size == 132

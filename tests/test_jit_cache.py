@@ -378,7 +378,7 @@ def test_compile_error_raises_with_the_compiler_log(cache_root):
 
 def test_compile_error_of_the_gemm_config_is_a_value_error():
     args = gemm_args()
-    with pytest.raises(ValueError, match="block_m must be block_m_small or block_m_large"):
+    with pytest.raises(ValueError, match="block_m must be block_m_small, block_m_large or block_m_double"):
         C.compile_gemm({**args, "block_m": 96})
     with pytest.raises(ValueError, match="shared memory"):
         C.compile_gemm({**args, "num_stages": 32})

@@ -50,7 +50,7 @@ def test_a_known_good_config_is_valid():
 @pytest.mark.parametrize(
     "changes, rule",
     [
-        ({"block_m": 96}, "block_m must be block_m_small or block_m_large"),
+        ({"block_m": 96}, "block_m must be block_m_small, block_m_large or block_m_double"),
         ({"block_n": 200}, "block_n must be a multiple of block_n_step"),
         ({"block_n": 224}, "block_n must be a multiple of block_n_step in \\[block_n_step, max_block_n\\]"),
         ({"num_stages": 1}, "num_stages must be in \\[min_stages, max_stages\\]"),
