@@ -32,8 +32,9 @@ def limits() -> dict[str, int]:
     """The kernel configuration's limits (block sizes, alignments, shared memory), by name.
 
     Keys: ``block_k``, ``block_m_small``, ``block_m_large``, ``block_m_double``, ``block_n_step``,
-    ``max_block_n``, ``max_block_n_double``, ``min_stages``, ``max_stages``, ``max_k_splits``, ``k_alignment``, ``n_alignment``,
-    ``m_alignment_contiguous``, ``max_dim``, ``max_groups``, ``max_grid_size``, ``max_smem_bytes``.
+    ``max_block_n``, ``max_block_n_double``, ``min_stages``, ``max_stages``, ``max_k_splits``,
+    ``k_alignment``, ``n_alignment``, ``m_alignment_contiguous``, ``max_dim``, ``max_groups``,
+    ``max_grid_size``, ``max_smem_bytes``.
     """
     return {name: int(value) for name, value in _native().limits().items()}
 

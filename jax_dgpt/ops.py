@@ -148,11 +148,21 @@ def _slice_n(out: jax.Array, n: int) -> jax.Array:
     return out if out.shape[-1] == n else lax.slice_in_dim(out, 0, n, axis=out.ndim - 1)
 
 
-def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int) -> tuple[jax.Array, jax.Array]:
-    """Zero-pads K (of A and B) to a multiple of 16 and N (of B) to a multiple of 8, only where
-    needed."""
+# NOTES: the kernel's TMA loads read rows of A and B in 128-byte boxes; where a row is not a multiple of 128
+# bytes, every box row spans two L2 lines, and large GEMMs ran up to 1.7x slower (H200, 2026-12-02: 8192 x
+# 7168 x 2064 in 292 us, 176 us with K padded to 2176; k_grouped 8% slower with T % 128 != 0). K that needs
+# padding anyway is padded this far (the same one copy); large normal GEMMs are padded for it alone, where the
+# copy costs less than it saves (measured: 12% and 26% faster from M = 8192, N >= 2112; even at N = 1552).
+ROW_BYTES = 128
+WIDE_ROWS_MIN_M, WIDE_ROWS_MIN_N = 4096, 2048
+
+
+def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int, widen: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Zero-pads K (of A and B) to a multiple of 16 (of ROW_BYTES where it pads at all, or where ``widen``) and
+    N (of B) to a multiple of 8, only where needed."""
     k_alignment, n_alignment = limits()["k_alignment"], limits()["n_alignment"]
-    a, b = _pad_to(a, -1, k_alignment), _pad_to(b, -1, k_alignment)
+    multiple = ROW_BYTES if widen or a.shape[-1] % k_alignment else k_alignment
+    a, b = _pad_to(a, -1, multiple), _pad_to(b, -1, multiple)
     return a, _pad_to(b, b_n_axis, n_alignment)
 
 
@@ -186,7 +196,7 @@ def _gemm(a, b, scale_a, scale_b, c, *, operands: Operands, num_sms: int, overri
     (m, k), n = a.shape, b.shape[0]
     if m == 0 or n == 0 or k == 0:
         return _empty((m, n), operands, c)
-    a, b = _pad_operands(a, b, b_n_axis=0)
+    a, b = _pad_operands(a, b, b_n_axis=0, widen=m >= WIDE_ROWS_MIN_M and n >= WIDE_ROWS_MIN_N)
     extra = _extra(scale_a, _pad_n(scale_b, 1), _pad_n(c, 1))
     return _slice_n(gemm_p.bind(a, b, *extra, operands=operands, num_sms=num_sms, overrides=overrides), n)
 
@@ -267,11 +277,13 @@ def gemm(
       kernel loads none.
 
     Any M, N, K >= 0 works. The kernel needs K % 16 == 0 and N % 8 == 0 (16-byte row strides);
-    otherwise this wrapper zero-pads K of A and B to a multiple of 16 (one extra read and write of A
+    otherwise this wrapper zero-pads K of A and B to a multiple of 128 (one extra read and write of A
     and of B) and N of B to a multiple of 8 (one extra read and write of B, and of D to slice the
-    padding off). Empty results (M = 0 or N = 0) launch nothing; K = 0 gives zeros. On a CPU the
-    same jitted program runs a reference (exact fp8 products, fp32 accumulation). The SM count used
-    is :func:`get_num_sms` when this is traced.
+    padding off). With M >= 4096 and N >= 2048 it also pads K % 128 != 0 to a multiple of 128: the
+    kernel loads rows of whole 128-byte lines faster than the copy costs. Empty results (M = 0 or
+    N = 0) launch nothing; K = 0 gives zeros. On a CPU the same jitted program runs a reference
+    (exact fp8 products, fp32 accumulation). The SM count used is :func:`get_num_sms` when this is
+    traced.
 
     Raises:
       TypeError: a or b not fp8, a scale not float32, out_dtype not bfloat16/float32.
@@ -359,8 +371,8 @@ def grouped_gemm_contiguous(
       its first row, and rows with another index come out as zeros. Scales multiply as in
       :func:`gemm`, with row i's expert's scale_b.
 
-    Padding of K to a multiple of 16 and of N to a multiple of 8 works, and costs, as in
-    :func:`gemm`. M = 0 or N = 0 launch nothing; K = 0 or G = 0 give zeros.
+    Padding of K (to a multiple of 128 where K % 16 != 0) and of N to a multiple of 8 works, and costs,
+    as in :func:`gemm`. M = 0 or N = 0 launch nothing; K = 0 or G = 0 give zeros.
 
     Raises:
       TypeError: a or b not fp8, m_indices not int32, a scale not float32, a wrong out_dtype.
@@ -411,8 +423,8 @@ def grouped_gemm_masked(
       ``out_dtype`` ``[G, Mmax, N]``. Rows at or past ``masked_m[g]`` are unspecified on the GPU (the
       kernel does not write them); the CPU reference returns zeros there.
 
-    Padding of K to a multiple of 16 and of N to a multiple of 8 works, and costs, as in
-    :func:`gemm`. G = 0, Mmax = 0 or N = 0 launch nothing; K = 0 gives zeros.
+    Padding of K (to a multiple of 128 where K % 16 != 0) and of N to a multiple of 8 works, and costs,
+    as in :func:`gemm`. G = 0, Mmax = 0 or N = 0 launch nothing; K = 0 gives zeros.
 
     Raises:
       TypeError: a or b not fp8, masked_m not int32, expected_m not a static int, a scale not float32.
@@ -464,7 +476,8 @@ def grouped_gemm_ragged(
       ``out_dtype`` ``[M, N]``; rows past the total of the sizes are exactly zero. A group's last row tile,
       when the next group begins inside it, is stored row by row so that no group's rows are overwritten.
 
-    Padding of K to a multiple of 16 and of N to a multiple of 8 works, and costs, as in :func:`gemm`.
+    Padding of K (to a multiple of 128 where K % 16 != 0) and of N to a multiple of 8 works, and costs,
+    as in :func:`gemm`.
     M = 0 or N = 0 launch nothing; K = 0 or G = 0 give zeros.
 
     Raises:
@@ -565,7 +578,7 @@ def k_grouped_wgrad_gemm(
     Returns:
       ``[G, M, N]`` in out_dtype: ``c[g] + (A_g . B_g^T) * scale_a[g, :, None] * scale_b[g, None, :]``.
 
-    T % 16 != 0 is zero-padded (as K in :func:`gemm`); N % 8 != 0 as in :func:`wgrad_gemm`. G = 0,
+    T % 16 != 0 is zero-padded to a multiple of 128 (as K in :func:`gemm`); N % 8 != 0 as in :func:`wgrad_gemm`. G = 0,
     M = 0 or N = 0 launch nothing; T = 0 gives c (or zeros).
 
     Raises:

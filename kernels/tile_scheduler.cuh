@@ -15,7 +15,7 @@ struct Tile {
   u32 group_a;   // group of A's rows and of D: A's and D's third TMA coordinate (k_grouped: D's group)
   u32 group_b;   // group of B: the expert, B's third TMA coordinate (k_grouped: the group)
   bool compute;  // false: every row is padding (or the group has no K): write zeros without loading anything
-  bool exists;   // false: an index past the last tile (masked, ragged): nothing to load, compute or store
+  bool exists;   // false: an index past the last tile (ragged): nothing to load, compute or store
   u32 k_begin;   // k_grouped: the group's columns [k_begin, k_end) of A and B; else [0, K)
   u32 k_end;
 };
@@ -23,11 +23,14 @@ struct Tile {
 // A cluster (consecutive blockIdx.x) walks tiles as one unit: with split-K its kClusterSize CTAs take
 // the same tile, one K slice each.
 //
-// NOTES: the tile loop ends on a bound made of kernel parameters only (max_tiles), never on a value loaded
-// from the device: ptxas treats a loop whose exit depends on loaded data as divergent, and everything it
-// carries (the stage counter, the shared-memory descriptors) then leaves the uniform datapath. The masked and
-// ragged main loops took 184-187 instructions per K block that way against 146 (SASS, run 63e8252). Indices
-// between the last real tile and the bound come back as tiles that do not exist.
+// NOTES: the ragged tile loop ends on a bound made of kernel parameters only (max_tiles), never on a value
+// loaded from the device: ptxas treats a loop whose exit depends on loaded data as divergent, and everything
+// it carries (the stage counter, the shared-memory descriptors) then leaves the uniform datapath. The ragged
+// main loop took 184-187 instructions per K block that way against 146 (SASS, run 63e8252). Indices between
+// the last real tile and the bound come back as tiles that do not exist: at most G + 1 row blocks of them.
+// The masked loop ends after its last real tile instead: with decode-sized masks (8 rows of Mmax = 4096 per
+// group) nearly every index up to the parameters' bound has no tile, 319 per CTA, and walking them made
+// G = 16 decode launches 10-31% slower (90.1 against 68.7 us, benchmarks/KERNEL_LOG.md v15).
 template <Layout kLayout, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumNBlocksPerBand, u32 kClusterSize>
 struct TileScheduler {
   static constexpr u32 kNumNBlocks = tile::ceil_div(kN, kBlockN);
@@ -41,7 +44,7 @@ struct TileScheduler {
   u32 row_end = 0;
   u32 k_begin = 0;       // k_grouped: columns [k_begin, k_end) of `group`
   u32 k_end = 0;
-  u32 max_tiles = 0;     // masked, ragged: a bound on the tiles from the parameters alone (see NOTES)
+  u32 max_tiles = 0;     // ragged: a bound on the tiles from the parameters alone (see NOTES)
 
   __device__ explicit TileScheduler(const GemmParams& p) : params(p), next(blockIdx.x / kClusterSize) {
     if constexpr (kLayout == Layout::kMasked) {
@@ -51,16 +54,14 @@ struct TileScheduler {
     }
     if constexpr (kLayout == Layout::kKGrouped) k_end = group_k_end(0, 0);
     if constexpr (kLayout == Layout::kRagged) enter_ragged_group(0);
-    // Masked: every group at Mmax rows. Ragged: each group at most one partial row block beyond its share
-    // of M, plus the rows past the total: ceil(M / BLOCK_M) + G + 1 row blocks.
-    if constexpr (kLayout == Layout::kMasked) {
-      max_tiles = p.num_groups * tile::ceil_div(p.shape_m, kBlockM) * kNumNBlocks;
-    } else if constexpr (kLayout == Layout::kRagged) {
+    // Ragged: each group at most one partial row block beyond its share of M, plus the rows past the total:
+    // ceil(M / BLOCK_M) + G + 1 row blocks.
+    if constexpr (kLayout == Layout::kRagged) {
       max_tiles = (tile::ceil_div(p.shape_m, kBlockM) + p.num_groups + 1) * kNumNBlocks;
     }
   }
 
-  // An index past the last real tile, below max_tiles: nothing to do.
+  // Ragged: an index past the last real tile, below max_tiles: nothing to do.
   __device__ static void no_tile(Tile& tile) {
     tile = Tile{};
     tile.compute = false;
@@ -114,16 +115,12 @@ struct TileScheduler {
     next += gridDim.x / kClusterSize;
     tile.exists = true;
     if constexpr (kLayout == Layout::kMasked) {
-      if (index >= max_tiles) return false;
-      // Advance to the group holding `index` (tile indices of a CTA only grow).
+      // Advance to the group holding `index` (tile indices of a CTA only grow); past the last group, done.
       while (group < params.num_groups && index >= group_start + num_m_blocks * kNumNBlocks) {
         group_start += num_m_blocks * kNumNBlocks;
         num_m_blocks = masked_m_blocks(++group);
       }
-      if (group >= params.num_groups) {
-        no_tile(tile);
-        return true;
-      }
+      if (group >= params.num_groups) return false;
       rasterize(index - group_start, num_m_blocks, tile.m_block, tile.n_block);
       tile.row = tile.m_block * kBlockM;
       tile.row_end = params.shape_m;

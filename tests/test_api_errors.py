@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jax_dgpt
-from jax_dgpt import _native, device, primitives
+from jax_dgpt import _native, device, heuristics, primitives
 
 F8 = jnp.float8_e4m3fn
 
@@ -463,11 +463,13 @@ def lowered_grid_size(fn, *args) -> int:
 
 def test_set_num_sms_applies_to_a_recreated_jit(restore_num_sms):
     # Issue 12, finding 9: jax.jit(jax_dgpt.gemm) created again after set_num_sms reused the old trace.
-    a, b = arr((4096, 7168)), arr((7168, 7168))  # enough tiles to fill any grid
-    assert lowered_grid_size(jax_dgpt.gemm, a, b) == device.DEFAULT_NUM_SMS
+    a, b = arr((4096, 7168)), arr((7168, 7168))  # enough tiles for several waves on any grid
+    problem = heuristics.Problem("normal", 4096, 7168, 7168, 1)
+    on_all = heuristics.select_config(problem, device.DEFAULT_NUM_SMS).grid_size  # the waves' fewest CTAs
+    assert lowered_grid_size(jax_dgpt.gemm, a, b) == on_all
     jax_dgpt.set_num_sms(64)
     assert jax_dgpt.get_num_sms() == 64
-    assert lowered_grid_size(jax_dgpt.gemm, a, b) == 64
+    assert lowered_grid_size(jax_dgpt.gemm, a, b) == heuristics.select_config(problem, 64).grid_size <= 64 < on_all
     masked = functools.partial(jax_dgpt.grouped_gemm_masked, expected_m=4096)
     assert lowered_grid_size(masked, arr((4, 4096, 7168)), arr((4, 7168, 7168)), arr((4,), jnp.int32)) == 64
 
