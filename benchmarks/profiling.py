@@ -47,6 +47,11 @@ def _gpu_kernel_events(trace_dir: str, with_op: bool = False) -> list[tuple[floa
     return events
 
 
+def _turns(num_fns: int, calls: int) -> list[int]:
+    """The function of each call, in order: round r calls every function once, starting from function r % n."""
+    return [(r + j) % num_fns for r in range(calls) for j in range(num_fns)]
+
+
 class Timer:
     """Measures a jitted callable's kernels per call: the median over `calls`, each after an L2 flush.
 
@@ -71,14 +76,13 @@ class Timer:
         last = None
         jax.profiler.start_trace(trace_dir)
         try:
-            for r in range(calls):
-                for fn in fns[r % len(fns) :] + fns[: r % len(fns)]:
-                    self.buf = _flush(self.buf)
-                    # NOTES: only the last result is kept: one stream runs every call in order, so waiting
-                    # for it waits for all; holding every call's output ran the H200 out of memory (15 calls
-                    # x 5 functions of a 30000 x 28672 product, run 2026-12-01_h200_b06162c), and a function
-                    # that donates its output to its next call (bench_wgrad.py) leaves earlier ones deleted.
-                    last = fn()
+            for i in _turns(len(fns), calls):
+                self.buf = _flush(self.buf)
+                # NOTES: only the last result is kept: one stream runs every call in order, so waiting
+                # for it waits for all; holding every call's output ran the H200 out of memory (15 calls
+                # x 5 functions of a 30000 x 28672 product, run 2026-12-01_h200_b06162c), and a function
+                # that donates its output to its next call (bench_wgrad.py) leaves earlier ones deleted.
+                last = fns[i]()
             jax.block_until_ready((self.buf, last))
         finally:
             jax.profiler.stop_trace()
@@ -89,7 +93,7 @@ class Timer:
         for fn in fns:
             for _ in range(warmup):
                 jax.block_until_ready(fn())
-        per_call: list[float] = []  # kernel time after each flush, in call order (see _trace for the turns)
+        per_call: list[float] = []  # kernel time after each flush, in call order (_turns)
         for _, duration, name in self._trace(list(fns), calls):
             if name in self.flush_names:
                 per_call.append(0.0)
@@ -97,10 +101,9 @@ class Timer:
                 per_call[-1] += duration
         if len(per_call) != calls * len(fns):
             raise RuntimeError(f"expected {calls * len(fns)} flushes in the trace, found {len(per_call)}")
-        n = len(fns)
-        owner = [(r + j) % n for r in range(calls) for j in range(n)]  # the function of each call, in order
+        owner = _turns(len(fns), calls)
         medians = []
-        for i in range(n):
+        for i in range(len(fns)):
             mine = [t for t, f in zip(per_call, owner) if f == i and t > 0]
             if not mine:
                 raise RuntimeError(f"no kernels recorded for function {i}")

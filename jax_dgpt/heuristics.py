@@ -173,8 +173,7 @@ def candidates(problem: Problem, num_sms: int, forced: Overrides = ()) -> Iterat
             block_ms += (lim["block_m_double"],)
     for block_m in block_ms:
         for config in _candidates_with_rows(problem, num_sms, fixed, block_m):
-            forced_n = "block_n" in fixed
-            if forced_n or block_m != lim["block_m_double"] or config.block_n >= DOUBLE_MIN_BLOCK_N:
+            if "block_n" in fixed or block_m != lim["block_m_double"] or config.block_n >= DOUBLE_MIN_BLOCK_N:
                 yield config
 
 
@@ -257,10 +256,9 @@ def select_config(problem: Problem, num_sms: int, forced: Overrides = ()) -> Ker
             f"jax_dgpt.heuristics: no valid kernel config for {problem} on {num_sms} SMs "
             f"with forced {dict(forced) or 'nothing'}: {rules}"
         )
-    best: dict[int, KernelConfig] = {}
-    for config in accepted:
-        if config.block_m not in best or score(problem, config) < score(problem, best[config.block_m]):
-            best[config.block_m] = config
+    best: dict[int, KernelConfig] = {}  # per block_m, its best-scored config
+    for config in sorted(accepted, key=lambda config: score(problem, config)):
+        best.setdefault(config.block_m, config)
     chosen = min(best.values(), key=lambda config: (weighted_cells(problem, config), config.block_m))
     return trimmed(problem, chosen)
 
