@@ -94,15 +94,18 @@ def ragged(x, y, group_sizes):
 
 
 # --- forced kernel settings -------------------------------------------------------------------------
-def forced_variants(k_splits=(), block_ms=(), block_ns=(), stages=(), k_interleave=False) -> dict:
+def forced_variants(k_splits=(), block_ms=(), block_ns=(), stages=(), k_interleave=False, multicast_a=False) -> dict:
     """{label: context-manager factory} for kernel settings forced next to the heuristics' choice."""
-    if not (k_splits or block_ms or block_ns or stages or k_interleave):
+    if not (k_splits or block_ms or block_ns or stages or k_interleave or multicast_a):
         return {}
     from jax_dgpt import forcing  # only needed for tuning runs
 
     forces = {f"split{s}": partial(forcing.force, num_k_splits=s) for s in k_splits}
     if k_interleave:
         forces["ki"] = partial(forcing.force, k_interleave=1)
+    if multicast_a:  # on and off, whatever the heuristics chose
+        forces["mc1"] = partial(forcing.force, multicast_a=1)
+        forces["mc0"] = partial(forcing.force, multicast_a=0)
     forces.update({f"bm{bm}": partial(forcing.force, block_m=bm) for bm in block_ms})
     forces.update({f"bn{bn}": partial(forcing.force, block_n=bn) for bn in block_ns})
     forces.update({f"st{st}": partial(forcing.force, num_stages=st) for st in stages})
@@ -309,6 +312,7 @@ def parse_args(argv=None):
     size.add_argument("--tiny", action="store_true", help="tiny shapes; runs on the CPU reference without a GPU")
     p.add_argument("--k-splits", default="", help="also time with split-K forced, e.g. 2,4")
     p.add_argument("--k-interleave", action="store_true", help="also time with k_interleave forced (64-row tiles)")
+    p.add_argument("--multicast-a", action="store_true", help="also time with multicast_a forced on and off")
     p.add_argument("--block-m", default="", help="also time with BLOCK_M forced, e.g. 64")
     p.add_argument("--block-n", default="", help="also time with these BLOCK_N forced, e.g. 128,160")
     p.add_argument("--stages", default="", help="also time with these stage counts forced, e.g. 3,4")
@@ -340,7 +344,12 @@ def main(argv=None) -> int:
         )
         return 2
     variants = forced_variants(
-        ints(args.k_splits), ints(args.block_m), ints(args.block_n), ints(args.stages), args.k_interleave
+        ints(args.k_splits),
+        ints(args.block_m),
+        ints(args.block_n),
+        ints(args.stages),
+        args.k_interleave,
+        args.multicast_a,
     )
     timer = make_timer(jax.default_backend(), nsys)
     meta = dict(

@@ -94,7 +94,7 @@ Status GemmKernel::encode_params(const GemmOperands& buffers, GemmParams* out) c
   params.a_box_rows = box.a_rows;
   DGPT_RETURN_IF_ERROR(tma::encode({"a", const_cast<void*>(buffers.a), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1,
                                     (uint64_t)c.k, (uint64_t)c.m, groups_a},
-                                   box.inner_k, box.a_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
+                                   box.inner_k, box.a_load_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_a));
   DGPT_RETURN_IF_ERROR(tma::encode({"b", const_cast<void*>(buffers.b), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1,
                                     (uint64_t)c.k, (uint64_t)c.n, groups_b},
                                    box.inner_k, box.b_rows, CU_TENSOR_MAP_SWIZZLE_128B, &params.tma_b));
@@ -158,7 +158,7 @@ Status GemmKernel::launch(CUstream stream, const GemmOperands& operands) const {
   launch.blockDimZ = 1;
   launch.sharedMemBytes = smem_bytes_;
   launch.hStream = stream;
-  // Split-K over a cluster: the CTAs sharing a tile reduce through each other's shared memory.
+  // Clusters: split-K's CTAs reduce through each other's shared memory; multicast_a's share A's stages.
   CUlaunchAttribute cluster = {};
   cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
   cluster.value.clusterDim.x = cluster_size(c);

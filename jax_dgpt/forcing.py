@@ -13,7 +13,8 @@ splitting; :class:`~jax_dgpt.kernel_config.KernelConfig` documents each). K spli
 (``num_k_splits``) is reduced in rank order: reproducible. K split inside a CTA (``k_interleave=1``: on
 64-row tiles a second math warpgroup takes every other K block of the same rows) excludes split-K, needs
 an even stage count, and adds its two halves in a fixed order: reproducible, not bitwise equal to the
-kernel without it.
+kernel without it. ``multicast_a=1`` (normal GEMMs without K splitting) pairs CTAs in clusters of two that
+share A's stages: bitwise equal to the kernel without it.
 Nested contexts merge; ``None`` clears a field forced by an outer one.
 """
 
@@ -24,7 +25,7 @@ import contextvars
 from collections.abc import Iterator
 
 from ._ints import static_int
-from .kernel_config import TUNING_FIELDS
+from .kernel_config import SWITCH_FIELDS, TUNING_FIELDS
 
 __all__ = ["Overrides", "force", "forced_overrides"]
 
@@ -39,10 +40,11 @@ def _checked(name: str, value: object) -> int:
     where = "jax_dgpt.forcing.force"
     if name not in TUNING_FIELDS:
         raise ValueError(f"{where}: {name!r} cannot be forced; the fields that can are {TUNING_FIELDS}")
-    # k_interleave is a switch (0 or 1); every other field is a positive count.
-    result = static_int(where, name, value, positive=name != "k_interleave")
-    if name == "k_interleave" and result not in (0, 1):
-        raise ValueError(f"{where}: k_interleave must be 0 or 1, got {result}")
+    # k_interleave and multicast_a are switches (0 or 1); every other field is a positive count.
+    switch = name in SWITCH_FIELDS
+    result = static_int(where, name, value, positive=not switch)
+    if switch and result not in (0, 1):
+        raise ValueError(f"{where}: {name} must be 0 or 1, got {result}")
     return result
 
 
@@ -52,7 +54,7 @@ def force(**fields: int | None) -> Iterator[None]:
     merged = dict(_forced.get())
     for name, value in fields.items():
         if value is None:
-            _checked(name, 0 if name == "k_interleave" else 1)  # the name must still be a tuning field
+            _checked(name, 0 if name in SWITCH_FIELDS else 1)  # the name must still be a tuning field
             merged.pop(name, None)
         else:
             merged[name] = _checked(name, value)

@@ -93,10 +93,11 @@ class Problem:
 
 
 # --- tile arithmetic --------------------------------------------------------------------------------
-def num_tiles(problem: Problem, block_m: int, block_n: int) -> int:
+def num_tiles(problem: Problem, block_m: int, block_n: int, columns_per_cluster: int = 1) -> int:
     """Output tiles of one launch (for "masked": the expected tiles; "k_grouped": every group's; "ragged": at
-    most one partial row block per group on top of M's)."""
-    n_blocks = ceil_div(problem.n, block_n)
+    most one partial row block per group on top of M's). With multicast_a (``columns_per_cluster`` 2) an odd
+    column count has a last column of peer-only tiles, which occupy a CTA too."""
+    n_blocks = ceil_div(ceil_div(problem.n, block_n), columns_per_cluster) * columns_per_cluster
     if problem.layout == "ragged":
         return (ceil_div(problem.m, block_m) + problem.num_groups) * n_blocks
     tiles = ceil_div(problem.m_eff, block_m) * n_blocks
@@ -139,13 +140,24 @@ def auto_k_splits(problem: Problem) -> int:
     return 2 if small and problem.k >= 4096 and problem.n <= 4096 else 1
 
 
-def _grid_size(problem: Problem, block_m: int, block_n: int, num_sms: int, splits: int) -> int:
-    """Whole clusters, at most one per tile (the masked and ragged layouts' tile counts are only known on the
-    device)."""
-    units = max(1, num_sms // splits)
+def _grid_size(problem: Problem, block_m: int, block_n: int, num_sms: int, splits: int, multicast_a: int) -> int:
+    """Whole clusters, at most one per tile (a multicast pair: two tiles); the masked and ragged layouts' tile
+    counts are only known on the device."""
+    cluster = 2 if multicast_a else splits
+    units = max(1, num_sms // cluster)
     device_counted = problem.layout in ("masked", "ragged")
-    clusters = units if device_counted else min(units, num_tiles(problem, block_m, block_n))
-    return clusters * splits
+    tiles = num_tiles(problem, block_m, block_n, 2 if multicast_a else 1)
+    clusters = units if device_counted else min(units, ceil_div(tiles, cluster // splits))
+    return clusters * cluster
+
+
+def tile_slots(config: KernelConfig) -> int:
+    """Tiles in flight at once: one per CTA, or per cluster with split-K (its CTAs share a tile)."""
+    return config.grid_size // config.num_k_splits
+
+
+def columns_per_cluster(config: KernelConfig) -> int:
+    return 2 if config.multicast_a else 1
 
 
 def trimmed(problem: Problem, config: KernelConfig) -> KernelConfig:
@@ -155,9 +167,10 @@ def trimmed(problem: Problem, config: KernelConfig) -> KernelConfig:
     ragged layouts, whose tiles are counted on the device."""
     if problem.layout in ("masked", "ragged"):
         return config
-    units = config.grid_size // config.num_k_splits
-    tiles = num_tiles(problem, config.block_m, config.block_n)
-    grid = ceil_div(tiles, num_waves(tiles, units)) * config.num_k_splits
+    tiles = num_tiles(problem, config.block_m, config.block_n, columns_per_cluster(config))
+    slots = ceil_div(tiles, num_waves(tiles, tile_slots(config)))
+    # Whole clusters: split-K's CTAs share a slot; multicast pairs hold two.
+    grid = slots * config.num_k_splits if not config.multicast_a else ceil_div(slots, 2) * 2
     return dataclasses.replace(config, grid_size=grid)
 
 
@@ -180,7 +193,8 @@ def candidates(problem: Problem, num_sms: int, forced: Overrides = ()) -> Iterat
 def _candidates_with_rows(problem: Problem, num_sms: int, fixed: dict, block_m: int) -> Iterator[KernelConfig]:
     lim = limits()
     k_interleave = fixed.get("k_interleave", 0)
-    splits = fixed.get("num_k_splits", 1 if k_interleave else auto_k_splits(problem))
+    multicast_a = fixed.get("multicast_a", 0)
+    splits = fixed.get("num_k_splits", 1 if k_interleave or multicast_a else auto_k_splits(problem))
     # Every CTA of a cluster gets at least one K block, and no more CTAs than the SMs allowed.
     splits = max(1, min(splits, num_sms, ceil_div(problem.k, lim["block_k"])))
     widest = min(lim["max_block_n"], ceil_div(problem.n, lim["block_n_step"]) * lim["block_n_step"])
@@ -189,7 +203,7 @@ def _candidates_with_rows(problem: Problem, num_sms: int, fixed: dict, block_m: 
     )
     stages = (fixed["num_stages"],) if "num_stages" in fixed else range(PREFERRED_MAX_STAGES, lim["min_stages"] - 1, -1)
     for block_n in block_ns:
-        grid_size = _grid_size(problem, block_m, block_n, num_sms, splits)
+        grid_size = _grid_size(problem, block_m, block_n, num_sms, splits, multicast_a)
         for num_stages in stages:
             yield KernelConfig(
                 layout=problem.layout,
@@ -203,6 +217,7 @@ def _candidates_with_rows(problem: Problem, num_sms: int, fixed: dict, block_m: 
                 grid_size=grid_size,
                 num_k_splits=splits,
                 k_interleave=k_interleave,
+                multicast_a=multicast_a,
                 **problem.operands.config_fields(),
             )
 
@@ -226,8 +241,8 @@ def score(problem: Problem, config: KernelConfig) -> tuple[int, ...]:
     NOTES: two widths with the same tiles (N = 2112: 11 tiles of 192 or of 208 columns) differ in the work
     of every tile; the wider one computes 176 columns past N in each row block (8% more on 7168x2112).
     """
-    tiles = num_tiles(problem, config.block_m, config.block_n)
-    units = config.grid_size // config.num_k_splits  # CTAs, or clusters, in flight at once
+    tiles = num_tiles(problem, config.block_m, config.block_n, columns_per_cluster(config))
+    units = tile_slots(config)
     columns = ceil_div(problem.n, config.block_n) * config.block_n
     return (
         config.block_m,  # compared within one block_m (select_config weighs the rows)
@@ -272,8 +287,8 @@ def weighted_cells(problem: Problem, config: KernelConfig) -> float:
 def critical_cells(problem: Problem, config: KernelConfig) -> int:
     """Output cells the busiest CTA (or cluster) computes: waves x block_m x block_n, which compares tiles of
     different rows where the wave count alone does not (7 waves of 256 x 128 against 9 of 128 x 208)."""
-    tiles = num_tiles(problem, config.block_m, config.block_n)
-    return num_waves(tiles, config.grid_size // config.num_k_splits) * config.block_m * config.block_n
+    tiles = num_tiles(problem, config.block_m, config.block_n, columns_per_cluster(config))
+    return num_waves(tiles, tile_slots(config)) * config.block_m * config.block_n
 
 
 def describe(op: str, problem: Problem, config: KernelConfig) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._native import load as _native
 
-__all__ = ["FP8_DTYPES", "LAYOUTS", "OUT_DTYPES", "TUNING_FIELDS", "KernelConfig", "Operands", "limits"]
+__all__ = ["FP8_DTYPES", "LAYOUTS", "OUT_DTYPES", "SWITCH_FIELDS", "TUNING_FIELDS", "KernelConfig", "Operands", "limits"]
 
 # One name per layout, in Python, C++ (dgpt::Layout) and the FFI targets (dgpt_gemm_<layout>).
 LAYOUTS = ("normal", "contiguous", "masked", "k_grouped", "ragged")
@@ -24,7 +24,9 @@ FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 OUT_DTYPES = ("bfloat16", "float32")
 # The fields that say how the kernel solves a problem rather than which problem; jax_dgpt.forcing can
 # force them (the grid follows from the SM count, set_num_sms).
-TUNING_FIELDS = ("block_m", "block_n", "num_stages", "num_k_splits", "k_interleave")
+TUNING_FIELDS = ("block_m", "block_n", "num_stages", "num_k_splits", "k_interleave", "multicast_a")
+# The tuning fields that are switches (0 or 1) rather than counts.
+SWITCH_FIELDS = ("k_interleave", "multicast_a")
 
 
 @functools.cache
@@ -90,6 +92,9 @@ class KernelConfig:
     grid_size: int  # persistent CTAs launched (whole clusters)
     num_k_splits: int = 1  # K split over a cluster: CTAs sharing one tile, one K slice each
     k_interleave: int = 0  # K split inside the CTA: 1 = two math warpgroups take alternate K blocks
+    # 1: clusters of two CTAs take column-adjacent tiles of one row block; each loads half of their shared A
+    # stage into both (TMA multicast), halving A's reads from L2
+    multicast_a: int = 0
     a_dtype: int = 0  # index into FP8_DTYPES
     b_dtype: int = 0
     out_dtype: int = 0  # index into OUT_DTYPES
@@ -117,6 +122,8 @@ class KernelConfig:
             text += f" k_splits={self.num_k_splits}"
         if self.k_interleave:
             text += " k_interleave=1"
+        if self.multicast_a:
+            text += " multicast_a=1"
         for name, names in (("a_dtype", FP8_DTYPES), ("b_dtype", FP8_DTYPES), ("out_dtype", OUT_DTYPES)):
             if getattr(self, name):
                 text += f" {name}={names[getattr(self, name)]}"

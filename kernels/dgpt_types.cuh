@@ -24,7 +24,7 @@ struct alignas(64) TmaDescriptor {
 
 // The kernel's only parameter, passed as a __grid_constant__ so TMA can use the descriptors in place.
 struct GemmParams {
-  TmaDescriptor tma_a;  // A as (K, M, G_a), fp8, box (BLOCK_K, BLOCK_M, 1), 128B swizzle
+  TmaDescriptor tma_a;  // A as (K, M, G_a), fp8, box (BLOCK_K, a_box_rows or half of it, 1), 128B swizzle
   TmaDescriptor tma_b;  // B as (K, N, G), fp8, box (BLOCK_K, BLOCK_N, 1), 128B swizzle
   TmaDescriptor tma_d;       // D as (N, M, G_d), bf16 or f32, box (one 128-byte atom's columns, 64 rows, 1), 128B swizzle
   TmaDescriptor tma_d_tail;  // the same D, box (tail atom width, 64 rows, 1): the columns past the last whole atom
@@ -42,9 +42,9 @@ struct GemmParams {
   u32 scale_b_group_stride, scale_b_col_stride;
   u32 shape_m;     // rows of A: M (normal, contiguous, k_grouped, ragged) or Mmax per group (masked)
   u32 num_groups;  // G (1 for normal)
-  // Rows of A per TMA box: BLOCK_M, or round_up(rows of A, 8) when every row fits in one block (small
-  // M). Out-of-bounds box rows are zero-filled but cost TMA time as if loaded; the kernel zeroes the
-  // rows it no longer loads once.
+  // Rows of A per stage: BLOCK_M, or round_up(rows of A, 8) when every row fits in one block (small M;
+  // not with multicast_a, whose CTAs load half of BLOCK_M each). Out-of-bounds box rows are zero-filled
+  // but cost TMA time as if loaded; the kernel zeroes the rows it no longer loads once.
   u32 a_box_rows;
 };
 

@@ -43,6 +43,7 @@ enum class OutType : u32 {
   X(grid_size, false)    /* persistent CTAs launched (whole clusters) */                                \
   X(num_k_splits, true)  /* K splitting over a cluster: CTAs sharing one tile, one K slice each */      \
   X(k_interleave, true)  /* K splitting inside a CTA: 1 = two math warpgroups take alternate K blocks */ \
+  X(multicast_a, true)   /* 1: clusters of 2 CTAs take column-adjacent tiles and multicast A between them */ \
   X(a_dtype, true)       /* Fp8Type of A */                                                             \
   X(b_dtype, true)       /* Fp8Type of B */                                                             \
   X(out_dtype, true)     /* OutType of D */                                                             \
@@ -98,7 +99,12 @@ DGPT_HOST_DEVICE constexpr u32 num_math_warpgroups(const KernelConfig& c) {
 DGPT_HOST_DEVICE constexpr u32 row_waves(const KernelConfig& c) { return c.block_m == limits::kBlockMDouble ? 2u : 1u; }
 // Plus the producer warpgroup.
 DGPT_HOST_DEVICE constexpr u32 num_threads(const KernelConfig& c) { return 128u * (num_math_warpgroups(c) + 1u); }
-DGPT_HOST_DEVICE constexpr u32 cluster_size(const KernelConfig& c) { return static_cast<u32>(c.num_k_splits); }
+// CTAs of a cluster: the K splits of one tile, or the two column-adjacent tiles that share A (multicast_a).
+DGPT_HOST_DEVICE constexpr u32 cluster_size(const KernelConfig& c) {
+  return c.multicast_a != 0 ? 2u : static_cast<u32>(c.num_k_splits);
+}
+// Tile columns a cluster takes side by side (multicast_a: one per CTA); 1 otherwise.
+DGPT_HOST_DEVICE constexpr u32 columns_per_cluster(const KernelConfig& c) { return c.multicast_a != 0 ? 2u : 1u; }
 DGPT_HOST_DEVICE constexpr bool splits_k(const KernelConfig& c) { return c.num_k_splits > 1 || c.k_interleave != 0; }
 
 // Shared memory, from a base aligned to 1024 bytes (the 128B swizzle period): [D tile (bf16) or f32 staging]
@@ -139,7 +145,8 @@ DGPT_HOST_DEVICE constexpr u32 smem_size(const KernelConfig& c) { return smem_la
 // bytes. The kernel's loads and stores use the same tile:: arithmetic.
 struct TmaBoxes {
   u32 inner_k;         // A and B: K elements per box (one 128-byte swizzle row)
-  u32 a_rows;          // A: block_m, or every row of A (rounded up to 8) when they fit in one block
+  u32 a_rows;          // A: rows of a stage: block_m, or every row of A (rounded up to 8) when they fit in one block
+  u32 a_load_rows;     // A: rows of one TMA load: a_rows, or half of them with multicast_a (each CTA loads one half)
   u32 b_rows;          // B: the tile's columns
   u32 d_rows;          // D: one math warpgroup's rows
   u32 d_main_cols;     // D: columns of one 128-byte atom (0: the tile has none)
@@ -155,9 +162,12 @@ DGPT_HOST_DEVICE constexpr TmaBoxes tma_boxes(const KernelConfig& c) {
   // NOTES: when all of A's rows fit in one block (small M, or a small Mmax), load only those rows: the TMA
   // unit spends time on zero-filled out-of-bounds rows too (M = 1 ran 1.4x slower than M = 64 on the same
   // tiles, benchmarks/KERNEL_LOG.md v2); the kernel zeroes the rows it no longer loads once.
+  // With multicast_a the box is never trimmed: both CTAs' halves make up one block_m stage.
   const long long all_rows = (c.m + 7) / 8 * 8;
+  const u32 a_rows = static_cast<u32>(c.multicast_a != 0 || c.block_m < all_rows ? c.block_m : all_rows);
   return TmaBoxes{tile::kBlockK,
-                  static_cast<u32>(c.block_m < all_rows ? c.block_m : all_rows),
+                  a_rows,
+                  a_rows / columns_per_cluster(c),
                   tile_cols,
                   tile::kWgmmaM,
                   tile::d_main_cols(tile_cols, bytes) > 0 ? tile::d_atom_cols(bytes) : 0u,
@@ -192,6 +202,11 @@ DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c
   if (c.num_stages < limits::kMinStages || c.num_stages > limits::kMaxStages) return "num_stages must be in [min_stages, max_stages]";
   if (c.num_k_splits < 1 || c.num_k_splits > limits::kMaxKSplits) return "num_k_splits must be in [1, max_k_splits]";
   if (c.k_interleave != 0 && c.k_interleave != 1) return "k_interleave must be 0 or 1";
+  if (c.multicast_a != 0 && c.multicast_a != 1) return "multicast_a must be 0 or 1";
+  // NOTES: the other layouts walk tiles per group or per expert; a pair of CTAs must share A's rows.
+  if (c.multicast_a != 0 && (c.layout != Layout::kNormal || splits_k(c))) {
+    return "multicast_a needs the normal layout, num_k_splits 1 and k_interleave 0";
+  }
   if (c.k_interleave != 0 && (c.block_m != limits::kBlockMSmall || c.num_k_splits != 1)) {
     return "k_interleave needs block_m_small and num_k_splits 1 (it splits K inside the CTA instead)";
   }
@@ -236,7 +251,9 @@ DGPT_HOST_DEVICE constexpr const char* config_error(const KernelConfig& c) {
     return "the contiguous layout needs block_m = m_alignment_contiguous when m > block_m (experts are read per aligned block)";
   }
   if (c.grid_size <= 0 || c.grid_size > limits::kMaxGridSize) return "grid_size must be in [1, max_grid_size]";
-  if (c.grid_size % c.num_k_splits != 0) return "grid_size must be a multiple of num_k_splits (whole clusters)";
+  if (c.grid_size % cluster_size(c) != 0) {
+    return "grid_size must be a multiple of the cluster size (num_k_splits, or 2 with multicast_a)";
+  }
   return nullptr;
 }
 

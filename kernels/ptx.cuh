@@ -60,6 +60,18 @@ __device__ __forceinline__ void tma_load_3d(const TmaDescriptor* desc, u64* bar,
       : "memory");
 }
 
+// Like tma_load_3d, into the same shared-memory offset of every CTA of the cluster in `cta_mask` (bit r: rank
+// r); each of them receives the bytes on its own barrier at `bar`'s offset.
+__device__ __forceinline__ void tma_load_3d_multicast(const TmaDescriptor* desc, u64* bar, void* smem_dst, i32 c0,
+                                                      i32 c1, i32 c2, u16 cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%3, %4, %5}], [%2], %6;"
+      ::"r"(smem_addr(smem_dst)), "l"(reinterpret_cast<u64>(desc)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2),
+      "h"(cta_mask)
+      : "memory");
+}
+
 // Shared -> global copy of one box at (c0, c1, c2); out-of-bounds parts of the box are not written.
 __device__ __forceinline__ void tma_store_3d(const TmaDescriptor* desc, const void* smem_src, i32 c0, i32 c1, i32 c2) {
   asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];"
@@ -87,7 +99,7 @@ __device__ __forceinline__ void tma_store_wait_read() {
 // Waits until committed stores are complete.
 __device__ __forceinline__ void tma_store_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 
-// ---- clusters (split-K reduction through distributed shared memory) ---------------------------------
+// ---- clusters (split-K reduction through distributed shared memory, multicast stages) -------------
 __device__ __forceinline__ u32 cluster_ctarank() {
   u32 rank;
   asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
@@ -122,6 +134,14 @@ __device__ __forceinline__ void ld_shared_cluster_v4(u32 cluster_addr, float& x,
 // Arrives on an mbarrier of another CTA of the cluster, releasing this thread's prior writes.
 __device__ __forceinline__ void mbarrier_arrive_remote(u32 cluster_addr) {
   asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
+}
+
+// Arrives on an mbarrier of this or another CTA of the cluster as a pure signal (default .release.cta: no
+// cluster-wide ordering of this thread's writes). NOTES: a stage's release needs none, its reads were wgmma's,
+// complete at wait_group; a .release.cluster arrive per K block made multicast 1.5-1.9x slower
+// (benchmarks/KERNEL_LOG.md v3b).
+__device__ __forceinline__ void mbarrier_arrive_cluster_signal(u32 cluster_addr) {
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
 }
 
 // Like mbarrier_wait, acquiring at cluster scope (the arrivals came from other CTAs).

@@ -12,6 +12,8 @@
 // K splitting (kKSplit) is the one variant of the main loop: none; over a cluster (num_k_splits CTAs
 // share a tile, one K slice each, and rank 0 adds the slices); or inside the CTA (k_interleave: a
 // second math warpgroup takes every other K block of the same 64 rows, and warpgroup 0 adds the two).
+// With multicast_a a cluster of two CTAs takes two tiles side by side: each loads half of the shared A
+// stage into both CTAs and its own B, and a stage is refilled once both CTAs' math warps released it.
 #pragma once
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ != 900 || !defined(__CUDA_ARCH_FEAT_SM90_ALL))
@@ -56,6 +58,8 @@ struct Sm90Fp8Gemm {
   static constexpr u32 kNumMathThreads = 128 * kNumMathWarpgroups;
   static constexpr u32 kNumThreads = num_threads(kConfig);
   static constexpr u32 kClusterSize = cluster_size(kConfig);
+  static constexpr bool kMulticastA = kConfig.multicast_a != 0;
+  static constexpr u32 kColumnsPerCluster = columns_per_cluster(kConfig);
   // Math warps that read (and release) each stage: all of them, or one warpgroup's with k_interleave.
   static constexpr u32 kNumReaderWarps = (kKSplit == KSplit::kWarpgroups ? 128 : kNumMathThreads) / 32;
   static constexpr u32 kNumKBlocks = tile::ceil_div(kK, kBlockK);
@@ -97,7 +101,8 @@ struct Sm90Fp8Gemm {
   static_assert(kPartialsWrittenBarrier > kNumMathWarpgroups, "named barrier ids overlap");
 
   using Mma = mma::WgmmaFp8<kBlockN, static_cast<u32>(kConfig.a_dtype), static_cast<u32>(kConfig.b_dtype)>;
-  using Scheduler = sched::TileScheduler<kLayout, kBlockM, kBlockN, kN, kK, kNumNBlocksPerBand, kClusterSize>;
+  using Scheduler =
+      sched::TileScheduler<kLayout, kBlockM, kBlockN, kN, kK, kNumNBlocksPerBand, kClusterSize, kColumnsPerCluster>;
 
   // This tile's scales, loaded before its main loop so the loads' latency hides behind it: thread t of a
   // storing warpgroup holds scale_a of row t (t < 64) of each of its row blocks and scale_b of tile columns
@@ -180,7 +185,9 @@ struct Sm90Fp8Gemm {
     if constexpr (kTailCols > 0) ptx::tma_prefetch_descriptor(&params.tma_d_tail);
     for (u32 s = 0; s < kNumStages; ++s) {
       ptx::mbarrier_init(&smem.full[s], 1);
-      ptx::mbarrier_init(&smem.empty[s], kNumReaderWarps);  // one arrival per math warp that reads it
+      // One arrival per math warp that reads the stage, of both CTAs with multicast_a (a stage holds the
+      // peer's half of A, so the peer refills it only once this CTA is done with it too).
+      ptx::mbarrier_init(&smem.empty[s], kNumReaderWarps * kColumnsPerCluster);
     }
     if constexpr (kKSplit == KSplit::kCluster) {
       // NOTES: every math thread arrives (not one lane per warp after __syncwarp): each thread's own
@@ -230,11 +237,16 @@ struct Sm90Fp8Gemm {
     sched::Tile tile;
     u32 iter = 0;
     // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
-    const u32 stage_bytes = params.a_box_rows * kBlockK + kSmemB;
+    const u32 a_bytes = params.a_box_rows * kBlockK;
+    // multicast_a: this CTA's half of the A stage, which it loads into both CTAs.
+    const u32 half = kMulticastA ? blockIdx.x % 2 : 0u;
+    const u32 half_rows = params.a_box_rows / 2;
     while (scheduler.next_tile(tile)) {
       if (!tile.compute) continue;
       const i32 m = static_cast<i32>(tile.row);
       const i32 n = static_cast<i32>(tile.n_block * kBlockN);
+      // A peer-only tile (a pair's column past N) receives A and loads no B.
+      const u32 stage_bytes = a_bytes + (tile.peer_only ? 0u : kSmemB);
       const KBlocks blocks = k_blocks(tile);
       for (u32 kb = blocks.first; kb < blocks.end; ++kb, ++iter) {
         const u32 stage = iter % kNumStages;
@@ -244,9 +256,35 @@ struct Sm90Fp8Gemm {
         // k_grouped: every group reads the one A and the one B (its own columns of them).
         const u32 group_a = kLayout == Layout::kKGrouped ? 0u : tile.group_a;
         const u32 group_b = kLayout == Layout::kKGrouped ? 0u : tile.group_b;
-        ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, group_a);
+        if constexpr (kMulticastA) {
+          ptx::tma_load_3d_multicast(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA + half * half_rows * kBlockK,
+                                     k, m + static_cast<i32>(half * half_rows), group_a, 0b11);
+          if (tile.peer_only) continue;
+        } else {
+          ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, group_a);
+        }
         ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, group_b);
       }
+    }
+  }
+
+  // A math warp is done reading a stage: one arrival on its empty barrier, or with multicast_a on both
+  // CTAs' (lane r signals rank r).
+  __device__ static void release_stage(const Smem& smem, u32 stage, u32 lane) {
+    if constexpr (kMulticastA) {
+      if (lane < kColumnsPerCluster) ptx::mbarrier_arrive_cluster_signal(ptx::map_to_rank(&smem.empty[stage], lane));
+    } else {
+      if (lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
+    }
+  }
+
+  // A peer-only tile: wait for each stage (the peer's half of A lands in it too) and release it.
+  __device__ static void pass_stages(const Smem& smem, const sched::Tile& tile, u32 lane, u32& iter) {
+    const KBlocks blocks = k_blocks(tile);
+    for (u32 kb = blocks.first; kb < blocks.end; ++kb, ++iter) {
+      const u32 stage = iter % kNumStages;
+      ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
+      release_stage(smem, stage, lane);
     }
   }
 
@@ -269,6 +307,10 @@ struct Sm90Fp8Gemm {
     }
     while (scheduler.next_tile(tile)) {
       if (!tile.exists) continue;
+      if (kMulticastA && tile.peer_only) {
+        pass_stages(smem, tile, lane, iter);
+        continue;
+      }
       TileScales scales;
       load_scales(params, tile, warpgroup, thread, scales);
 #pragma unroll
@@ -325,7 +367,7 @@ struct Sm90Fp8Gemm {
         for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
         ptx::wgmma_wait<0>();
         // The stage can be refilled as soon as this warp's last wgmmas have read it.
-        if (wave == kRowWaves - 1 && lane == 0) ptx::mbarrier_arrive(&smem.empty[stage]);
+        if (wave == kRowWaves - 1) release_stage(smem, stage, lane);
 #pragma unroll
         for (u32 i = 0; i < kNumAccum; ++i) result[wave][i] += accum[i];
       }

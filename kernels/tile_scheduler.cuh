@@ -16,12 +16,16 @@ struct Tile {
   u32 group_b;   // group of B: the expert, B's third TMA coordinate (k_grouped: the group)
   bool compute;  // false: every row is padding (or the group has no K): write zeros without loading anything
   bool exists;   // false: an index past the last tile (ragged): nothing to load, compute or store
+  // true: a multicast_a pair's column past N: this CTA loads its half of the pair's A for its peer and passes
+  // the stages on, computing and storing nothing
+  bool peer_only;
   u32 k_begin;   // k_grouped: the group's columns [k_begin, k_end) of A and B; else [0, K)
   u32 k_end;
 };
 
 // A cluster (consecutive blockIdx.x) walks tiles as one unit: with split-K its kClusterSize CTAs take
-// the same tile, one K slice each.
+// the same tile, one K slice each; with multicast_a (kColumnsPerCluster = 2, normal layout) its two CTAs
+// take the two tiles of a column pair, side by side in one row block, which share A's stages.
 //
 // NOTES: the ragged tile loop ends on a bound made of kernel parameters only (max_tiles), never on a value
 // loaded from the device: ptxas treats a loop whose exit depends on loaded data as divergent, and everything
@@ -31,9 +35,16 @@ struct Tile {
 // The masked loop ends after its last real tile instead: with decode-sized masks (8 rows of Mmax = 4096 per
 // group) nearly every index up to the parameters' bound has no tile, 319 per CTA, and walking them made
 // G = 16 decode launches 10-31% slower (90.1 against 68.7 us, benchmarks/KERNEL_LOG.md v15).
-template <Layout kLayout, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumNBlocksPerBand, u32 kClusterSize>
+template <Layout kLayout, u32 kBlockM, u32 kBlockN, u32 kN, u32 kK, u32 kNumNBlocksPerBand, u32 kClusterSize,
+          u32 kColumnsPerCluster = 1>
 struct TileScheduler {
   static constexpr u32 kNumNBlocks = tile::ceil_div(kN, kBlockN);
+  // The scheduler walks columns of tiles in units: one column, or a multicast pair.
+  static constexpr u32 kNumNUnits = tile::ceil_div(kNumNBlocks, kColumnsPerCluster);
+  static constexpr u32 kNumUnitsPerBand = kNumNBlocksPerBand / kColumnsPerCluster;
+  static_assert(kColumnsPerCluster == 1 || (kLayout == Layout::kNormal && kColumnsPerCluster == kClusterSize),
+                "column pairs: the normal layout, one column per CTA of the cluster");
+  static_assert(kNumUnitsPerBand > 0, "a band holds at least one unit");
 
   const GemmParams& params;
   u32 next;              // next linear tile index of this CTA
@@ -98,15 +109,16 @@ struct TileScheduler {
   }
 
   // Tiles of one group are visited in bands of kNumNBlocksPerBand column blocks; inside a band,
-  // consecutive tiles share a row block (A reuse) and the band's B columns stay hot in L2.
-  __device__ static void rasterize(u32 local, u32 m_blocks, u32& m_block, u32& n_block) {
-    const u32 per_band = m_blocks * kNumNBlocksPerBand;
+  // consecutive tiles share a row block (A reuse) and the band's B columns stay hot in L2. In units:
+  // `unit` is a column block, or a column pair.
+  __device__ static void rasterize(u32 local, u32 m_blocks, u32& m_block, u32& unit) {
+    const u32 per_band = m_blocks * kNumUnitsPerBand;
     const u32 band = local / per_band;
-    const u32 first_n = band * kNumNBlocksPerBand;
-    const u32 width = (kNumNBlocks - first_n) < kNumNBlocksPerBand ? (kNumNBlocks - first_n) : kNumNBlocksPerBand;
+    const u32 first = band * kNumUnitsPerBand;
+    const u32 width = (kNumNUnits - first) < kNumUnitsPerBand ? (kNumNUnits - first) : kNumUnitsPerBand;
     const u32 in_band = local - band * per_band;
     m_block = in_band / width;
-    n_block = first_n + in_band % width;
+    unit = first + in_band % width;
   }
 
   // Returns false once this CTA has no tiles left.
@@ -114,6 +126,7 @@ struct TileScheduler {
     const u32 index = next;
     next += gridDim.x / kClusterSize;
     tile.exists = true;
+    tile.peer_only = false;
     if constexpr (kLayout == Layout::kMasked) {
       // Advance to the group holding `index` (tile indices of a CTA only grow); past the last group, done.
       while (group < params.num_groups && index >= group_start + num_m_blocks * kNumNBlocks) {
@@ -169,8 +182,12 @@ struct TileScheduler {
       tile.k_end = k_end;
       return true;
     } else {
-      if (index >= num_m_blocks * kNumNBlocks) return false;
-      rasterize(index, num_m_blocks, tile.m_block, tile.n_block);
+      if (index >= num_m_blocks * kNumNUnits) return false;
+      u32 unit;
+      rasterize(index, num_m_blocks, tile.m_block, unit);
+      // A pair's second column may lie past N (an odd column count): the peer still needs this CTA's half of A.
+      tile.n_block = unit * kColumnsPerCluster + (kColumnsPerCluster > 1 ? blockIdx.x % kClusterSize : 0u);
+      tile.peer_only = tile.n_block >= kNumNBlocks;
       tile.row = tile.m_block * kBlockM;
       tile.row_end = params.shape_m;
       tile.group_a = 0;

@@ -72,6 +72,22 @@ def double_rows() -> bool:
     return diff(d, product) <= 3e-6 and diff(w, scaled) <= 1e-7
 
 
+def multicast() -> bool:
+    """A multicast over pairs of CTAs on a grid of 4: 3 row tiles x 5 column tiles (an odd count: each row's last
+    pair has a peer-only CTA) of 3 K blocks, each CTA reusing its ring; bf16, and float32 added into c."""
+    ap, bp = fp8((300, 320), 13), fp8((320, 320), 14)
+    c = jnp.ones((300, 320), jnp.float32)
+    jax_dgpt.set_num_sms(4)
+    try:
+        with forcing.force(multicast_a=1, block_m=128, block_n=64, num_stages=2):
+            d = jax.jit(jax_dgpt.gemm)(ap, bp)
+            w = jax.jit(jax_dgpt.wgrad_gemm)(ap, bp, c)
+    finally:
+        jax_dgpt.set_num_sms(jax.devices()[0].core_count)
+    product = np.asarray(ap, np.float64) @ np.asarray(bp, np.float64).T
+    return diff(d, product) <= 3e-6 and diff(w, product + 1.0) <= 1e-7
+
+
 def grouped() -> bool:
     ok = True
     bg = fp8((3, 272, 256), 2)
@@ -131,7 +147,7 @@ def ragged() -> bool:
     return diff(dr, reference_ragged_f64(ar, br, rs)) <= 3e-6 and bool(np.all(np.asarray(dr[202:]) == 0))
 
 
-CASES = {f.__name__: f for f in (plain, split_k, k_interleave, double_rows, grouped, training_ops, ragged)}
+CASES = {f.__name__: f for f in (plain, split_k, k_interleave, double_rows, multicast, grouped, training_ops, ragged)}
 
 
 def main(names: list[str]) -> int:

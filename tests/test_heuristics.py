@@ -148,6 +148,8 @@ def test_forced_fields_override_the_choice():
         (Problem("contiguous", 256, 4096, 512, 2), {"block_m": 64}, r"contiguous layout needs block_m"),
         (Problem("normal", 64, 7168, 2048, 1), {"block_m": 96}, r"block_m must be block_m_small, block_m_large or"),
         (Problem("normal", 64, 7168, 2048, 1), {"num_multicast": 2}, r"not KernelConfig fields"),
+        (Problem("contiguous", 4096, 4096, 512, 2), {"multicast_a": 1}, r"multicast_a needs the normal layout"),
+        (Problem("normal", 64, 7168, 2048, 1), {"multicast_a": 1, "num_k_splits": 2}, r"multicast_a needs the normal"),
     ],
 )
 def test_forced_fields_the_kernel_cannot_take_name_the_rule(problem, forced, rule):
@@ -180,6 +182,7 @@ def test_forcing_contexts_nest_and_clear():
     "fields, exception, pattern",
     [
         ({"k_interleave": 2}, ValueError, r"k_interleave must be 0 or 1, got 2"),
+        ({"multicast_a": -1}, ValueError, r"multicast_a must be 0 or 1, got -1"),
         ({"num_k_splits": 0}, ValueError, r"num_k_splits must be positive"),
         ({"block_n": 64.0}, TypeError, r"block_n must be an int"),
         ({"grid_size": 8}, ValueError, r"'grid_size' cannot be forced; the fields that can are"),
@@ -305,6 +308,25 @@ def test_grid_is_the_fewest_ctas_that_keep_the_waves(problem):
     waves = heuristics.num_waves(tiles, 132)
     assert heuristics.num_waves(tiles, config.grid_size) == waves
     assert heuristics.num_waves(tiles, config.grid_size - 1) > waves
+
+
+@pytest.mark.parametrize(
+    "problem, forced, tiles",
+    [
+        (Problem("normal", 4096, 7168, 16384, 1), {}, 16 * 56),  # 256 x 128 tiles: 448 pairs
+        # 17 columns of 128: each row block's last pair has a peer-only CTA, which takes a slot too.
+        (Problem("normal", 4096, 2112, 7168, 1), {"block_m": 128, "block_n": 128}, 32 * 18),
+        (Problem("normal", 64, 7168, 2048, 1), {"block_n": 64}, 112),  # small M: no split-K with multicast
+    ],
+)
+def test_forced_multicast_takes_whole_pairs(problem, forced, tiles):
+    config = config_of(problem, 132, multicast_a=1, **forced)
+    assert (config.multicast_a, config.num_k_splits, config.grid_size % 2) == (1, 1, 0)
+    assert heuristics.num_tiles(problem, config.block_m, config.block_n, 2) == tiles
+    waves = heuristics.num_waves(tiles, 132)
+    assert heuristics.num_waves(tiles, config.grid_size) == waves  # trimmed to whole pairs, same waves
+    assert heuristics.num_waves(tiles, config.grid_size - 2) > waves
+    assert config.launch_shape()["cluster_size"] == 2
 
 
 def test_masked_and_ragged_grids_are_not_trimmed():

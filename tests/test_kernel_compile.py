@@ -61,6 +61,15 @@ def enumerate_variants():
             yield chosen(Problem(layout, 64, 2112, 7168, groups, hint), block_m=64, block_n=block_n, k_interleave=1)
 
 
+def enumerate_multicast():
+    """A multicast over CTA pairs (normal layout only): every tile height, and a scaled float32 output added
+    into c."""
+    for block_m, block_n in ((256, 128), (128, 208), (64, 128)):
+        yield chosen(Problem("normal", 4096, 7168, 2048, 1), block_m=block_m, block_n=block_n, multicast_a=1)
+    accumulating = Operands(out_dtype="float32", accumulate=True, has_scale_a=True, has_scale_b=True)
+    yield chosen(Problem("normal", 4096, 7168, 2048, 1, operands=accumulating), multicast_a=1)
+
+
 def enumerate_operand_variants():
     """e5m2 operands, fused scales, float32 and accumulating outputs in every layout, the ragged layout, and
     the k_grouped layout on the weight-gradient shapes (ANCHORS-H200.md) and on many small experts."""
@@ -107,6 +116,7 @@ def unique_sources(configs):
 
 CHOSEN = unique_sources(enumerate_chosen())
 VARIANTS = unique_sources(enumerate_variants())
+MULTICAST = unique_sources(enumerate_multicast())
 OPERAND_VARIANTS = unique_sources(enumerate_operand_variants())
 
 
@@ -126,7 +136,7 @@ def compiler(jit_env):
 @pytest.fixture(scope="module")
 def compiled(compiler):
     """Generated source -> verbose compile result (or the exception), two compiles at a time."""
-    sources = {**CHOSEN, **VARIANTS, **OPERAND_VARIANTS}
+    sources = {**CHOSEN, **VARIANTS, **MULTICAST, **OPERAND_VARIANTS}
 
     def build(config: KernelConfig):
         try:
@@ -162,6 +172,16 @@ def test_k_split_variants_compile_clean(source, compiled):
     assert shape["smem_bytes"] > plain.launch_shape()["smem_bytes"]
     assert shape["cluster_size"] == config.num_k_splits
     assert shape["threads"] == (384 if config.k_interleave or config.block_m == 128 else 256)
+
+
+@pytest.mark.parametrize("source", list(MULTICAST), ids=[config_id(c) for c in MULTICAST.values()])
+def test_multicast_variants_compile_clean(source, compiled):
+    config = MULTICAST[source]
+    assert_compiles_clean(compiled[source], config, source)
+    # A cluster of two CTAs with the plain kernel's shared memory and threads.
+    shape = config.launch_shape()
+    plain = KernelConfig(**{**config.as_attribute(), "multicast_a": 0})
+    assert shape == {**plain.launch_shape(), "cluster_size": 2}
 
 
 @pytest.mark.parametrize("source", list(OPERAND_VARIANTS), ids=[config_id(c) for c in OPERAND_VARIANTS.values()])

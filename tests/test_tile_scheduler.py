@@ -22,14 +22,21 @@ COMPILER = shutil.which("c++") or shutil.which("g++")
 pytestmark = pytest.mark.skipif(COMPILER is None, reason="no host C++ compiler")
 
 
-def run(tmp_path, layout, *, m, n, k, groups, values, grid, block_m=128, block_n=64, bands=2, cluster=1):
+def run(tmp_path, layout, *, m, n, k, groups, values, grid, block_m=128, block_n=64, bands=2, cluster=1, columns=1):
     """Tiles of every CTA: a list of dicts."""
     for name in ("tile_scheduler.cuh", "kernel_config.cuh", "dgpt_types.cuh"):
         shutil.copy(ROOT / "kernels" / name, tmp_path / name)  # beside the stand-in ptx.cuh
     shutil.copy(HOST / "ptx.cuh", tmp_path / "ptx.cuh")
     exe = tmp_path / f"harness_{layout}"
     defines = dict(
-        DGPT_LAYOUT=LAYOUTS[layout], BLOCK_M=block_m, BLOCK_N=block_n, N=n, K=k, BANDS=bands, CLUSTER=cluster
+        DGPT_LAYOUT=LAYOUTS[layout],
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        N=n,
+        K=k,
+        BANDS=bands,
+        CLUSTER=cluster,
+        COLUMNS=columns,
     )
     cmd = [COMPILER, "-std=c++17", "-O1", f"-I{tmp_path}", *(f"-D{a}={b}" for a, b in defines.items())]
     subprocess.run([*cmd, str(HOST / "harness.cc"), "-o", str(exe)], check=True, capture_output=True, text=True)
@@ -47,6 +54,7 @@ def run(tmp_path, layout, *, m, n, k, groups, values, grid, block_m=128, block_n
         "k_begin",
         "k_end",
         "exists",
+        "peer_only",
     )
     return [dict(zip(fields, map(int, line.split()))) for line in out.stdout.splitlines()]
 
@@ -75,6 +83,24 @@ def test_normal_and_contiguous_cover_every_tile_once(tmp_path, m, grid):
     for t in tiles:
         expert = experts[t["row"]]
         assert t["compute"] == (0 <= expert < 3) and (not t["compute"] or t["group_b"] == expert)
+
+
+@pytest.mark.parametrize("m, n, grid, bands", [(1000, 200, 8, 2), (4096, 7168, 128, 8), (300, 64, 132, 8), (4096, 320, 6, 4)])
+def test_multicast_pairs_cover_every_tile_once(tmp_path, m, n, grid, bands):
+    """multicast_a: the two CTAs of a cluster take the two columns of a pair in one row block, in step; a pair's
+    column past N is peer-only on its CTA, and every real tile is taken once."""
+    n_blocks = -(-n // 64)
+    tiles = run(tmp_path, "normal", m=m, n=n, k=256, groups=1, values=[], grid=grid, bands=bands, cluster=2, columns=2)
+    owned = [t for t in tiles if not t["peer_only"]]
+    expected = [(mb, nb) for mb in range(-(-m // 128)) for nb in range(n_blocks)]
+    assert_once([(t["m_block"], t["n_block"]) for t in owned], expected, "multicast pairs")
+    assert all(t["n_block"] >= n_blocks for t in tiles if t["peer_only"])
+    by_cta = {c: [t for t in tiles if t["cta"] == c] for c in range(grid)}
+    for c in range(0, grid, 2):
+        first, second = by_cta[c], by_cta[c + 1]
+        assert len(first) == len(second), "the CTAs of a pair walk the same number of tiles"
+        for a, b in zip(first, second):
+            assert (a["m_block"], a["n_block"] % 2, b["n_block"], a["peer_only"]) == (b["m_block"], 0, a["n_block"] + 1, 0)
 
 
 MASKED = {"mixed": [300, 0, 1, 129, -4, 5000], "all empty": [0, 0], "one group": [640]}

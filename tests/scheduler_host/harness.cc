@@ -1,6 +1,7 @@
 // Runs kernels/tile_scheduler.cuh on the host (tests/test_tile_scheduler.py): every CTA of a grid walks its
 // tiles and prints them, one line each: "cta m_block n_block row row_end group_a group_b compute k_begin k_end
-// exists". The configuration comes in as macros: DGPT_LAYOUT, BLOCK_M, BLOCK_N, N, K, BANDS, CLUSTER.
+// exists peer_only". The configuration comes in as macros: DGPT_LAYOUT, BLOCK_M, BLOCK_N, N, K, BANDS, CLUSTER,
+// COLUMNS (tile columns per cluster: 2 for multicast_a).
 // Arguments: M G GRID then the G group-layout values.
 #include <cstdio>
 #include <cstdlib>
@@ -39,15 +40,17 @@ int main(int argc, char** argv) {
   params.num_groups = groups;
   params.grouped_layout = layout.empty() ? nullptr : layout.data();
   gridDim.x = grid;
-  using Scheduler = dgpt::sched::TileScheduler<static_cast<dgpt::Layout>(DGPT_LAYOUT), BLOCK_M, BLOCK_N, N, K, BANDS, CLUSTER>;
+  using Scheduler =
+      dgpt::sched::TileScheduler<static_cast<dgpt::Layout>(DGPT_LAYOUT), BLOCK_M, BLOCK_N, N, K, BANDS, CLUSTER, COLUMNS>;
   for (unsigned cta = 0; cta < grid; ++cta) {
     blockIdx.x = cta;
     Scheduler scheduler(params);
     dgpt::sched::Tile tile{};
     for (int steps = 0; scheduler.next_tile(tile); ++steps) {
       if (steps > 1000000) return 3;  // a scheduler that never ends
-      std::printf("%u %u %u %u %u %u %u %d %u %u %d\n", cta, tile.m_block, tile.n_block, tile.row, tile.row_end,
-                  tile.group_a, tile.group_b, tile.compute ? 1 : 0, tile.k_begin, tile.k_end, exists_of(tile) ? 1 : 0);
+      std::printf("%u %u %u %u %u %u %u %d %u %u %d %d\n", cta, tile.m_block, tile.n_block, tile.row, tile.row_end,
+                  tile.group_a, tile.group_b, tile.compute ? 1 : 0, tile.k_begin, tile.k_end, exists_of(tile) ? 1 : 0,
+                  tile.peer_only ? 1 : 0);
     }
   }
   return 0;
