@@ -119,8 +119,9 @@ for what in "$@"; do
         log="sanitize_${tool}_${case}.log"
         args=(); [ "$case" = all ] || args=("$case")
         # NOTES: --error-exitcode: without it racecheck exits 0 with hazards reported (seen 2026-12-01).
-        compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 python3 scripts/sanitize_case.py \
-          "${args[@]}" >"$RUN/$log" 2>&1
+        # SANITIZE_TIMEOUT (s, per tool and case) stops a hung case (a deadlocked cluster) without losing the rest.
+        timeout "${SANITIZE_TIMEOUT:-900}" compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 \
+          python3 scripts/sanitize_case.py "${args[@]}" >"$RUN/$log" 2>&1
         tool_rc=$?
         echo "$tool $case: rc=$tool_rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RUN/$log" | tail -1)"
         [ $tool_rc = 0 ] || rc=1
