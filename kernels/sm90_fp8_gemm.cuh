@@ -113,6 +113,19 @@ struct Sm90Fp8Gemm {
     float b1 = 1.0f;
   };
 
+  // A position in the stage ring: the stage and the parity of its current phase, advanced one stage at a
+  // time. NOTES: the main loop then needs no division by kNumStages (3 for 256 x 128 tiles) to find them.
+  struct Ring {
+    u32 stage = 0;
+    u32 phase = 0;
+    __device__ void advance() {
+      if (++stage == kNumStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+  };
+
   struct Smem {
     u8* d;
     u8* a;  // stage s at a + s * kSmemA
@@ -235,7 +248,7 @@ struct Sm90Fp8Gemm {
   __device__ static void produce(const GemmParams& params, const Smem& smem) {
     Scheduler scheduler(params);
     sched::Tile tile;
-    u32 iter = 0;
+    Ring ring;
     // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
     const u32 a_bytes = params.a_box_rows * kBlockK;
     // multicast_a: this CTA's half of the A stage, which it loads into both CTAs.
@@ -248,9 +261,9 @@ struct Sm90Fp8Gemm {
       // A peer-only tile (a pair's column past N) receives A and loads no B.
       const u32 stage_bytes = a_bytes + (tile.peer_only ? 0u : kSmemB);
       const KBlocks blocks = k_blocks(tile);
-      for (u32 kb = blocks.first; kb < blocks.end; ++kb, ++iter) {
-        const u32 stage = iter % kNumStages;
-        ptx::mbarrier_wait(&smem.empty[stage], ((iter / kNumStages) & 1) ^ 1);
+      for (u32 kb = blocks.first; kb < blocks.end; ++kb, ring.advance()) {
+        const u32 stage = ring.stage;
+        ptx::mbarrier_wait(&smem.empty[stage], ring.phase ^ 1);
         ptx::mbarrier_arrive_expect_tx(&smem.full[stage], stage_bytes);
         const i32 k = static_cast<i32>(blocks.origin + kb * kBlockK);
         // k_grouped: every group reads the one A and the one B (its own columns of them).
@@ -279,12 +292,11 @@ struct Sm90Fp8Gemm {
   }
 
   // A peer-only tile: wait for each stage (the peer's half of A lands in it too) and release it.
-  __device__ static void pass_stages(const Smem& smem, const sched::Tile& tile, u32 lane, u32& iter) {
+  __device__ static void pass_stages(const Smem& smem, const sched::Tile& tile, u32 lane, Ring& ring) {
     const KBlocks blocks = k_blocks(tile);
-    for (u32 kb = blocks.first; kb < blocks.end; ++kb, ++iter) {
-      const u32 stage = iter % kNumStages;
-      ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
-      release_stage(smem, stage, lane);
+    for (u32 kb = blocks.first; kb < blocks.end; ++kb, ring.advance()) {
+      ptx::mbarrier_wait(&smem.full[ring.stage], ring.phase);
+      release_stage(smem, ring.stage, lane);
     }
   }
 
@@ -298,7 +310,7 @@ struct Sm90Fp8Gemm {
 
     Scheduler scheduler(params);
     sched::Tile tile;
-    u32 iter = 0;        // stages of the ring this CTA has consumed (both warpgroups count all of them)
+    Ring ring;           // the stages this CTA has consumed (both warpgroups count all of them)
     u32 handshakes = 0;  // cluster K-split reductions done (the phase of the split barriers)
     u32 staged = 0;      // f32 atoms this warpgroup has staged (the position in its staging ring)
     // k_interleave: the partial-sum buffer starts free.
@@ -308,7 +320,7 @@ struct Sm90Fp8Gemm {
     while (scheduler.next_tile(tile)) {
       if (!tile.exists) continue;
       if (kMulticastA && tile.peer_only) {
-        pass_stages(smem, tile, lane, iter);
+        pass_stages(smem, tile, lane, ring);
         continue;
       }
       TileScales scales;
@@ -318,7 +330,7 @@ struct Sm90Fp8Gemm {
 #pragma unroll
         for (u32 i = 0; i < kNumAccum; ++i) result[w][i] = 0.0f;
       }
-      if (tile.compute) accumulate_tile(smem, tile, warpgroup, thread, iter, accum, result);
+      if (tile.compute) accumulate_tile(smem, tile, warpgroup, thread, ring, accum, result);
       // K splitting has one row wave (static_config_error).
       if (!combine_partials(smem, tile, warpgroup, thread, handshakes, result[0])) continue;
       store_tile(params, smem, tile, warpgroup, warp, lane, scales, staged, result);
@@ -330,17 +342,28 @@ struct Sm90Fp8Gemm {
   // The main loop of one tile: for each K block this warpgroup reads and each of its row waves, wgmma into
   // `accum`, then promote into that wave's fp32 `result`.
   __device__ static void accumulate_tile(const Smem& smem, const sched::Tile& tile, u32 warpgroup, u32 thread,
-                                         u32& iter, float (&accum)[kNumAccum],
+                                         Ring& ring, float (&accum)[kNumAccum],
                                          float (&result)[kRowWaves][kNumAccum]) {
     constexpr bool kAlternate = kKSplit == KSplit::kWarpgroups;
     const u32 lane = thread % 32;
     const KBlocks blocks = k_blocks(tile);
-    for (u32 kb = blocks.first; kb < blocks.end; ++kb, ++iter) {
-      // k_interleave: warpgroup w reads the stages with iter % 2 == w. NOTES: by iter, not by kb: with an
-      // even ring a stage then always has the same reader (see static_config_error).
-      if (kAlternate && (iter & 1) != warpgroup) continue;
-      const u32 stage = iter % kNumStages;
-      ptx::mbarrier_wait(&smem.full[stage], (iter / kNumStages) & 1);
+    // Descriptors of stage 0; a stage's are these plus its offset in the start address field (16-byte units),
+    // and this warpgroup's rows of A start at a_rows. NOTES: built per K block from the stage's address, they
+    // took ~20 dependent uniform instructions between the full barrier's wait and the first wgmma (SASS, 64 x 32
+    // tiles); each iteration now adds the next stage's offsets before its own wait.
+    const u64 desc_a0 = ptx::make_smem_desc_sw128(smem.a), desc_b0 = ptx::make_smem_desc_sw128(smem.b);
+    const u32 a_rows = (kAlternate ? 0 : warpgroup) * tile::kWgmmaM * kBlockK / 16;
+    u64 desc_a = desc_a0 + ring.stage * (kSmemA / 16) + a_rows, desc_b = desc_b0 + ring.stage * (kSmemB / 16);
+    for (u32 kb = blocks.first; kb < blocks.end; ++kb) {
+      const u32 stage = ring.stage, phase = ring.phase;
+      const u64 stage_a = desc_a, stage_b = desc_b;
+      ring.advance();
+      desc_a = desc_a0 + ring.stage * (kSmemA / 16) + a_rows;
+      desc_b = desc_b0 + ring.stage * (kSmemB / 16);
+      // k_interleave: warpgroup w reads the stages with stage % 2 == w. NOTES: by the ring position, not by kb:
+      // with an even ring a stage then always has the same reader (see static_config_error).
+      if (kAlternate && (stage & 1) != warpgroup) continue;
+      ptx::mbarrier_wait(&smem.full[stage], phase);
       if constexpr (kLayout == Layout::kKGrouped) {
         // The group's first and last blocks may hold columns of its neighbours: keep [lo, hi) only.
         const u32 start = blocks.origin + kb * kBlockK;
@@ -348,11 +371,8 @@ struct Sm90Fp8Gemm {
         const u32 hi = tile.k_end - start < kBlockK ? tile.k_end - start : kBlockK;
         if (lo > 0 || hi < kBlockK) zero_outside_group(smem, stage, lo, hi, warpgroup, thread);
       }
-      const u64 desc_b = ptx::make_smem_desc_sw128(smem.b + stage * kSmemB);
 #pragma unroll
       for (u32 wave = 0; wave < kRowWaves; ++wave) {
-        const u32 row_block = kAlternate ? 0 : wave * kNumMathWarpgroups + warpgroup;  // 64 rows of the A stage
-        const u64 desc_a = ptx::make_smem_desc_sw128(smem.a + stage * kSmemA + row_block * tile::kWgmmaM * kBlockK);
 #pragma unroll
         for (u32 i = 0; i < kNumAccum; ++i) ptx::fence_register(accum[i]);
         ptx::wgmma_fence();
@@ -360,7 +380,9 @@ struct Sm90Fp8Gemm {
         for (u32 kk = 0; kk < kBlockK / 32; ++kk) {
           // NOTES: a 32-byte K step stays inside the 128B swizzle row: advance the start address
           // field (16-byte units) by 2 per step.
-          Mma::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);
+          // Row wave w of this warpgroup: row block w * kNumMathWarpgroups + warpgroup of the A stage.
+          Mma::mma(stage_a + wave * (kNumMathWarpgroups * tile::kWgmmaM * kBlockK / 16) + kk * 2, stage_b + kk * 2,
+                   accum, kk > 0);
         }
         ptx::wgmma_commit();
 #pragma unroll
