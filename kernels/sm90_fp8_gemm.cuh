@@ -113,30 +113,18 @@ struct Sm90Fp8Gemm {
     float b1 = 1.0f;
   };
 
-  // Walks a tile's K blocks [first, end) through the stage ring in rounds of kNumStages, each round from stage 0,
-  // so that every step's stage (its barriers, its shared-memory offsets) is a constant of the unrolled loop:
-  // block(kb, stage) for a K block, idle(stage) for the stages left in the tile's last round, which both sides
-  // still wait for and signal so that the ring stays in step. `phase` is the parity of the round, carried from
-  // tile to tile. NOTES: with the stage computed at run time, the wgmma descriptors and barrier addresses took a
-  // chain of dependent uniform instructions between the full barrier's wait and the first wgmma of every K block
-  // (SASS of 64 x 32 tiles; 128x2112x7168 ran 13.0 us against the reference library's 11.5, whose loop is
-  // unrolled over the stages in the same way, benchmarks/KERNEL_LOG.md v16).
-  // k_grouped is not unrolled: its zeroing of the neighbours' columns, inlined into every stage, spilled (128 x 208
-  // tiles with scales).
-  static constexpr u32 kUnrolledStages = kLayout == Layout::kKGrouped ? 1 : kNumStages;
-  template <class Block, class Idle>
-  __device__ static void for_each_stage(u32 first, u32 end, u32& phase, const Block& block, const Idle& idle) {
-    for (u32 round = first; round < end; round += kNumStages, phase ^= 1) {
-#pragma unroll kUnrolledStages
-      for (u32 stage = 0; stage < kNumStages; ++stage) {
-        if (round + stage < end) {
-          block(round + stage, stage);
-        } else {
-          idle(stage);
-        }
+  // A position in the stage ring: the stage and the parity of its current phase, advanced one stage at a
+  // time. NOTES: the main loop then needs no division by kNumStages (3 for 256 x 128 tiles) to find them.
+  struct Ring {
+    u32 stage = 0;
+    u32 phase = 0;
+    __device__ void advance() {
+      if (++stage == kNumStages) {
+        stage = 0;
+        phase ^= 1;
       }
     }
-  }
+  };
 
   struct Smem {
     u8* d;
@@ -260,7 +248,7 @@ struct Sm90Fp8Gemm {
   __device__ static void produce(const GemmParams& params, const Smem& smem) {
     Scheduler scheduler(params);
     sched::Tile tile;
-    u32 phase = 0;
+    Ring ring;
     // NOTES: out-of-bounds parts of a box are zero-filled and still count towards the bytes.
     const u32 a_bytes = params.a_box_rows * kBlockK;
     // multicast_a: this CTA's half of the A stage, which it loads into both CTAs.
@@ -273,8 +261,9 @@ struct Sm90Fp8Gemm {
       // A peer-only tile (a pair's column past N) receives A and loads no B.
       const u32 stage_bytes = a_bytes + (tile.peer_only ? 0u : kSmemB);
       const KBlocks blocks = k_blocks(tile);
-      const auto load = [&](u32 kb, u32 stage) {
-        ptx::mbarrier_wait(&smem.empty[stage], phase ^ 1);
+      for (u32 kb = blocks.first; kb < blocks.end; ++kb, ring.advance()) {
+        const u32 stage = ring.stage;
+        ptx::mbarrier_wait(&smem.empty[stage], ring.phase ^ 1);
         ptx::mbarrier_arrive_expect_tx(&smem.full[stage], stage_bytes);
         const i32 k = static_cast<i32>(blocks.origin + kb * kBlockK);
         // k_grouped: every group reads the one A and the one B (its own columns of them).
@@ -283,18 +272,12 @@ struct Sm90Fp8Gemm {
         if constexpr (kMulticastA) {
           ptx::tma_load_3d_multicast(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA + half * half_rows * kBlockK,
                                      k, m + static_cast<i32>(half * half_rows), group_a, 0b11);
-          if (tile.peer_only) return;
+          if (tile.peer_only) continue;
         } else {
           ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, group_a);
         }
         ptx::tma_load_3d(&params.tma_b, &smem.full[stage], smem.b + stage * kSmemB, k, n, group_b);
-      };
-      // A stage of the last round with no K block: released by the consumers as soon as it "fills".
-      const auto idle = [&](u32 stage) {
-        ptx::mbarrier_wait(&smem.empty[stage], phase ^ 1);
-        ptx::mbarrier_arrive(&smem.full[stage]);
-      };
-      for_each_stage(blocks.first, blocks.end, phase, load, idle);
+      }
     }
   }
 
@@ -309,13 +292,12 @@ struct Sm90Fp8Gemm {
   }
 
   // A peer-only tile: wait for each stage (the peer's half of A lands in it too) and release it.
-  __device__ static void pass_stages(const Smem& smem, const sched::Tile& tile, u32 lane, u32& phase) {
+  __device__ static void pass_stages(const Smem& smem, const sched::Tile& tile, u32 lane, Ring& ring) {
     const KBlocks blocks = k_blocks(tile);
-    const auto pass = [&](u32 stage) {
-      ptx::mbarrier_wait(&smem.full[stage], phase);
-      release_stage(smem, stage, lane);
-    };
-    for_each_stage(blocks.first, blocks.end, phase, [&](u32, u32 stage) { pass(stage); }, pass);
+    for (u32 kb = blocks.first; kb < blocks.end; ++kb, ring.advance()) {
+      ptx::mbarrier_wait(&smem.full[ring.stage], ring.phase);
+      release_stage(smem, ring.stage, lane);
+    }
   }
 
   // Math warpgroup: 64 rows x BLOCK_N of each tile.
@@ -328,7 +310,7 @@ struct Sm90Fp8Gemm {
 
     Scheduler scheduler(params);
     sched::Tile tile;
-    u32 phase = 0;       // parity of the stage ring's current round (both warpgroups walk every round)
+    Ring ring;           // the stages this CTA has consumed (both warpgroups count all of them)
     u32 handshakes = 0;  // cluster K-split reductions done (the phase of the split barriers)
     u32 staged = 0;      // f32 atoms this warpgroup has staged (the position in its staging ring)
     // k_interleave: the partial-sum buffer starts free.
@@ -338,7 +320,7 @@ struct Sm90Fp8Gemm {
     while (scheduler.next_tile(tile)) {
       if (!tile.exists) continue;
       if (kMulticastA && tile.peer_only) {
-        pass_stages(smem, tile, lane, phase);
+        pass_stages(smem, tile, lane, ring);
         continue;
       }
       TileScales scales;
@@ -348,7 +330,7 @@ struct Sm90Fp8Gemm {
 #pragma unroll
         for (u32 i = 0; i < kNumAccum; ++i) result[w][i] = 0.0f;
       }
-      if (tile.compute) accumulate_tile(smem, tile, warpgroup, thread, phase, accum, result);
+      if (tile.compute) accumulate_tile(smem, tile, warpgroup, thread, ring, accum, result);
       // K splitting has one row wave (static_config_error).
       if (!combine_partials(smem, tile, warpgroup, thread, handshakes, result[0])) continue;
       store_tile(params, smem, tile, warpgroup, warp, lane, scales, staged, result);
@@ -360,17 +342,27 @@ struct Sm90Fp8Gemm {
   // The main loop of one tile: for each K block this warpgroup reads and each of its row waves, wgmma into
   // `accum`, then promote into that wave's fp32 `result`.
   __device__ static void accumulate_tile(const Smem& smem, const sched::Tile& tile, u32 warpgroup, u32 thread,
-                                         u32& phase, float (&accum)[kNumAccum],
+                                         Ring& ring, float (&accum)[kNumAccum],
                                          float (&result)[kRowWaves][kNumAccum]) {
     constexpr bool kAlternate = kKSplit == KSplit::kWarpgroups;
     const u32 lane = thread % 32;
     const KBlocks blocks = k_blocks(tile);
-    // Descriptors of stage 0; a stage's are these plus its offset in the start address field (16-byte units).
+    // Descriptors of stage 0; a stage's are these plus its offset in the start address field (16-byte units),
+    // and this warpgroup's rows of A start at a_rows. NOTES: built per K block from the stage's address, they
+    // took ~20 dependent uniform instructions between the full barrier's wait and the first wgmma (SASS, 64 x 32
+    // tiles); each iteration now adds the next stage's offsets before its own wait.
     const u64 desc_a0 = ptx::make_smem_desc_sw128(smem.a), desc_b0 = ptx::make_smem_desc_sw128(smem.b);
-    const u32 a_rows = (kAlternate ? 0 : warpgroup) * tile::kWgmmaM * kBlockK / 16;  // this warpgroup's rows of A
-    const auto multiply = [&](u32 kb, u32 stage) {
-      // k_interleave: warpgroup w reads the stages with stage % 2 == w (an even ring: each stage one reader).
-      if (kAlternate && (stage & 1) != warpgroup) return;
+    const u32 a_rows = (kAlternate ? 0 : warpgroup) * tile::kWgmmaM * kBlockK / 16;
+    u64 desc_a = desc_a0 + ring.stage * (kSmemA / 16) + a_rows, desc_b = desc_b0 + ring.stage * (kSmemB / 16);
+    for (u32 kb = blocks.first; kb < blocks.end; ++kb) {
+      const u32 stage = ring.stage, phase = ring.phase;
+      const u64 stage_a = desc_a, stage_b = desc_b;
+      ring.advance();
+      desc_a = desc_a0 + ring.stage * (kSmemA / 16) + a_rows;
+      desc_b = desc_b0 + ring.stage * (kSmemB / 16);
+      // k_interleave: warpgroup w reads the stages with stage % 2 == w. NOTES: by the ring position, not by kb:
+      // with an even ring a stage then always has the same reader (see static_config_error).
+      if (kAlternate && (stage & 1) != warpgroup) continue;
       ptx::mbarrier_wait(&smem.full[stage], phase);
       if constexpr (kLayout == Layout::kKGrouped) {
         // The group's first and last blocks may hold columns of its neighbours: keep [lo, hi) only.
@@ -379,7 +371,6 @@ struct Sm90Fp8Gemm {
         const u32 hi = tile.k_end - start < kBlockK ? tile.k_end - start : kBlockK;
         if (lo > 0 || hi < kBlockK) zero_outside_group(smem, stage, lo, hi, warpgroup, thread);
       }
-      const u64 desc_a = desc_a0 + stage * (kSmemA / 16) + a_rows, desc_b = desc_b0 + stage * (kSmemB / 16);
 #pragma unroll
       for (u32 wave = 0; wave < kRowWaves; ++wave) {
 #pragma unroll
@@ -388,8 +379,9 @@ struct Sm90Fp8Gemm {
 #pragma unroll
         for (u32 kk = 0; kk < kBlockK / 32; ++kk) {
           // NOTES: a 32-byte K step stays inside the 128B swizzle row: advance the start address
-          // field (16-byte units) by 2 per step. Row wave w: row block w * kNumMathWarpgroups + warpgroup.
-          Mma::mma(desc_a + wave * (kNumMathWarpgroups * tile::kWgmmaM * kBlockK / 16) + kk * 2, desc_b + kk * 2,
+          // field (16-byte units) by 2 per step.
+          // Row wave w of this warpgroup: row block w * kNumMathWarpgroups + warpgroup of the A stage.
+          Mma::mma(stage_a + wave * (kNumMathWarpgroups * tile::kWgmmaM * kBlockK / 16) + kk * 2, stage_b + kk * 2,
                    accum, kk > 0);
         }
         ptx::wgmma_commit();
@@ -401,13 +393,7 @@ struct Sm90Fp8Gemm {
 #pragma unroll
         for (u32 i = 0; i < kNumAccum; ++i) result[wave][i] += accum[i];
       }
-    };
-    const auto idle = [&](u32 stage) {
-      if (kAlternate && (stage & 1) != warpgroup) return;
-      ptx::mbarrier_wait(&smem.full[stage], phase);
-      release_stage(smem, stage, lane);
-    };
-    for_each_stage(blocks.first, blocks.end, phase, multiply, idle);
+    }
   }
 
   // k_grouped: zero the columns outside [lo, hi) of a stage, A rows by their warpgroup and B rows shared by
