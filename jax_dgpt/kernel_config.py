@@ -15,7 +15,16 @@ from typing import Any
 
 from ._native import load as _native
 
-__all__ = ["FP8_DTYPES", "LAYOUTS", "OUT_DTYPES", "SWITCH_FIELDS", "TUNING_FIELDS", "KernelConfig", "Operands", "limits"]
+__all__ = [
+    "FP8_DTYPES",
+    "LAYOUTS",
+    "OUT_DTYPES",
+    "SWITCH_FIELDS",
+    "TUNING_FIELDS",
+    "KernelConfig",
+    "Operands",
+    "limits",
+]
 
 # One name per layout, in Python, C++ (dgpt::Layout) and the FFI targets (dgpt_gemm_<layout>).
 LAYOUTS = ("normal", "contiguous", "masked", "k_grouped", "ragged")

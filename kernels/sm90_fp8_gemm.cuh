@@ -270,8 +270,9 @@ struct Sm90Fp8Gemm {
         const u32 group_a = kLayout == Layout::kKGrouped ? 0u : tile.group_a;
         const u32 group_b = kLayout == Layout::kKGrouped ? 0u : tile.group_b;
         if constexpr (kMulticastA) {
-          ptx::tma_load_3d_multicast(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA + half * half_rows * kBlockK,
-                                     k, m + static_cast<i32>(half * half_rows), group_a, 0b11);
+          u8* rows = smem.a + stage * kSmemA + half * half_rows * kBlockK;
+          ptx::tma_load_3d_multicast(&params.tma_a, &smem.full[stage], rows, k, m + static_cast<i32>(half * half_rows),
+                                     group_a, 0b11);
           if (tile.peer_only) continue;
         } else {
           ptx::tma_load_3d(&params.tma_a, &smem.full[stage], smem.a + stage * kSmemA, k, m, group_a);

@@ -85,7 +85,9 @@ def test_normal_and_contiguous_cover_every_tile_once(tmp_path, m, grid):
         assert t["compute"] == (0 <= expert < 3) and (not t["compute"] or t["group_b"] == expert)
 
 
-@pytest.mark.parametrize("m, n, grid, bands", [(1000, 200, 8, 2), (4096, 7168, 128, 8), (300, 64, 132, 8), (4096, 320, 6, 4)])
+@pytest.mark.parametrize(
+    "m, n, grid, bands", [(1000, 200, 8, 2), (4096, 7168, 128, 8), (300, 64, 132, 8), (4096, 320, 6, 4)]
+)
 def test_multicast_pairs_cover_every_tile_once(tmp_path, m, n, grid, bands):
     """multicast_a: the two CTAs of a cluster take the two columns of a pair in one row block, in step; a pair's
     column past N is peer-only on its CTA, and every real tile is taken once."""
@@ -100,7 +102,12 @@ def test_multicast_pairs_cover_every_tile_once(tmp_path, m, n, grid, bands):
         first, second = by_cta[c], by_cta[c + 1]
         assert len(first) == len(second), "the CTAs of a pair walk the same number of tiles"
         for a, b in zip(first, second):
-            assert (a["m_block"], a["n_block"] % 2, b["n_block"], a["peer_only"]) == (b["m_block"], 0, a["n_block"] + 1, 0)
+            assert (a["m_block"], a["n_block"] % 2, b["n_block"], a["peer_only"]) == (
+                b["m_block"],
+                0,
+                a["n_block"] + 1,
+                0,
+            )
 
 
 MASKED = {"mixed": [300, 0, 1, 129, -4, 5000], "all empty": [0, 0], "one group": [640]}
