@@ -194,10 +194,13 @@ DGPT_HOST_DEVICE constexpr const char* static_config_error(const KernelConfig& c
   if (c.block_n < limits::kBlockNStep || c.block_n > limits::kMaxBlockN || c.block_n % limits::kBlockNStep != 0) {
     return "block_n must be a multiple of block_n_step in [block_n_step, max_block_n]";
   }
-  // NOTES: the other layouts' row masks, boundary stores and K-block zeroing work per warpgroup's 64 rows.
+  // NOTES: the contiguous row mask, the ragged boundary stores and the k_grouped K-block zeroing work per
+  // warpgroup's 64 rows; the masked layout has none of them (its tiles are whole row blocks of one group).
   if (c.block_m == limits::kBlockMDouble &&
-      (c.layout != Layout::kNormal || splits_k(c) || c.block_n > limits::kMaxBlockNDouble)) {
-    return "block_m_double needs the normal layout, num_k_splits 1, k_interleave 0 and block_n <= max_block_n_double";
+      ((c.layout != Layout::kNormal && c.layout != Layout::kMasked) || splits_k(c) ||
+       c.block_n > limits::kMaxBlockNDouble)) {
+    return "block_m_double needs the normal or masked layout, num_k_splits 1, k_interleave 0 and block_n <= "
+           "max_block_n_double";
   }
   if (c.num_stages < limits::kMinStages || c.num_stages > limits::kMaxStages) return "num_stages must be in [min_stages, max_stages]";
   if (c.num_k_splits < 1 || c.num_k_splits > limits::kMaxKSplits) return "num_k_splits must be in [1, max_k_splits]";

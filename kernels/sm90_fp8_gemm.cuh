@@ -606,30 +606,37 @@ struct Sm90Fp8Gemm {
     // atom waits for its own buffer).
     if (!kF32Out && thread == 0) ptx::tma_store_wait_read();
     if constexpr (!kF32Out || kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
-#pragma unroll
-    for (u32 wave = 0; wave < kRowWaves; ++wave) {
-      const u32 row_block = wave * kNumMathWarpgroups + warpgroup;
-      // NOTES: rows with nothing computed (padding, past a ragged total, an empty k_grouped group) stay exact
-      // zeros whatever the scales hold (Inf, NaN): scale first, then mask, and skip the scales of empty tiles.
-      if constexpr (kScaled) {
-        if (tile.compute) apply_scales(smem, warpgroup, wave, warp, lane, result[wave]);
+    // NOTES: one call per row wave with a constant index: as a loop over the waves, ptxas kept the masked
+    // kernel's wave loop rolled (256-row tiles with scale_b) and `result` in local memory (512-byte stack frame).
+    store_wave(params, smem, tile, warpgroup, 0, warp, lane, staged, result[0]);
+    if constexpr (kRowWaves > 1) store_wave(params, smem, tile, warpgroup, 1, warp, lane, staged, result[kRowWaves - 1]);
+  }
+
+  // One row wave of the epilogue: scale, mask, store.
+  __device__ static void store_wave(const GemmParams& params, const Smem& smem, const sched::Tile& tile,
+                                    u32 warpgroup, u32 wave, u32 warp, u32 lane, u32& staged,
+                                    float (&result)[kNumAccum]) {
+    const u32 row_block = wave * kNumMathWarpgroups + warpgroup;
+    // NOTES: rows with nothing computed (padding, past a ragged total, an empty k_grouped group) stay exact
+    // zeros whatever the scales hold (Inf, NaN): scale first, then mask, and skip the scales of empty tiles.
+    if constexpr (kScaleA || kScaleB) {
+      if (tile.compute) apply_scales(smem, warpgroup, wave, warp, lane, result);
+    }
+    if constexpr (kLayout == Layout::kContiguous) {
+      mask_other_experts(params, tile, row_block, warp, lane, result);
+    }
+    if constexpr (kLayout == Layout::kRagged) {
+      if (stores_rows(params, tile, row_block)) {
+        store_rows(params, tile, row_block, warp, lane, result);
+        // The next scales written must not overwrite these before every thread has read them.
+        if constexpr (kScaleA || kScaleB) ptx::named_barrier_sync(1 + warpgroup, 128);
+        return;
       }
-      if constexpr (kLayout == Layout::kContiguous) {
-        mask_other_experts(params, tile, row_block, warp, lane, result[wave]);
-      }
-      if constexpr (kLayout == Layout::kRagged) {
-        if (stores_rows(params, tile, row_block)) {
-          store_rows(params, tile, row_block, warp, lane, result[wave]);
-          // The next scales written must not overwrite these before every thread has read them.
-          if constexpr (kScaled) ptx::named_barrier_sync(1 + warpgroup, 128);
-          continue;
-        }
-      }
-      if constexpr (kF32Out) {
-        store_f32(params, smem, tile, warpgroup, row_block, warp, lane, staged, result[wave]);
-      } else {
-        store_bf16(params, smem, tile, warpgroup, row_block, warp, lane, result[wave]);
-      }
+    }
+    if constexpr (kF32Out) {
+      store_f32(params, smem, tile, warpgroup, row_block, warp, lane, staged, result);
+    } else {
+      store_bf16(params, smem, tile, warpgroup, row_block, warp, lane, result);
     }
   }
 

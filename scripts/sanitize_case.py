@@ -57,19 +57,25 @@ def k_interleave() -> bool:
 def double_rows() -> bool:
     """256-row tiles on 4 CTAs: 3 row tiles (the last with one partial row wave) x 5 column tiles of 3 K blocks,
     so each CTA reuses its ring and D tile; bf16, and float32 scaled and added into c (both waves through
-    one staging ring)."""
+    one staging ring); and the masked layout (a group of 300 rows of Mmax 320, one of 7)."""
     ap, bp = fp8((600, 320), 11), fp8((272, 320), 12)
     c, sa = jnp.ones((600, 272), jnp.float32), jnp.linspace(0.5, 2.0, 600, dtype=jnp.float32)
+    am, bm, masked_m = fp8((2, 320, 320), 13), fp8((2, 272, 320), 14), jnp.asarray([300, 7], jnp.int32)
     jax_dgpt.set_num_sms(4)
     try:
         with forcing.force(block_m=256, block_n=64):
             d = jax.jit(jax_dgpt.gemm)(ap, bp)
             w = jax.jit(lambda x, y, z: jax_dgpt.wgrad_gemm(x, y, z, scale_a=sa))(ap, bp, c)
+            dm = jax.jit(jax_dgpt.grouped_gemm_masked, static_argnums=3)(am, bm, masked_m, 256)
     finally:
         jax_dgpt.set_num_sms(jax.devices()[0].core_count)
     product = np.asarray(ap, np.float64) @ np.asarray(bp, np.float64).T
     scaled = product * np.asarray(sa, np.float64)[:, None] + 1.0
-    return diff(d, product) <= 3e-6 and diff(w, scaled) <= 1e-7
+    ok = diff(d, product) <= 3e-6 and diff(w, scaled) <= 1e-7
+    for g, rows in enumerate((300, 7)):
+        want = np.asarray(am[g, :rows], np.float64) @ np.asarray(bm[g], np.float64).T
+        ok &= diff(np.asarray(dm[g, :rows], np.float64), want) <= 3e-6
+    return ok
 
 
 def multicast() -> bool:

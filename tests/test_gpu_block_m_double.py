@@ -3,7 +3,9 @@
 The heuristics take them for large normal GEMMs with a bf16 output; these tests force ``block_m=256`` on fresh
 functions, so every output kind and edge goes through them: M not a multiple of 256 (a partial second wave), a
 trimmed A box (M < 256), K tails, N not a multiple of the tile, fused scales, float32 outputs and accumulation
-into c. Same contract as every path: float64 agreement, NaN-poisoned outputs fully written, bitwise reruns.
+into c; and the masked layout, which takes them forced only (groups whose rows end in a tile's first or second
+row wave, an empty group, Mmax not a multiple of 256, scales and a float32 output). Same contract as every path:
+float64 agreement, NaN-poisoned outputs fully written, bitwise reruns.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from jax_dgpt.testing import (
     calc_diff,
     generate_fp8,
     generate_scales,
+    masked_inputs,
+    masked_valid_rows,
     record_diff,
     reference_gemm_f64,
+    reference_masked_f64,
     run_into_poison,
     to_f64,
 )
@@ -81,3 +86,43 @@ def test_double_rows_bitwise_reruns_and_heuristics_choice():
     with forcing.force(block_m=128):
         third = np.asarray(jax.jit(jax_dgpt.gemm)(a, b)).view(np.uint16)
     np.testing.assert_array_equal(first, third)
+
+
+# masked_m per group and Mmax: rows ending in the first and in the second row wave of a tile, an empty group, a
+# whole tile; Mmax not a multiple of 256 (the last tile's rows past Mmax lie outside the group's matrix).
+MASKED = [([992, 0, 300, 256], 1024), ([1, 129, 700], 700), ([4096], 4096)]
+
+
+@pytest.mark.parametrize("masked_m,mmax", MASKED, ids=["mixed", "partial", "one-group"])
+def test_double_rows_masked(masked_m, mmax):
+    n, k = 640, 1024
+    a, b, mm = masked_inputs(masked_m, mmax, n, k, key=len(masked_m) + mmax)
+    masked = jax.jit(lambda x, y, z: jax_dgpt.grouped_gemm_masked(x, y, z, 512))
+    with forcing.force(block_m=256, block_n=128):
+        out = run_into_poison(masked, a, b, mm, out_shape=(len(masked_m), mmax, n))
+    out64, ref = to_f64(out), reference_masked_f64(a, b, mm)
+    for g, rows in enumerate(masked_valid_rows(masked_m, mmax)):
+        assert not np.isnan(out64[g, :rows]).any(), f"group {g}: unwritten valid rows"
+        if rows:
+            assert diff(out64[g, :rows], ref[g, :rows], f"block_m 256 masked group {g}") <= testing.BF16_CALC_DIFF_BOUND
+    # The same sums as 128-row tiles of the same width, on every valid row.
+    with forcing.force(block_m=128, block_n=128):
+        plain = np.asarray(jax.jit(lambda x, y, z: jax_dgpt.grouped_gemm_masked(x, y, z, 512))(a, b, mm))
+    for g, rows in enumerate(masked_valid_rows(masked_m, mmax)):
+        np.testing.assert_array_equal(np.asarray(out)[g, :rows].view(np.uint16), plain[g, :rows].view(np.uint16))
+
+
+def test_double_rows_masked_scaled_f32():
+    masked_m, mmax, n, k = [700, 33], 768, 384, 2048
+    a, b, mm = masked_inputs(masked_m, mmax, n, k, key=21)
+    sa, sb = generate_scales((2, mmax), 22), generate_scales((2, n), 23)
+    masked = lambda x, y, z: jax_dgpt.grouped_gemm_masked(  # noqa: E731
+        x, y, z, 512, scale_a=sa, scale_b=sb, out_dtype=jnp.float32
+    )
+    with forcing.force(block_m=256, block_n=128):
+        out = run_into_poison(masked, a, b, mm, out_shape=(2, mmax, n), dtype=jnp.float32)
+    out64, ref = to_f64(out), reference_masked_f64(a, b, mm, scale_a=sa, scale_b=sb)
+    for g, rows in enumerate(masked_valid_rows(masked_m, mmax)):
+        got = out64[g, :rows]
+        assert not np.isnan(got).any(), f"group {g}: unwritten valid rows"
+        assert diff(got, ref[g, :rows], f"block_m 256 masked scaled f32 group {g}") <= testing.F32_CALC_DIFF_BOUND

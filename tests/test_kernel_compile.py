@@ -100,6 +100,10 @@ def enumerate_operand_variants():
             (64, 96, 512, 3),
         ):
             yield chosen(Problem("k_grouped", m, n, t, groups, operands=operands))
+    # 256-row masked tiles (forced only): bf16, and scaled with a float32 output.
+    scaled_f32 = Operands(out_dtype=f32, has_scale_a=True, has_scale_b=True)
+    for operands in (Operands(), Operands(has_scale_b=True), scaled_f32):
+        yield chosen(Problem("masked", MASKED_MMAX, 4096, 7168, 4, 1024, operands=operands), block_m=256, block_n=128)
     # bf16 weight gradients straight from the kernel (fp8_ragged_dot's dw), e5m2 dy^T and scales.
     operands = Operands(b_dtype=e5m2, has_scale_a=True, has_scale_b=True)
     for m, n, t, groups in ((2048, 1024, 16384, 16), (7168, 2048, 32768, 64)):

@@ -72,6 +72,7 @@ def test_a_known_good_config_is_valid():
         ({"k_interleave": 1, "block_m": 64, "num_stages": 3}, "k_interleave needs an even num_stages"),
         ({"k_interleave": 2, "block_m": 64}, "k_interleave must be 0 or 1"),
         ({"layout": "contiguous", "num_groups": 4, "block_m": 64}, "contiguous layout needs block_m"),
+        ({"layout": "ragged", "num_groups": 4, "block_m": 256, "block_n": 128}, "block_m_double needs the normal or"),
         ({"a_dtype": 2}, "a_dtype and b_dtype must be 0 \\(e4m3\\) or 1 \\(e5m2\\)"),
         ({"b_dtype": -1}, "a_dtype and b_dtype must be 0"),
         ({"out_dtype": 2}, "out_dtype must be 0 \\(bf16\\) or 1 \\(f32\\)"),
