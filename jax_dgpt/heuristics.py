@@ -157,6 +157,7 @@ def tile_slots(config: KernelConfig) -> int:
 
 
 def columns_per_cluster(config: KernelConfig) -> int:
+    """Tile columns a cluster takes side by side: 2 with multicast_a (kernels/kernel_config.cuh says the same)."""
     return 2 if config.multicast_a else 1
 
 
