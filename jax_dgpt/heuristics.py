@@ -143,11 +143,12 @@ def auto_k_splits(problem: Problem) -> int:
 def _grid_size(problem: Problem, block_m: int, block_n: int, num_sms: int, splits: int, multicast_a: int) -> int:
     """Whole clusters, at most one per tile (a multicast pair: two tiles); the masked and ragged layouts' tile
     counts are only known on the device."""
-    cluster = 2 if multicast_a else splits
+    columns = 2 if multicast_a else 1  # tiles a cluster takes side by side
+    cluster = splits * columns  # multicast_a excludes split-K (KernelConfig.error says so)
     units = max(1, num_sms // cluster)
     device_counted = problem.layout in ("masked", "ragged")
-    tiles = num_tiles(problem, block_m, block_n, 2 if multicast_a else 1)
-    clusters = units if device_counted else min(units, ceil_div(tiles, cluster // splits))
+    tiles = num_tiles(problem, block_m, block_n, columns)
+    clusters = units if device_counted else min(units, ceil_div(tiles, columns))
     return clusters * cluster
 
 
