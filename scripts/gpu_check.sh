@@ -7,7 +7,7 @@
 #   python -m benchmarks.rundir file <returned>/<run>   &&   python -m benchmarks.report
 #
 # usage: scripts/gpu_check.sh [build] [compat] [smoke] [tests] [cputests] [sanitize] [bench] [breakdown] [e2e] [ncu] [sass]
-#        [example] ...        (default: build smoke tests)
+#        [example] [probe] ...        (default: build smoke tests)
 #   compat needs .ffi-oldest carried (scripts/fetch_oldest_ffi_headers.sh)
 #   PYTEST_ARGS="-k masked" and TEST_PATHS (default tests) narrow the test run; TEST_TIMEOUT (s) limits it;
 #   SANITIZE_CASES (scripts/sanitize_case.py's case names) narrows the sanitizers; EXAMPLES and TRAIN_ARGS the
@@ -23,7 +23,7 @@ export DG_JIT_CACHE_DIR=${DG_JIT_CACHE_DIR:-/tmp/dgpt_cache}
 [ $# -gt 0 ] || set -- build smoke tests
 for what in "$@"; do
   case "$what" in
-    build|compat|smoke|tests|cputests|sanitize|bench|breakdown|e2e|ncu|sass|example) ;;
+    build|compat|smoke|tests|cputests|sanitize|bench|breakdown|e2e|ncu|sass|example|probe) ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done
@@ -183,6 +183,17 @@ for what in "$@"; do
       begin sass
       python3 scripts/sass_stats.py "$LOGS" ${SASS_CONFIGS:-} 2>&1 | tee "$RUN/sass_stats.md"
       finish "${PIPESTATUS[0]}" "python3 scripts/sass_stats.py" sass_stats.md ;;
+    probe)
+      # Standalone CUDA probes of one hardware question each (benchmarks/probes/*.cu, named in their header;
+      # PROBES narrows them): built with the machine's nvcc, one log each.
+      begin probe "probes: ${PROBES:=$(cd benchmarks/probes && ls *.cu | sed 's/\.cu$//' | tr '\n' ' ')}"
+      rc=0 logs=()
+      for probe in $PROBES; do
+        { nvcc -std=c++20 -O3 -arch=sm_90a -I kernels "benchmarks/probes/$probe.cu" -L/usr/local/cuda/lib64/stubs -lcuda -o "/tmp/probe_$probe" \
+            && "/tmp/probe_$probe"; } >"$RUN/probe_$probe.log" 2>&1 || rc=1
+        cat "$RUN/probe_$probe.log"; logs+=("probe_$probe.log")
+      done
+      finish $rc "probes $PROBES" "${logs[@]}" ;;
     example)
       # EXAMPLES (default "demo moe_layer train_moe") narrows it; TRAIN_ARGS go to train_moe.py (e.g.
       # "--steps 100"), whose curves (train_moe.png, train_moe.json) land in the run directory.
