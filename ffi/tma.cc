@@ -48,10 +48,15 @@ Status encode(const Tensor3d& t, uint32_t box_inner, uint32_t box_rows, CUtensor
   const cuuint64_t strides[2] = {row_bytes, row_bytes * t.rows};  // bytes, for dims 1 and 2
   const cuuint32_t box[3] = {box_inner, box_rows, 1};
   const cuuint32_t element_strides[3] = {1, 1, 1};
+  // NOTES: rows that are not whole 128-byte lines split every box row over two lines; fetching 256 bytes
+  // per L2 miss then costs more than it saves. TMA loads alone (benchmarks/probes/tma_rows.cu, H200,
+  // 16384 x 1552 x 7184 tiles): whole lines 221 us with 256-byte promotion, 227 with 128; split lines 447
+  // with 256, 377 with 128, 389 with none.
+  const CUtensorMapL2promotion promotion =
+      row_bytes % 128 == 0 ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B : CU_TENSOR_MAP_L2_PROMOTION_L2_128B;
   CUtensorMap map;
   const CUresult r = cu->cuTensorMapEncodeTiled(&map, t.dtype, 3, t.data, dims, strides, box, element_strides,
-                                                CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-                                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                                CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
                                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) return Status::Error(operand() + driver::describe("cuTensorMapEncodeTiled", r));
   std::memcpy(out, &map, sizeof(map));

@@ -9,7 +9,8 @@ enters through the tile count and split-K. Four small stages:
 1. :func:`candidates` — every config worth considering: ``block_m`` from the effective M
    (:func:`select_block_m`, plus 256-row tiles where :func:`tries_block_m_double` says so), each
    ``block_n`` step up to N, each stage count, split-K where it measured faster (:func:`auto_k_splits`),
-   and the persistent grid;
+   A multicast over 2-CTA clusters for rows that are not whole L2 lines (:func:`auto_multicast_a`), and
+   the persistent grid;
 2. :func:`valid` — those the kernel can take (shared memory, alignment, limits);
 3. :func:`score` — per ``block_m``: fewest waves of tiles over the SMs, then the fullest last wave, then
    the fewest columns computed past N, then the widest tile, then the most stages;
@@ -31,6 +32,7 @@ __all__ = [
     "PREFERRED_MAX_STAGES",
     "Problem",
     "auto_k_splits",
+    "auto_multicast_a",
     "candidates",
     "ceil_div",
     "describe",
@@ -140,6 +142,23 @@ def auto_k_splits(problem: Problem) -> int:
     return 2 if small and problem.k >= 4096 and problem.n <= 4096 else 1
 
 
+# NOTES: TMA loads whole 128-byte L2 lines fastest. Rows of A and B of other lengths (K % 128 != 0) split each
+# box row over two lines and halve the load rate (benchmarks/probes/tma_rows.cu, H200: 447 against 221 us to
+# stream the tiles of 16384 x 1552 x 7184); a 2-CTA cluster that multicasts A issues half of A's loads per SM.
+# Measured (KERNEL_LOG.md v18): 16384x1552x7184 417 -> 294 us, 8192x1552x7184 213 -> 178, 2048x2112x7184
+# 86.6 -> 67.9; on whole-line rows multicast_a is 1-4% slower (v16), so it is chosen for split lines only.
+LINE_BYTES = 128
+
+
+def auto_multicast_a(problem: Problem, num_sms: int) -> int:
+    """multicast_a chosen when none is forced: 1 for normal GEMMs without K splitting whose rows are not whole
+    L2 lines and whose N takes at least two tile columns at any width, on two SMs or more; else 0."""
+    split_lines = problem.k % LINE_BYTES != 0  # fp8: one byte per element
+    wide = problem.n > limits()["max_block_n"]
+    normal = problem.layout == "normal" and auto_k_splits(problem) == 1
+    return int(normal and split_lines and wide and num_sms >= 2)
+
+
 def _grid_size(problem: Problem, block_m: int, block_n: int, num_sms: int, splits: int, multicast_a: int) -> int:
     """Whole clusters, at most one per tile (a multicast pair: two tiles); the masked and ragged layouts' tile
     counts are only known on the device."""
@@ -195,7 +214,9 @@ def candidates(problem: Problem, num_sms: int, forced: Overrides = ()) -> Iterat
 def _candidates_with_rows(problem: Problem, num_sms: int, fixed: dict, block_m: int) -> Iterator[KernelConfig]:
     lim = limits()
     k_interleave = fixed.get("k_interleave", 0)
-    multicast_a = fixed.get("multicast_a", 0)
+    # Only one way to spend a cluster: forced K splitting or interleaving leaves no automatic multicast.
+    automatic = not k_interleave and "num_k_splits" not in fixed
+    multicast_a = fixed.get("multicast_a", auto_multicast_a(problem, num_sms) if automatic else 0)
     splits = fixed.get("num_k_splits", 1 if k_interleave or multicast_a else auto_k_splits(problem))
     # Every CTA of a cluster gets at least one K block, and no more CTAs than the SMs allowed.
     splits = max(1, min(splits, num_sms, ceil_div(problem.k, lim["block_k"])))

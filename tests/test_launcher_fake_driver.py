@@ -44,8 +44,8 @@ def last_params():
     raw = (ctypes.c_ubyte * 640)()  # sizeof(GemmParams), kernels/dgpt_types.cuh
     fake.fake_last_params(raw, 640)
     words = struct.unpack("<80Q", bytes(raw))
-    fields = ("address", "inner", "rows", "box_inner", "box_rows", "swizzle")
-    maps = {name: dict(zip(fields, words[16 * i : 16 * i + 6])) for i, name in enumerate(("a", "b", "d", "d_tail"))}
+    fields = ("address", "inner", "rows", "box_inner", "box_rows", "swizzle", "l2")
+    maps = {name: dict(zip(fields, words[16 * i : 16 * i + 7])) for i, name in enumerate(("a", "b", "d", "d_tail"))}
     lo, hi = (lambda w: w & 0xFFFFFFFF), (lambda w: w >> 32)
     return dict(maps=maps, grouped_layout=words[64], d_direct=words[65], d_group_stride=words[66],
                 scale_a=words[67], scale_b=words[68], scale_a_strides=(lo(words[69]), hi(words[69])),
@@ -102,6 +102,10 @@ def smem(**fields) -> int:
     return config.launch_shape()["smem_bytes"]
 
 
+# CUtensorMapL2promotion values: rows of whole 128-byte lines get 256-byte promotion, others 128-byte
+# (ffi/tma.cc says why).
+L2_128, L2_256 = 2, 3
+
 # Configs of the tests below (every field but the defaults named).
 BIG = "layout='normal', m=4096, n=7168, k=2048, block_m=128, block_n=208, num_stages=4, grid_size=132"
 
@@ -128,10 +132,10 @@ def test_parameter_is_encoded_once_per_set_of_buffers(fake_driver_dir, tmp_path)
         grid=132, cluster=1, smem=smem(block_m=128, block_n=208, num_stages=4, grid_size=132), block=384
     )
     p = r["params"]
-    assert p["maps"]["a"] == dict(address=0x10000, inner=2048, rows=4096, box_inner=128, box_rows=128, swizzle=3)
-    assert p["maps"]["b"] == dict(address=0x20000, inner=2048, rows=7168, box_inner=128, box_rows=208, swizzle=3)
-    assert p["maps"]["d"] == dict(address=0x30000, inner=7168, rows=4096, box_inner=64, box_rows=64, swizzle=3)
-    assert p["maps"]["d_tail"] == dict(address=0x30000, inner=7168, rows=4096, box_inner=16, box_rows=64, swizzle=1)
+    assert p["maps"]["a"] == dict(address=0x10000, inner=2048, rows=4096, box_inner=128, box_rows=128, swizzle=3, l2=L2_256)
+    assert p["maps"]["b"] == dict(address=0x20000, inner=2048, rows=7168, box_inner=128, box_rows=208, swizzle=3, l2=L2_256)
+    assert p["maps"]["d"] == dict(address=0x30000, inner=7168, rows=4096, box_inner=64, box_rows=64, swizzle=3, l2=L2_256)
+    assert p["maps"]["d_tail"] == dict(address=0x30000, inner=7168, rows=4096, box_inner=16, box_rows=64, swizzle=1, l2=L2_256)
     assert (p["shape_m"], p["num_groups"], p["a_box_rows"], p["grouped_layout"]) == (4096, 1, 128, 0)
 
 
@@ -189,7 +193,7 @@ def test_float32_output_scales_and_k_grouped_parameters(fake_driver_dir, tmp_pat
     # The fp32 D leaves through TMA in 32-column (128-byte) atoms: 128 columns need no tail map. d_direct
     # stays set for the ragged layout's row-by-row tiles.
     assert r["encodes"] == 3 and p["maps"]["d_tail"]["address"] == 0
-    assert p["maps"]["d"] == dict(address=0x30000, inner=256, rows=512, box_inner=32, box_rows=64, swizzle=3)
+    assert p["maps"]["d"] == dict(address=0x30000, inner=256, rows=512, box_inner=32, box_rows=64, swizzle=3, l2=L2_256)
     assert (p["d_direct"], p["d_group_stride"]) == (0x30000, 512 * 256)
     # One A [M, T] and one B [N, T] for every group; the sizes are the grouped-layout array.
     assert p["maps"]["a"]["rows"] == 512 and p["maps"]["b"]["rows"] == 256 and p["grouped_layout"] == 0x70000
@@ -257,3 +261,19 @@ def test_encoding_failure_is_reported_and_not_cached(fake_driver_dir, tmp_path):
     assert "16-byte aligned" in r["errors"][1], r["errors"]
     assert r["launches_after_failure"] == 1 and r["launches"] == 2
     assert r["params"]["maps"]["a"]["address"] == 0x10010
+
+
+def test_rows_of_split_lines_get_128_byte_promotion(fake_driver_dir, tmp_path):
+    r = run(
+        fake_driver_dir,
+        tmp_path,
+        """
+        k = launcher(layout="normal", m=256, n=1552, k=2064, block_m=128, block_n=112, num_stages=4, grid_size=28)
+        k.launch(0x10000, 0x20000, 0x30000)
+        print(json.dumps(last_params()))
+    """,
+    )
+    # 2064-byte rows of A and B split their 128-byte boxes over two L2 lines; D's 3104-byte rows are loaded by
+    # no one (the promotion only matters for loads) and follow the same rule.
+    assert r["maps"]["a"]["l2"] == L2_128 and r["maps"]["b"]["l2"] == L2_128
+    assert r["maps"]["d"]["l2"] == L2_128 and r["maps"]["d"]["inner"] == 1552

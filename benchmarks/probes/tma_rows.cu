@@ -137,7 +137,7 @@ static CUtensorMap encode(void* data, u32 dims, u64 inner, u64 rows, u64 stride,
 
 int main() {
   CHECK_RT(cudaSetDevice(0));
-  const u32 m = 16384, n = 1552, k = 7184, block_m = 128, block_n = 224;
+  const u32 m = 16384, n = 1552, k = 7184;
   const u32 k_pad = (k + 127) / 128 * 128;
   int sms = 0;
   CHECK_RT(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
@@ -149,38 +149,51 @@ int main() {
   CHECK_RT(cudaMemset(b, 1, size_t(n) * k_pad));
   const size_t flush_bytes = size_t(512) << 20;
   CHECK_RT(cudaMalloc(&flush, flush_bytes));
-  const size_t smem = kStages * (block_m + block_n) * kBlockK + 2 * kStages * sizeof(u64);
+  const size_t smem = kStages * 384 * kBlockK + 2 * kStages * sizeof(u64);  // the largest tile: 256 + 128 rows
   CHECK_RT(cudaFuncSetAttribute(stream, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
 
   struct Variant {
     const char* name;
     u64 stride_a, stride_b;
     u32 dims, box_width;
-    CUtensorMapL2promotion promotion;
+    CUtensorMapL2promotion promotion, promotion_b;
+    u32 block_m = 128, block_n = 224;
   };
+  constexpr auto P256 = CU_TENSOR_MAP_L2_PROMOTION_L2_256B, P128 = CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                 P0 = CU_TENSOR_MAP_L2_PROMOTION_NONE;
   const std::vector<Variant> variants = {
-      {"aligned  3d swz128 L2_256", k_pad, k_pad, 3, 128, CU_TENSOR_MAP_L2_PROMOTION_L2_256B},
-      {"7184     3d swz128 L2_256", k, k, 3, 128, CU_TENSOR_MAP_L2_PROMOTION_L2_256B},
-      {"7184     2d swz128 L2_256", k, k, 2, 128, CU_TENSOR_MAP_L2_PROMOTION_L2_256B},
-      {"aligned  2d swz128 L2_256", k_pad, k_pad, 2, 128, CU_TENSOR_MAP_L2_PROMOTION_L2_256B},
-      {"7184     3d swz128 L2_128", k, k, 3, 128, CU_TENSOR_MAP_L2_PROMOTION_L2_128B},
-      {"7184     3d swz128 L2_none", k, k, 3, 128, CU_TENSOR_MAP_L2_PROMOTION_NONE},
-      {"7184     3d swz64  L2_256", k, k, 3, 64, CU_TENSOR_MAP_L2_PROMOTION_L2_256B},
-      {"7184     3d swz32  L2_256", k, k, 3, 32, CU_TENSOR_MAP_L2_PROMOTION_L2_256B},
-      {"aligned  3d swz64  L2_256", k_pad, k_pad, 3, 64, CU_TENSOR_MAP_L2_PROMOTION_L2_256B},
-      {"A 7184, B aligned 3d swz128", k, k_pad, 3, 128, CU_TENSOR_MAP_L2_PROMOTION_L2_256B},
-      {"A aligned, B 7184 3d swz128", k_pad, k, 3, 128, CU_TENSOR_MAP_L2_PROMOTION_L2_256B},
+      {"aligned  3d swz128 L2_256", k_pad, k_pad, 3, 128, P256, P256},
+      {"7184     3d swz128 L2_256", k, k, 3, 128, P256, P256},
+      {"7184     2d swz128 L2_256", k, k, 2, 128, P256, P256},
+      {"aligned  2d swz128 L2_256", k_pad, k_pad, 2, 128, P256, P256},
+      {"7184     3d swz128 L2_128", k, k, 3, 128, P128, P128},
+      {"7184     3d swz128 L2_none", k, k, 3, 128, P0, P0},
+      {"aligned  3d swz128 L2_128", k_pad, k_pad, 3, 128, P128, P128},
+      {"7184     3d swz64  L2_256", k, k, 3, 64, P256, P256},
+      {"7184     3d swz32  L2_256", k, k, 3, 32, P256, P256},
+      {"aligned  3d swz64  L2_256", k_pad, k_pad, 3, 64, P256, P256},
+      {"A 7184, B aligned L2_256", k, k_pad, 3, 128, P256, P256},
+      {"A 7184 L2_128, B aligned L2_256", k, k_pad, 3, 128, P128, P256},
+      {"A 7184 L2_none, B aligned L2_256", k, k_pad, 3, 128, P0, P256},
+      {"A aligned, B 7184 L2_256", k_pad, k, 3, 128, P256, P256},
+      {"A aligned, B 7184 L2_128", k_pad, k, 3, 128, P256, P128},
+      {"256x128 aligned L2_256", k_pad, k_pad, 3, 128, P256, P256, 256, 128},
+      {"256x128 7184 L2_256", k, k, 3, 128, P256, P256, 256, 128},
+      {"256x128 7184 L2_128", k, k, 3, 128, P128, P128, 256, 128},
+      {"256x128 A 7184 L2_128, B aligned", k, k_pad, 3, 128, P128, P256, 256, 128},
   };
-  std::printf("M=%u N=%u K=%u tiles %ux%u, %d CTAs, %u stages; us per launch (min / median of 20, L2 flushed)\n", m, n,
-              k, block_m, block_n, sms, kStages);
+
+  std::printf("M=%u N=%u K=%u, %d CTAs, %u stages; tiles 128x224 unless named; us per launch (min / median of 20, L2 "
+              "flushed)\n", m, n, k, sms, kStages);
   cudaEvent_t start, stop;
   CHECK_RT(cudaEventCreate(&start));
   CHECK_RT(cudaEventCreate(&stop));
   for (const Variant& v : variants) {
     Probe p{};
+    const u32 block_m = v.block_m, block_n = v.block_n;
     p.m = m, p.n = n, p.k = k, p.block_m = block_m, p.block_n = block_n, p.box_width = v.box_width, p.dims = v.dims;
     p.a = encode(a, v.dims, k, m, v.stride_a, v.box_width, block_m, v.promotion);
-    p.b = encode(b, v.dims, k, n, v.stride_b, v.box_width, block_n, v.promotion);
+    p.b = encode(b, v.dims, k, n, v.stride_b, v.box_width, block_n, v.promotion_b);
     std::vector<float> times;
     for (int rep = 0; rep < 22; ++rep) {
       CHECK_RT(cudaMemsetAsync(flush, rep, flush_bytes));
@@ -196,7 +209,7 @@ int main() {
     std::sort(times.begin(), times.end());
     const double tiles = double((m + block_m - 1) / block_m) * ((n + block_n - 1) / block_n);
     const double bytes = tiles * ((k + 127) / 128) * (block_m + block_n) * 128.0;
-    std::printf("%-30s %8.1f / %8.1f us  %6.2f TB/s into shared memory\n", v.name, times.front(),
+    std::printf("%-36s %8.1f / %8.1f us  %6.2f TB/s into shared memory\n", v.name, times.front(),
                 times[times.size() / 2], bytes / (times[times.size() / 2] * 1e-6) / 1e12);
   }
   return 0;

@@ -83,19 +83,19 @@ static CUresult launch_kernel_ex(const CUlaunchConfig *c, CUfunction f, void **p
   memcpy(g_params, params[0], sizeof g_params < 640 ? sizeof g_params : 640);  /* sizeof(GemmParams) */
   return CUDA_SUCCESS;
 }
-/* The map records (address, inner dim, rows, box inner, box rows, swizzle) as 64-bit words. */
+/* The map records (address, inner dim, rows, box inner, box rows, swizzle, L2 promotion) as 64-bit words. */
 static CUresult tensor_map_encode_tiled(CUtensorMap *map, CUtensorMapDataType dtype, cuuint32_t rank, void *address,
                                         const cuuint64_t *dims, const cuuint64_t *strides, const cuuint32_t *box,
                                         const cuuint32_t *element_strides, CUtensorMapInterleave interleave,
                                         CUtensorMapSwizzle swizzle, CUtensorMapL2promotion l2,
                                         CUtensorMapFloatOOBfill oob) {
-  (void)dtype; (void)rank; (void)strides; (void)element_strides; (void)interleave; (void)l2; (void)oob;
+  (void)dtype; (void)rank; (void)strides; (void)element_strides; (void)interleave; (void)oob;
   ++g_encodes;
   if (g_fail_encodes > 0) {
     --g_fail_encodes;
     return CUDA_ERROR_INVALID_VALUE;
   }
-  cuuint64_t words[16] = {(cuuint64_t)address, dims[0], dims[1], box[0], box[1], (cuuint64_t)swizzle};
+  cuuint64_t words[16] = {(cuuint64_t)address, dims[0], dims[1], box[0], box[1], (cuuint64_t)swizzle, (cuuint64_t)l2};
   memcpy(map, words, sizeof words);
   return CUDA_SUCCESS;
 }
