@@ -113,18 +113,34 @@ Status GemmKernel::encode_params(const GemmOperands& buffers, GemmParams* out) c
     DGPT_RETURN_IF_ERROR(tma::encode(out_tensor, box.d_tail_cols, box.d_rows,
                                      tma::swizzle_for_bytes(box.d_tail_swizzle), &params.tma_d_tail));
   }
-  params.d_direct = buffers.d;
   params.d_group_stride = static_cast<uint64_t>(c.m) * static_cast<uint64_t>(c.n);
-  params.scale_a = buffers.scale_a.data;
-  params.scale_a_group_stride = buffers.scale_a.group_stride;
-  params.scale_a_row_stride = buffers.scale_a.row_stride;
-  params.scale_b = buffers.scale_b.data;
-  params.scale_b_group_stride = buffers.scale_b.group_stride;
-  params.scale_b_col_stride = buffers.scale_b.row_stride;
-  params.grouped_layout = buffers.grouped_layout;
   params.shape_m = static_cast<uint32_t>(c.m);
   params.num_groups = static_cast<uint32_t>(c.num_groups);
+  set_pointers(buffers, &params);
   *out = params;
+  return Status::Ok();
+}
+
+void GemmKernel::set_pointers(const GemmOperands& buffers, GemmParams* params) {
+  params->d_direct = buffers.d;
+  params->scale_a = buffers.scale_a.data;
+  params->scale_a_group_stride = buffers.scale_a.group_stride;
+  params->scale_a_row_stride = buffers.scale_a.row_stride;
+  params->scale_b = buffers.scale_b.data;
+  params->scale_b_group_stride = buffers.scale_b.group_stride;
+  params->scale_b_col_stride = buffers.scale_b.row_stride;
+  params->grouped_layout = buffers.grouped_layout;
+}
+
+Status GemmKernel::update_params(const GemmOperands& before, const GemmOperands& buffers, GemmParams* params) const {
+  if (buffers.a != before.a) DGPT_RETURN_IF_ERROR(tma::replace_address("a", buffers.a, &params->tma_a));
+  if (buffers.b != before.b) DGPT_RETURN_IF_ERROR(tma::replace_address("b", buffers.b, &params->tma_b));
+  if (buffers.d != before.d) {
+    const TmaBoxes box = tma_boxes(config_);
+    if (box.d_main_cols > 0) DGPT_RETURN_IF_ERROR(tma::replace_address("out", buffers.d, &params->tma_d));
+    if (box.d_tail_cols > 0) DGPT_RETURN_IF_ERROR(tma::replace_address("out", buffers.d, &params->tma_d_tail));
+  }
+  set_pointers(buffers, params);
   return Status::Ok();
 }
 
@@ -138,8 +154,9 @@ Status GemmKernel::launch(CUstream stream, const GemmOperands& operands) const {
   {
     std::lock_guard<std::mutex> lock(params_mutex_);
     if (!params_operands_ || !(*params_operands_ == operands)) {
-      params_operands_.reset();  // a failed encoding leaves nothing to reuse
-      DGPT_RETURN_IF_ERROR(encode_params(operands, &params_));
+      const std::optional<GemmOperands> before = params_operands_;
+      params_operands_.reset();  // a failed encoding or update leaves nothing to reuse
+      DGPT_RETURN_IF_ERROR(before ? update_params(*before, operands, &params_) : encode_params(operands, &params_));
       params_operands_ = operands;
     }
     params = params_;

@@ -75,8 +75,12 @@ class GemmKernel {
 
   // The kernel parameter depends only on the static config and the operands. NOTES: an XLA executable
   // usually hands a custom call the same buffers on every run, and encoding the three or four tensor
-  // maps is a large part of the host time of one launch; the last parameter is kept and reused.
+  // maps is a large part of the host time of one launch; the last parameter is kept and reused, and when
+  // some buffers change (a program's outputs get new ones on every run) only their maps' addresses are
+  // replaced (cuTensorMapReplaceAddress), not the maps encoded again.
   Status encode_params(const GemmOperands& operands, GemmParams* out) const;
+  Status update_params(const GemmOperands& before, const GemmOperands& operands, GemmParams* params) const;
+  static void set_pointers(const GemmOperands& operands, GemmParams* params);  // every field that is not a map
   mutable std::mutex params_mutex_;
   mutable std::optional<GemmOperands> params_operands_;  // what params_ describes (none yet); both guarded by the mutex
   mutable GemmParams params_{};

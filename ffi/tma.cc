@@ -26,15 +26,22 @@ CUtensorMapSwizzle swizzle_for_bytes(uint32_t bytes) {
   }
 }
 
+namespace {
+
+Status check_address(const char* operand, const void* data) {
+  if (reinterpret_cast<uintptr_t>(data) % 16 == 0) return Status::Ok();
+  return Status::Error(std::string("operand ") + operand + ": TMA needs a 16-byte aligned buffer; got address " +
+                       std::to_string(reinterpret_cast<uintptr_t>(data)));
+}
+
+}  // namespace
+
 Status encode(const Tensor3d& t, uint32_t box_inner, uint32_t box_rows, CUtensorMapSwizzle swizzle,
               TmaDescriptor* out) {
   const uint64_t row_bytes = t.inner * t.element_bytes;
   // NOTES: built only on failure; this runs in the execute stage of every call.
   auto operand = [&t]() { return std::string("operand ") + t.operand + ": "; };
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) {
-    return Status::Error(operand() + "TMA needs a 16-byte aligned buffer; got address " +
-                         std::to_string(reinterpret_cast<uintptr_t>(t.data)));
-  }
+  DGPT_RETURN_IF_ERROR(check_address(t.operand, t.data));
   if (row_bytes % 16 != 0) {
     return Status::Error(operand() + "TMA needs row strides that are multiples of 16 bytes; got " +
                          std::to_string(row_bytes));
@@ -60,6 +67,18 @@ Status encode(const Tensor3d& t, uint32_t box_inner, uint32_t box_rows, CUtensor
                                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) return Status::Error(operand() + driver::describe("cuTensorMapEncodeTiled", r));
   std::memcpy(out, &map, sizeof(map));
+  return Status::Ok();
+}
+
+Status replace_address(const char* operand, const void* data, TmaDescriptor* map) {
+  DGPT_RETURN_IF_ERROR(check_address(operand, data));
+  Status status;
+  const driver::Api* cu = driver::get(&status);
+  if (cu == nullptr) return status;
+  const CUresult r = cu->cuTensorMapReplaceAddress(reinterpret_cast<CUtensorMap*>(map), const_cast<void*>(data));
+  if (r != CUDA_SUCCESS) {
+    return Status::Error(std::string("operand ") + operand + ": " + driver::describe("cuTensorMapReplaceAddress", r));
+  }
   return Status::Ok();
 }
 

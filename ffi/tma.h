@@ -25,6 +25,9 @@ struct Tensor3d {
 Status encode(const Tensor3d& tensor, uint32_t box_inner, uint32_t box_rows, CUtensorMapSwizzle swizzle,
               TmaDescriptor* out);
 
+// Points a map `encode` made at another buffer of the same shape (`operand` names it in messages).
+Status replace_address(const char* operand, const void* data, TmaDescriptor* map);
+
 CUtensorMapSwizzle swizzle_for_bytes(uint32_t bytes);
 
 }  // namespace dgpt::tma

@@ -117,25 +117,44 @@ def test_parameter_is_encoded_once_per_set_of_buffers(fake_driver_dir, tmp_path)
         """
         k = launcher(BIG)
         A, B, D = 0x10000, 0x20000, 0x30000
-        counts = []
+        counts, moved = [], {}
         for d in (D, D, D, D + 4096, D + 4096, D):
             k.launch(A, B, d)
-            counts.append(fake.fake_encodes())
+            counts.append((fake.fake_encodes(), fake.fake_replaces()))
+            if d != D:
+                moved = last_params()["maps"]
+        k.launch(A + 256, B, D)
+        counts.append((fake.fake_encodes(), fake.fake_replaces()))
+        moved_a = last_params()["maps"]
+        k.launch(A, B, D)
         launches = fake.fake_launches()
-        print(json.dumps(dict(counts=counts, launches=launches, launch=last_launch(), params=last_params())))
+        print(json.dumps(dict(counts=counts, moved=moved, moved_a=moved_a, launches=launches, launch=last_launch(),
+                              params=last_params())))
     """.replace("BIG", BIG),
     )
-    # 208 columns = 3 x 64 (128B swizzle) + 16 (32B): four maps per encoding, none while the buffers repeat.
-    assert r["counts"] == [4, 4, 4, 8, 8, 12], r["counts"]
-    assert r["launches"] == 6
+    # 208 columns = 3 x 64 (128B swizzle) + 16 (32B): four maps encoded once; a new output buffer replaces the
+    # address of its two maps, a new A of one; nothing while the buffers repeat.
+    assert r["counts"] == [[4, 0], [4, 0], [4, 0], [4, 2], [4, 2], [4, 4], [4, 5]], r["counts"]
+    assert r["moved"]["d"]["address"] == r["moved"]["d_tail"]["address"] == 0x30000 + 4096
+    assert r["moved"]["d"]["box_inner"] == 64 and r["moved"]["a"]["address"] == 0x10000
+    assert r["moved_a"]["a"]["address"] == 0x10000 + 256 and r["moved_a"]["d"]["address"] == 0x30000
+    assert r["launches"] == 8
     assert r["launch"] == dict(
         grid=132, cluster=1, smem=smem(block_m=128, block_n=208, num_stages=4, grid_size=132), block=384
     )
     p = r["params"]
-    assert p["maps"]["a"] == dict(address=0x10000, inner=2048, rows=4096, box_inner=128, box_rows=128, swizzle=3, l2=L2_256)
-    assert p["maps"]["b"] == dict(address=0x20000, inner=2048, rows=7168, box_inner=128, box_rows=208, swizzle=3, l2=L2_256)
-    assert p["maps"]["d"] == dict(address=0x30000, inner=7168, rows=4096, box_inner=64, box_rows=64, swizzle=3, l2=L2_256)
-    assert p["maps"]["d_tail"] == dict(address=0x30000, inner=7168, rows=4096, box_inner=16, box_rows=64, swizzle=1, l2=L2_256)
+    assert p["maps"]["a"] == dict(
+        address=0x10000, inner=2048, rows=4096, box_inner=128, box_rows=128, swizzle=3, l2=L2_256
+    )
+    assert p["maps"]["b"] == dict(
+        address=0x20000, inner=2048, rows=7168, box_inner=128, box_rows=208, swizzle=3, l2=L2_256
+    )
+    assert p["maps"]["d"] == dict(
+        address=0x30000, inner=7168, rows=4096, box_inner=64, box_rows=64, swizzle=3, l2=L2_256
+    )
+    assert p["maps"]["d_tail"] == dict(
+        address=0x30000, inner=7168, rows=4096, box_inner=16, box_rows=64, swizzle=1, l2=L2_256
+    )
     assert (p["shape_m"], p["num_groups"], p["a_box_rows"], p["grouped_layout"]) == (4096, 1, 128, 0)
 
 
@@ -240,26 +259,37 @@ def test_encoding_failure_is_reported_and_not_cached(fake_driver_dir, tmp_path):
         tmp_path,
         """
         k = launcher(layout="normal", m=256, n=512, k=256, block_m=128, block_n=128, num_stages=6, grid_size=132)
-        k.launch(0x10000, 0x20000, 0x30000)
-        fake.fake_fail_encodes(1)
         errors = []
+        fake.fake_fail_encodes(1)
+        try:
+            k.launch(0x10000, 0x20000, 0x30000)
+        except RuntimeError as e:
+            errors.append(str(e))
+        k.launch(0x10000, 0x20000, 0x30000)  # encoded afresh, launched
+        fake.fake_fail_replaces(1)
         try:
             k.launch(0x10010, 0x20000, 0x30000)
         except RuntimeError as e:
             errors.append(str(e))
-        launches_after_failure = fake.fake_launches()
-        k.launch(0x10010, 0x20000, 0x30000)  # same buffers again: encoded afresh, launched
-        try:
-            k.launch(0x10008, 0x20000, 0x30000)  # not 16-byte aligned: refused before the driver
-        except RuntimeError as e:
-            errors.append(str(e))
+        launches_after_failure, encodes_before = fake.fake_launches(), fake.fake_encodes()
+        k.launch(0x10010, 0x20000, 0x30000)  # same buffers again: encoded afresh (the update was dropped)
+        encodes_after = fake.fake_encodes()
+        for a in (0x10008, 0x10004):  # not 16-byte aligned: refused before the driver, whichever path
+            try:
+                k.launch(a, 0x20000, 0x30000)
+            except RuntimeError as e:
+                errors.append(str(e))
         print(json.dumps(dict(errors=errors, launches_after_failure=launches_after_failure,
-                              launches=fake.fake_launches(), params=last_params())))
+                              encodes=(encodes_before, encodes_after), launches=fake.fake_launches(),
+                              params=last_params())))
     """,
     )
     assert "operand a: cuTensorMapEncodeTiled failed" in r["errors"][0], r["errors"]
-    assert "16-byte aligned" in r["errors"][1], r["errors"]
+    assert "operand a: cuTensorMapReplaceAddress failed" in r["errors"][1], r["errors"]
+    assert all("operand a: TMA needs a 16-byte aligned buffer" in e for e in r["errors"][2:]), r["errors"]
+    assert len(r["errors"]) == 4
     assert r["launches_after_failure"] == 1 and r["launches"] == 2
+    assert r["encodes"][1] == r["encodes"][0] + 3  # a, b and d (128 columns: no tail map)
     assert r["params"]["maps"]["a"]["address"] == 0x10010
 
 

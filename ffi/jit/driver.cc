@@ -95,6 +95,7 @@ Loaded* load() {
   need("cuLaunchKernelEx", &api.cuLaunchKernelEx);
   need("cuOccupancyMaxActiveClusters", &api.cuOccupancyMaxActiveClusters);
   need("cuTensorMapEncodeTiled", &api.cuTensorMapEncodeTiled);
+  need("cuTensorMapReplaceAddress", &api.cuTensorMapReplaceAddress);
   if (missing) {
     loaded->error = std::string("CUDA driver entry point ") + missing +
                     " not found in libcuda.so.1; a CUDA 12.0+ driver is needed";

@@ -22,6 +22,7 @@ struct Api {
   PFN_cuLaunchKernelEx_v11060 cuLaunchKernelEx;
   PFN_cuOccupancyMaxActiveClusters_v11070 cuOccupancyMaxActiveClusters;
   PFN_cuTensorMapEncodeTiled_v12000 cuTensorMapEncodeTiled;
+  PFN_cuTensorMapReplaceAddress_v12000 cuTensorMapReplaceAddress;
 };
 
 // Loads libcuda.so.1 and resolves every entry point once (thread-safe). Returns nullptr and sets

@@ -1,20 +1,20 @@
 /* A stand-in libcuda.so.1 for CPU tests of the host launch path (tests/test_launcher_fake_driver.py).
  *
  * It answers the driver calls jax_dgpt makes (resolved through cuGetProcAddress), launches nothing,
- * and records what it was asked: tensor-map encodings (the map stores the global address, box and
+ * and records what it was asked: tensor-map encodings and address replacements (the map stores the global address, box and
  * swizzle, so a test can read them back from the kernel parameter) and the last launch's grid,
  * cluster shape, shared memory and parameter bytes. Functions named fake_* steer and read it. */
 #include <cuda.h>
 #include <string.h>
 
-static int g_encodes, g_launches, g_occupancy_queries, g_fail_encodes;
+static int g_encodes, g_launches, g_occupancy_queries, g_fail_encodes, g_replaces, g_fail_replaces;
 static int g_max_clusters = 66; /* < 0: the occupancy query fails */
 static unsigned g_grid, g_cluster, g_smem, g_block;
 static unsigned char g_params[4096];
 
 /* ---- steering and readback (ctypes) ---- */
 void fake_reset(void) {
-  g_encodes = g_launches = g_occupancy_queries = g_fail_encodes = 0;
+  g_encodes = g_launches = g_occupancy_queries = g_fail_encodes = g_replaces = g_fail_replaces = 0;
   g_max_clusters = 66;
   g_grid = g_cluster = g_smem = g_block = 0;
   memset(g_params, 0, sizeof g_params);
@@ -22,6 +22,8 @@ void fake_reset(void) {
 void fake_set_max_clusters(int n) { g_max_clusters = n; }
 void fake_fail_encodes(int n) { g_fail_encodes = n; }
 int fake_encodes(void) { return g_encodes; }
+void fake_fail_replaces(int n) { g_fail_replaces = n; }
+int fake_replaces(void) { return g_replaces; }
 int fake_launches(void) { return g_launches; }
 int fake_occupancy_queries(void) { return g_occupancy_queries; }
 void fake_last_launch(unsigned *out /* grid, cluster, smem, block */) {
@@ -100,6 +102,18 @@ static CUresult tensor_map_encode_tiled(CUtensorMap *map, CUtensorMapDataType dt
   return CUDA_SUCCESS;
 }
 
+/* Replacing the address rewrites the map's first word, where the stand-in encoding keeps it. */
+static CUresult tensor_map_replace_address(CUtensorMap *map, void *address) {
+  ++g_replaces;
+  if (g_fail_replaces > 0) {
+    --g_fail_replaces;
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  cuuint64_t word = (cuuint64_t)address;
+  memcpy(map, &word, sizeof word);
+  return CUDA_SUCCESS;
+}
+
 struct entry {
   const char *name;
   void *fn;
@@ -116,6 +130,7 @@ static const struct entry g_entries[] = {
     {"cuLaunchKernelEx", (void *)launch_kernel_ex},
     {"cuOccupancyMaxActiveClusters", (void *)occupancy_max_active_clusters},
     {"cuTensorMapEncodeTiled", (void *)tensor_map_encode_tiled},
+    {"cuTensorMapReplaceAddress", (void *)tensor_map_replace_address},
 };
 
 CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
