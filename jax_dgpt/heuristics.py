@@ -146,14 +146,17 @@ def auto_k_splits(problem: Problem) -> int:
 # box row over two lines and halve the load rate (benchmarks/probes/tma_rows.cu, H200: 447 against 221 us to
 # stream the tiles of 16384 x 1552 x 7184); a 2-CTA cluster that multicasts A issues half of A's loads per SM.
 # Measured (KERNEL_LOG.md v18): 16384x1552x7184 417 -> 294 us, 8192x1552x7184 213 -> 178, 2048x2112x7184
-# 86.6 -> 67.9; on whole-line rows multicast_a is 1-4% slower (v16), so it is chosen for split lines only.
+# 86.6 -> 67.9; with the 128-byte L2 promotion of such rows too (ffi/tma.cc): 280, 152 and 59.5 us. On
+# whole-line rows multicast_a is 1-4% slower (v16), and on short K (4096x7168x576: 37.1 against 35.8 us) too,
+# so it is chosen for split lines from MULTICAST_MIN_K only.
 LINE_BYTES = 128
+MULTICAST_MIN_K = 1024
 
 
 def auto_multicast_a(problem: Problem, num_sms: int) -> int:
     """multicast_a chosen when none is forced: 1 for normal GEMMs without K splitting whose rows are not whole
     L2 lines and whose N takes at least two tile columns at any width, on two SMs or more; else 0."""
-    split_lines = problem.k % LINE_BYTES != 0  # fp8: one byte per element
+    split_lines = problem.k % LINE_BYTES != 0 and problem.k >= MULTICAST_MIN_K  # fp8: one byte per element
     wide = problem.n > limits()["max_block_n"]
     normal = problem.layout == "normal" and auto_k_splits(problem) == 1
     return int(normal and split_lines and wide and num_sms >= 2)

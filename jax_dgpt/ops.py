@@ -149,24 +149,18 @@ def _slice_n(out: jax.Array, n: int) -> jax.Array:
 
 
 # NOTES: the kernel's TMA loads read rows of A and B in 128-byte boxes; where a row is not a multiple of 128
-# bytes, every box row spans two L2 lines, and large GEMMs ran up to 1.7x slower (H200, 2026-12-02: 8192 x
-# 7168 x 2064 in 292 us, 176 us with K padded to 2176; k_grouped 8% slower with T % 128 != 0). K that needs
-# padding anyway is padded this far (the same one copy); large normal GEMMs are padded for it alone, where the
-# copy costs less than it saves: 12% and 26% faster at M = 8192 with N = 2112, K = 7184 and N = 7168, K = 2064,
-# even at N = 1552, and 20% slower at 4096 x 7168 x 576 (a short kernel; benchmarks/KERNEL_LOG.md v15).
+# bytes, every box row spans two L2 lines. K that needs padding anyway is padded to whole lines (the same one
+# copy). K % 16 == 0 is not copied: the heuristics multicast A for such rows (heuristics.auto_multicast_a),
+# which beat the copy (H200, benchmarks/KERNEL_LOG.md v18: 8192x2112x7184 206 us unpadded against 261 with
+# the copy, 8192x7168x2064 189 against 219).
 ROW_BYTES = 128
-WIDE_ROWS_MIN_M, WIDE_ROWS_MIN_N, WIDE_ROWS_MIN_K = 4096, 2048, 2048
 
 
-def _widens_rows(m: int, n: int, k: int) -> bool:
-    return m >= WIDE_ROWS_MIN_M and n >= WIDE_ROWS_MIN_N and k >= WIDE_ROWS_MIN_K
-
-
-def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int, widen: bool = False) -> tuple[jax.Array, jax.Array]:
-    """Zero-pads K (of A and B) to a multiple of 16 (of ROW_BYTES where it pads at all, or where ``widen``) and
+def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int) -> tuple[jax.Array, jax.Array]:
+    """Zero-pads K (of A and B) to a multiple of 16 (of ROW_BYTES where it pads at all) and
     N (of B) to a multiple of 8, only where needed."""
     k_alignment, n_alignment = limits()["k_alignment"], limits()["n_alignment"]
-    multiple = ROW_BYTES if widen or a.shape[-1] % k_alignment else k_alignment
+    multiple = ROW_BYTES if a.shape[-1] % k_alignment else k_alignment
     a, b = _pad_to(a, -1, multiple), _pad_to(b, -1, multiple)
     return a, _pad_to(b, b_n_axis, n_alignment)
 
@@ -201,7 +195,7 @@ def _gemm(a, b, scale_a, scale_b, c, *, operands: Operands, num_sms: int, overri
     (m, k), n = a.shape, b.shape[0]
     if m == 0 or n == 0 or k == 0:
         return _empty((m, n), operands, c)
-    a, b = _pad_operands(a, b, b_n_axis=0, widen=_widens_rows(m, n, k))
+    a, b = _pad_operands(a, b, b_n_axis=0)
     extra = _extra(scale_a, _pad_n(scale_b, 1), _pad_n(c, 1))
     return _slice_n(gemm_p.bind(a, b, *extra, operands=operands, num_sms=num_sms, overrides=overrides), n)
 
@@ -284,8 +278,8 @@ def gemm(
     Any M, N, K >= 0 works. The kernel needs K % 16 == 0 and N % 8 == 0 (16-byte row strides);
     otherwise this wrapper zero-pads K of A and B to a multiple of 128 (one extra read and write of A
     and of B) and N of B to a multiple of 8 (one extra read and write of B, and of D to slice the
-    padding off). With M >= 4096, N >= 2048 and K >= 2048 it also pads K % 128 != 0 to a multiple of
-    128: the kernel loads rows of whole 128-byte lines faster than the copy costs. Empty results (M = 0 or
+    padding off). K % 16 == 0 is never copied; where K % 128 != 0 (rows that are not whole 128-byte
+    lines) the kernel pairs CTAs that share A's loads instead. Empty results (M = 0 or
     N = 0) launch nothing; K = 0 gives zeros. On a CPU the same jitted program runs a reference
     (exact fp8 products, fp32 accumulation). The SM count used is :func:`get_num_sms` when this is
     traced.

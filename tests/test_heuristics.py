@@ -333,3 +333,23 @@ def test_masked_and_ragged_grids_are_not_trimmed():
     # Their tiles are counted on the device: the grid stays one CTA per SM.
     assert config_of(Problem("masked", 4096, 7168, 2048, 4, 8), 132).grid_size == 132
     assert config_of(Problem("ragged", 4096, 7168, 2048, 4), 132).grid_size == 132
+
+
+@pytest.mark.parametrize(
+    "m, n, k, expected",
+    [
+        (16384, 1552, 7184, 1),  # rows of split lines: A multicast
+        (2048, 7168, 2064, 1),
+        (128, 2112, 7184, 1),
+        (16384, 1552, 7296, 0),  # whole lines
+        (4096, 7168, 576, 0),  # short K: measured slower with it
+        (8, 2112, 7184, 0),  # split-K takes the cluster
+        (4096, 128, 7184, 0),  # one tile column at any width
+    ],
+)
+def test_multicast_a_for_rows_of_split_lines(m, n, k, expected):
+    c = config_of(Problem("normal", m, n, k, 1), 132)
+    assert c.multicast_a == expected, c
+    assert c.error() is None
+    with_splits = heuristics.select_config(Problem("normal", m, n, k, 1), 132, (("num_k_splits", 1),))
+    assert with_splits.multicast_a == 0  # forcing any K split leaves the cluster alone
