@@ -18,6 +18,7 @@ from jax import lax
 
 from . import device, forcing
 from ._ints import static_int
+from .heuristics import LINE_BYTES
 from .kernel_config import Operands, limits
 from .primitives import BF16, F32, FP8_TYPES, INT32, contiguous_p, gemm_p, k_grouped_p, masked_p, ragged_p
 
@@ -153,14 +154,13 @@ def _slice_n(out: jax.Array, n: int) -> jax.Array:
 # copy). K % 16 == 0 is not copied: the heuristics multicast A for such rows (heuristics.auto_multicast_a),
 # which beat the copy (H200, benchmarks/KERNEL_LOG.md v18: 8192x2112x7184 206 us unpadded against 261 with
 # the copy, 8192x7168x2064 189 against 219).
-ROW_BYTES = 128
 
 
 def _pad_operands(a: jax.Array, b: jax.Array, b_n_axis: int) -> tuple[jax.Array, jax.Array]:
-    """Zero-pads K (of A and B) to a multiple of 16 (of ROW_BYTES where it pads at all) and
+    """Zero-pads K (of A and B) to a multiple of 16 (of LINE_BYTES where it pads at all) and
     N (of B) to a multiple of 8, only where needed."""
     k_alignment, n_alignment = limits()["k_alignment"], limits()["n_alignment"]
-    multiple = ROW_BYTES if a.shape[-1] % k_alignment else k_alignment
+    multiple = LINE_BYTES if a.shape[-1] % k_alignment else k_alignment
     a, b = _pad_to(a, -1, multiple), _pad_to(b, -1, multiple)
     return a, _pad_to(b, b_n_axis, n_alignment)
 
