@@ -30,6 +30,10 @@ def round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
+# Rows of split 128-byte lines (the benchmark sweep's odd layers), for which the heuristics choose multicast_a.
+SPLIT_LINE_NK = [(1552, 7184), (2112, 7184), (7168, 2064)]
+
+
 def chosen(problem: Problem, **forced) -> KernelConfig:
     return heuristics.select_config(problem, NUM_SMS, tuple(sorted(forced.items())))
 
@@ -38,6 +42,7 @@ def enumerate_chosen():
     """The heuristics' pick for every anchor problem (K and N as the ops pad them)."""
     k_align, n_align = limits()["k_alignment"], limits()["n_alignment"]
     normal = list(NORMAL_ANCHORS) + [(m, n, k) for m in ODD_M for n, k in NK_PAIRS]
+    normal += [(m, n, k) for m in (128, 2048, 16384) for n, k in SPLIT_LINE_NK]  # multicast_a chosen
     for m, n, k in normal:
         yield chosen(Problem("normal", m, round_up(n, n_align), round_up(k, k_align), 1))
     for groups, expected_m, n, k in CONTIGUOUS_ANCHORS:
